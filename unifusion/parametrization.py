@@ -1,0 +1,215 @@
+"""What a network predicts, and how every prediction becomes every other one.
+
+This module owns
+* the exact output conversions between noise `eps`, clean data `x0`, score `grad log p_t`,
+  VP velocity `v = alpha eps - sigma x0` (Salimans & Ho 2022, "Progressive Distillation", eq. 8 and
+  App. D) and flow velocity `u = d x_t/dt` (Lipman et al. 2022; Liu et al. 2022), for any process
+  `x_t = alpha x0 + sigma eps`: named `<output>_from_<input>`, all taking `alpha` and `sigma`
+  (VDM, Kingma et al. 2021, Sec. 3 / App. E; Tweedie's formula `x0 = (x + sigma^2 score)/alpha`);
+* the EDM preconditioning `c_skip, c_out, c_in, c_noise` (Karras et al. 2022, Table 1 and eq. 7);
+* `Denoiser`: any network, trained on any process with any target, presented as `D(x~, sigma~)` in
+  VE coordinates `x~ = x_t / alpha`, `sigma~ = sigma / alpha` (Karras et al. 2022, Sec. 4). Every sampler
+  calls this and nothing else (k-diffusion's `model(x, sigma)` convention);
+* `ProcessModel`: the way back, a VE-coordinate denoiser viewed as an eps / x0 / v / score / flow
+  predictor at `(x_t, t)` of any process.
+
+Per-example `alpha`, `sigma` of shape `[B]` broadcast through `utils.expand_like`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .processes import NoiseProcess
+from .utils import check_choice, expand_like
+
+__all__ = [
+    "x0_from_eps", "eps_from_x0", "score_from_eps", "eps_from_score", "score_from_x0", "x0_from_score",
+    "v_from_x0", "x0_from_v", "eps_from_v", "v_from_eps", "flow_from_x0", "x0_from_flow",
+    "TARGETS", "x0_from_target", "target_from_x0",
+    "edm_precond", "Denoiser", "ProcessModel",
+]
+
+TARGETS = ("eps", "x0", "score", "v", "flow", "edm")
+
+
+def _b(c, x):
+    """Per-example coefficient `c` broadcast to `x`'s shape, in `x`'s dtype."""
+    return expand_like(c, x).to(x.dtype)
+
+
+def _per_example(c, x) -> torch.Tensor:
+    """A scalar or `[B]` noise level / time as a float64 `[B]` vector on `x`'s device."""
+    c = torch.as_tensor(c, device=x.device).to(torch.float64)
+    return c.expand(x.shape[0]) if c.ndim == 0 else c
+
+
+# ---- exact conversions at (x_t, alpha, sigma) -------------------------------------------------------
+def x0_from_eps(x_t, eps, alpha, sigma):
+    """`x0 = (x_t - sigma eps) / alpha` (Ho et al. 2020, eq. 15)."""
+    return (x_t - _b(sigma, x_t) * eps) / _b(alpha, x_t)
+
+
+def eps_from_x0(x_t, x0, alpha, sigma):
+    """`eps = (x_t - alpha x0) / sigma`."""
+    return (x_t - _b(alpha, x_t) * x0) / _b(sigma, x_t)
+
+
+def score_from_eps(eps, sigma):
+    """`grad log p_t = -eps / sigma` (Song et al. 2021, App. B; VDM eq. 35)."""
+    return -eps / _b(sigma, eps)
+
+
+def eps_from_score(score, sigma):
+    """`eps = -sigma * score`."""
+    return -_b(sigma, score) * score
+
+
+def score_from_x0(x_t, x0, alpha, sigma):
+    """Tweedie: `grad log p_t = (alpha x0 - x_t) / sigma^2` (Efron 2011; Karras et al. 2022, eq. 3)."""
+    return (_b(alpha, x_t) * x0 - x_t) / _b(sigma, x_t) ** 2
+
+
+def x0_from_score(x_t, score, alpha, sigma):
+    """Tweedie: `x0 = (x_t + sigma^2 score) / alpha`."""
+    return (x_t + _b(sigma, x_t) ** 2 * score) / _b(alpha, x_t)
+
+
+def v_from_x0(x_t, x0, alpha, sigma):
+    """`v = alpha eps - sigma x0` (Salimans & Ho 2022, eq. 8), with eps from `(x_t, x0)`."""
+    return _b(alpha, x_t) * eps_from_x0(x_t, x0, alpha, sigma) - _b(sigma, x_t) * x0
+
+
+def x0_from_v(x_t, v, alpha, sigma):
+    """`x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2)`; for VP this is Salimans & Ho's `alpha x_t - sigma v`."""
+    a, s = _b(alpha, x_t), _b(sigma, x_t)
+    return (a * x_t - s * v) / (a ** 2 + s ** 2)
+
+
+def eps_from_v(x_t, v, alpha, sigma):
+    """`eps = (sigma x_t + alpha v) / (alpha^2 + sigma^2)`."""
+    a, s = _b(alpha, x_t), _b(sigma, x_t)
+    return (s * x_t + a * v) / (a ** 2 + s ** 2)
+
+
+def v_from_eps(x_t, eps, alpha, sigma):
+    """`v = alpha eps - sigma x0` with x0 from `(x_t, eps)`."""
+    return _b(alpha, x_t) * eps - _b(sigma, x_t) * x0_from_eps(x_t, eps, alpha, sigma)
+
+
+def flow_from_x0(x_t, x0, alpha, sigma, d_alpha, d_sigma):
+    """Flow velocity `u = alpha' x0 + sigma' eps` (Lipman et al. 2022, eq. 15); `u = eps - x0` for rectified flow."""
+    return _b(d_alpha, x_t) * x0 + _b(d_sigma, x_t) * eps_from_x0(x_t, x0, alpha, sigma)
+
+
+def x0_from_flow(x_t, u, alpha, sigma, d_alpha, d_sigma):
+    """Invert `flow_from_x0`: `x0 = (sigma u - sigma' x_t) / (alpha' sigma - sigma' alpha)`."""
+    a, s, da, ds = (_b(c, x_t) for c in (alpha, sigma, d_alpha, d_sigma))
+    return (s * u - ds * x_t) / (da * s - ds * a)
+
+
+def x0_from_target(target: str, x_t, out, alpha, sigma, d_alpha=None, d_sigma=None):
+    """`x0` from a network output `out` of kind `target` in `TARGETS` (not "edm": that needs the preconditioning)."""
+    if target == "eps":
+        return x0_from_eps(x_t, out, alpha, sigma)
+    if target == "x0":
+        return out
+    if target == "score":
+        return x0_from_score(x_t, out, alpha, sigma)
+    if target == "v":
+        return x0_from_v(x_t, out, alpha, sigma)
+    if target == "flow":
+        return x0_from_flow(x_t, out, alpha, sigma, d_alpha, d_sigma)
+    raise ValueError(f"target={target!r} is not one of {[t for t in TARGETS if t != 'edm']}")
+
+
+def target_from_x0(target: str, x_t, x0, alpha, sigma, d_alpha=None, d_sigma=None):
+    """The prediction of kind `target` that corresponds to a clean-data estimate `x0` (inverse of `x0_from_target`)."""
+    if target == "eps":
+        return eps_from_x0(x_t, x0, alpha, sigma)
+    if target == "x0":
+        return x0
+    if target == "score":
+        return score_from_x0(x_t, x0, alpha, sigma)
+    if target == "v":
+        return v_from_x0(x_t, x0, alpha, sigma)
+    if target == "flow":
+        return flow_from_x0(x_t, x0, alpha, sigma, d_alpha, d_sigma)
+    raise ValueError(f"target={target!r} is not one of {[t for t in TARGETS if t != 'edm']}")
+
+
+# ---- EDM preconditioning ---------------------------------------------------------------------------
+def edm_precond(sigma, sigma_data: float = 0.5):
+    """EDM preconditioning (Karras et al. 2022, Table 1, "Ours"): `D = c_skip x + c_out F(c_in x, c_noise)`."""
+    c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
+    c_out = sigma * sigma_data / (sigma ** 2 + sigma_data ** 2).sqrt()
+    c_in = 1 / (sigma ** 2 + sigma_data ** 2).sqrt()
+    c_noise = sigma.log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+# ---- the one calling convention --------------------------------------------------------------------
+class Denoiser(nn.Module):
+    """Present `net` as the VE-coordinate denoiser `D(x~, sigma~) = E[x0 | x~]` (Karras et al. 2022, Sec. 4).
+
+    Args:
+        net:        the network, called as `net(input, noise_cond, **cond)`.
+        process:    the process it was trained on; `None` only for `target="edm"` (VE coordinates directly).
+        target:     what `net` predicts, one of `TARGETS`:
+                    "eps" / "x0" / "score" / "v" / "flow": `net(x_t, t)` with `x_t = alpha(t) x~`, `t` the process
+                    time whose `sigma~(t) = sigma~`; "edm": `net(c_in x~, c_noise)` with EDM preconditioning.
+        sigma_data: data standard deviation of the EDM preconditioning (0.5 for images in [-1, 1]).
+
+    `forward(x, sigma, **cond)`: `x` of shape `[B, ...]`, `sigma` a scalar or `[B]`; returns `[B, ...]` in `x`'s dtype.
+    Noise-level arithmetic is float64 whatever the network's dtype.
+    """
+
+    def __init__(self, net: nn.Module | Callable, process: NoiseProcess | None, target: str = "eps",
+                 sigma_data: float = 0.5):
+        super().__init__()
+        check_choice(target, "target", TARGETS)
+        if process is None and target != "edm":
+            raise ValueError(f"process=None is only allowed with target='edm', got target={target!r}")
+        if not (sigma_data > 0):
+            raise ValueError(f"sigma_data must be > 0, got {sigma_data!r}")
+        self.net, self.process, self.target, self.sigma_data = net, process, target, float(sigma_data)
+
+    def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        s = _per_example(sigma, x)
+        if self.target == "edm":
+            c_skip, c_out, c_in, c_noise = edm_precond(s, self.sigma_data)
+            out = self.net(_b(c_in, x) * x, c_noise.to(x.dtype), **cond)
+            return _b(c_skip, x) * x + _b(c_out, x) * out.to(x.dtype)
+        t = self.process._t_from_sigma_ve(s)
+        c = self.process._coefficients(t)
+        x_t = _b(c.alpha, x) * x
+        out = self.net(x_t, t.to(x.dtype), **cond).to(x.dtype)
+        return x0_from_target(self.target, x_t, out, *c)
+
+    def predict(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
+        """Clean-data estimate at the process's own `(x_t, t)`: `D(x_t / alpha(t), sigma~(t))`."""
+        if self.process is None:
+            raise ValueError("predict(x_t, t) needs a process; this Denoiser works in VE coordinates only")
+        t = _per_example(t, x_t)
+        alpha = torch.exp(self.process._log_alpha(t))
+        return self(x_t / _b(alpha, x_t), self.process._sigma_ve(t), **cond)
+
+
+class ProcessModel(nn.Module):
+    """A VE-coordinate denoiser `D(x~, sigma~)` viewed as a `target`-predictor `model(x_t, t)` of `process`.
+
+    `Denoiser(ProcessModel(D, p, target), p, target)` is `D` again (up to rounding): the round trip the tests check.
+    """
+
+    def __init__(self, denoiser: Callable, process: NoiseProcess, target: str = "eps"):
+        super().__init__()
+        check_choice(target, "target", tuple(t for t in TARGETS if t != "edm"))
+        self.denoiser, self.process, self.target = denoiser, process, target
+
+    def forward(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
+        t = _per_example(t, x_t)
+        c = self.process._coefficients(t)
+        x0 = self.denoiser(x_t / _b(c.alpha, x_t), self.process._sigma_ve(t), **cond)
+        return target_from_x0(self.target, x_t, x0, *c)

@@ -1,0 +1,473 @@
+"""Noise processes of both formulations: `x_t = alpha(t) x0 + sigma(t) eps`, eps ~ N(0, I).
+
+This module owns every schedule and everything derived from one schedule in one place
+(the Score SDE view, Song et al. 2021, "Score-Based Generative Modeling through SDEs"):
+
+* `alpha(t)`, `sigma(t)`, their log-SNR `lambda(t) = log(alpha^2 / sigma^2)` and its inverse;
+* the forward SDE `dx = f(t) x dt + g(t) dw` with `f = d log alpha / dt` and
+  `g^2 = d sigma^2/dt - 2 f sigma^2 = 2 sigma^2 d/dt log(sigma/alpha)` (Kingma et al. 2021, VDM, eq. 33;
+  Song et al. 2021, eq. 5 and App. B);
+* the map to VE coordinates `sigma~(t) = sigma / alpha` and back (Karras et al. 2022, EDM, Sec. 4 / Table 1),
+  through which every sampler sees every process;
+* forward sampling and the Gaussian prior.
+
+Processes (DESIGN.md has the table):
+  `DDPM` (Ho et al. 2020), `VP` (VP-SDE, Song et al. 2021), `VPCosine` (Nichol & Dhariwal 2021),
+  `SubVP` (Song et al. 2021), `VE` (NCSN / Score SDE VE, Song & Ermon 2019), `EDM` (Karras et al. 2022),
+  `RectifiedFlow` (Liu et al. 2022; Lipman et al. 2022).
+
+A subclass provides `_log_alpha`, `_log_sigma`, `_t_from_log_snr` and, optionally, closed-form
+`_sde_coeffs`; the base class derives the rest (autodiff through `torch.func.jvp` where no closed
+form is given, and the tests check closed forms against autodiff). Public methods validate their
+input and raise `ValueError` naming the argument; the underscored hooks do not, and are what
+hot paths (samplers, the `Denoiser`) call.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .utils import as_float_tensor, check_finite, check_in_range, check_nonnegative, expand_like
+
+__all__ = [
+    "NoiseProcess", "Coefficients", "DDPM", "VP", "VPCosine", "SubVP", "VE", "EDM", "RectifiedFlow",
+    "PROCESSES", "get_process",
+]
+
+
+class Coefficients(NamedTuple):
+    """`alpha(t)`, `sigma(t)` and their time derivatives (the flow-matching view of a schedule)."""
+    alpha: torch.Tensor
+    sigma: torch.Tensor
+    d_alpha: torch.Tensor
+    d_sigma: torch.Tensor
+
+
+def _jvp_derivative(fn, t: torch.Tensor) -> torch.Tensor:
+    """Elementwise d fn / dt by forward-mode autodiff (fn acts elementwise on t)."""
+    return torch.func.jvp(fn, (t,), (torch.ones_like(t),))[1]
+
+
+class NoiseProcess:
+    """A Gaussian noise process `x_t = alpha(t) x0 + sigma(t) eps` on `t in [t_min, t_max]`.
+
+    All methods are vectorised over `t` (any shape); python numbers become float64 tensors and a
+    tensor keeps its dtype, so coefficients are float64 unless the caller asks otherwise.
+    """
+
+    name = "process"
+    t_min: float
+    t_max: float
+    variance_preserving = False  # alpha^2 + sigma^2 == 1
+
+    # ---- implementation hooks: unchecked, t is a floating tensor ------------------------------
+    def _log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _log_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _t_from_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        return 2.0 * (self._log_alpha(t) - self._log_sigma(t))
+
+    def _sigma_ve(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self._log_sigma(t) - self._log_alpha(t))
+
+    def _t_from_sigma_ve(self, s: torch.Tensor) -> torch.Tensor:
+        return self._t_from_log_snr(-2.0 * torch.log(s))
+
+    def _sde_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sde_coeffs_autodiff(t)
+
+    # ---- checked public API ------------------------------------------------------------------
+    def _t(self, t, name: str = "t") -> torch.Tensor:
+        t = as_float_tensor(t, name)
+        return check_in_range(t, name, self.t_min, self.t_max)
+
+    def alpha(self, t) -> torch.Tensor:
+        """Signal scale `alpha(t)` (DESIGN.md process table)."""
+        return torch.exp(self._log_alpha(self._t(t)))
+
+    def sigma(self, t) -> torch.Tensor:
+        """Noise scale `sigma(t)` (DESIGN.md process table)."""
+        return torch.exp(self._log_sigma(self._t(t)))
+
+    def log_snr(self, t) -> torch.Tensor:
+        """Log signal-to-noise ratio `lambda(t) = log(alpha^2 / sigma^2)` (Kingma et al. 2021, VDM, eq. 2)."""
+        return self._log_snr(self._t(t))
+
+    def t_from_log_snr(self, log_snr) -> torch.Tensor:
+        """Inverse of `log_snr` (closed form per process); raises if the result leaves `[t_min, t_max]`."""
+        l = as_float_tensor(log_snr, "log_snr")
+        t = self._t_from_log_snr(l)
+        return check_in_range(t, f"log_snr (mapped to t) of {self.name}", self.t_min, self.t_max)
+
+    def sigma_ve(self, t) -> torch.Tensor:
+        """VE-coordinate noise level `sigma~(t) = sigma(t) / alpha(t)` (Karras et al. 2022, Sec. 4)."""
+        return self._sigma_ve(self._t(t))
+
+    def t_from_sigma_ve(self, sigma) -> torch.Tensor:
+        """Inverse of `sigma_ve`: the process time whose VE noise level is `sigma`."""
+        s = check_nonnegative(as_float_tensor(sigma, "sigma"), "sigma")
+        t = self._t_from_sigma_ve(s)
+        if torch.isnan(t).any() or (t < self.t_min - 1e-6 * max(1.0, abs(self.t_min))).any() or \
+                (t > self.t_max + 1e-6 * max(1.0, abs(self.t_max))).any():
+            raise ValueError(
+                f"sigma must lie in [{self.sigma_ve_min:.6g}, {self.sigma_ve_max:.6g}] for {self.name}, "
+                f"got values in [{s.min().item():.6g}, {s.max().item():.6g}]")
+        return t
+
+    def sde_coeffs(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift and squared diffusion `(f(t), g(t)^2)` of `dx = f x dt + g dw` (Song et al. 2021, eq. 5;
+        VDM eq. 33): `f = d log alpha/dt`, `g^2 = 2 sigma^2 d/dt log(sigma/alpha)`."""
+        return self._sde_coeffs(self._t(t))
+
+    def sde_coeffs_autodiff(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sde_coeffs` by forward-mode autodiff of `log alpha` and `log(sigma/alpha)` (the check on closed forms)."""
+        t = as_float_tensor(t, "t")
+        f = _jvp_derivative(self._log_alpha, t)
+        dlog_sv = _jvp_derivative(lambda u: self._log_sigma(u) - self._log_alpha(u), t)
+        return f, 2.0 * torch.exp(2.0 * self._log_sigma(t)) * dlog_sv
+
+    def _coefficients(self, t: torch.Tensor) -> Coefficients:
+        alpha, sigma = torch.exp(self._log_alpha(t)), torch.exp(self._log_sigma(t))
+        f, g2 = self._sde_coeffs(t)
+        return Coefficients(alpha, sigma, f * alpha, g2 / (2.0 * sigma) + f * sigma)
+
+    def coefficients(self, t) -> Coefficients:
+        """`alpha, sigma, d alpha/dt, d sigma/dt` at `t`, derived from the SDE coefficients:
+        `d alpha = f alpha` and `d sigma = g^2 / (2 sigma) + f sigma` (invert the definitions of f and g^2)."""
+        return self._coefficients(self._t(t))
+
+    def marginal_sample(self, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+        """`x_t = alpha(t) x0 + sigma(t) eps` with `t` a scalar or per-example `[B]` (Ho et al. 2020, eq. 4)."""
+        if x0.shape != eps.shape:
+            raise ValueError(f"x0 and eps must have the same shape, got {tuple(x0.shape)} and {tuple(eps.shape)}")
+        check_finite(x0, "x0")
+        t = self._t(t).to(x0.device)
+        a = expand_like(torch.exp(self._log_alpha(t)), x0).to(x0.dtype)
+        s = expand_like(torch.exp(self._log_sigma(t)), x0).to(x0.dtype)
+        return a * x0 + s * eps
+
+    @property
+    def sigma_ve_min(self) -> float:
+        """`sigma~(t_min)`."""
+        return float(self._sigma_ve(torch.tensor(self.t_min, dtype=torch.float64)))
+
+    @property
+    def sigma_ve_max(self) -> float:
+        """`sigma~(t_max)`: where VE-coordinate samplers start."""
+        return float(self._sigma_ve(torch.tensor(self.t_max, dtype=torch.float64)))
+
+    @property
+    def prior_std(self) -> float:
+        """Standard deviation of the prior `N(0, sigma(t_max)^2 I)` for `x_{t_max}` (alpha(t_max) x0 neglected)."""
+        return float(torch.exp(self._log_sigma(torch.tensor(self.t_max, dtype=torch.float64))))
+
+    def prior_sample(self, shape, generator: torch.Generator | None = None, dtype=torch.float32,
+                     device=None) -> torch.Tensor:
+        """A draw of `x_{t_max}` from the prior `N(0, prior_std^2 I)`."""
+        shape = tuple(shape)
+        if any((not isinstance(n, int)) or n < 0 for n in shape):
+            raise ValueError(f"shape must be a tuple of non-negative integers, got {shape!r}")
+        z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        return self.prior_std * z
+
+    def prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-example log-density of `x` (shape `[B, ...]`) under the prior, summed over non-batch dims."""
+        check_finite(x, "x")
+        if x.ndim < 1:
+            raise ValueError(f"x must have a batch dimension, got shape {tuple(x.shape)}")
+        s2 = self.prior_std ** 2
+        xf = x.reshape(x.shape[0], -1)
+        d = xf.shape[1]
+        return -0.5 * (xf ** 2).sum(1) / s2 - 0.5 * d * math.log(2 * math.pi * s2)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(t in [{self.t_min:g}, {self.t_max:g}])"
+
+
+class _VariancePreserving(NoiseProcess):
+    """`alpha^2 + sigma^2 = 1`: `log alpha = -softplus(-lambda)/2`, `log sigma = -softplus(lambda)/2`."""
+    variance_preserving = True
+
+    def _log_sigma(self, t):
+        return 0.5 * torch.log(-torch.expm1(2.0 * self._log_alpha(t)))
+
+
+def _check_range(t_min: float, t_max: float, lo: float, hi: float, name: str) -> None:
+    if not (lo <= t_min < t_max <= hi):
+        raise ValueError(f"{name} needs {lo:g} <= t_min < t_max <= {hi:g}, got t_min={t_min!r}, t_max={t_max!r}")
+
+
+class DDPM(_VariancePreserving):
+    """Discrete DDPM (Ho et al. 2020): `beta_i` linear in `[beta_start, beta_end]`, `N` steps,
+    `alpha_i = sqrt(prod_{j<=i}(1 - beta_j))`, timesteps `i = 0..N-1`.
+
+    Continuous interpolation: between integer timesteps, `log sigma~` is linear in `t` (the convention
+    of k-diffusion's `DiscreteSchedule`), so any `t in [0, N-1]` has a `sigma~`, the map is strictly
+    monotone and `t_from_sigma_ve` is its exact inverse. At integer `t` the values are the discrete ones.
+    `schedule="scaled_linear"` gives Stable Diffusion's betas (linear in sqrt(beta)).
+    """
+    name = "ddpm"
+
+    def __init__(self, beta_start: float = 1e-4, beta_end: float = 0.02, num_timesteps: int = 1000,
+                 schedule: str = "linear"):
+        if not (0 < beta_start < beta_end < 1):
+            raise ValueError(f"DDPM needs 0 < beta_start < beta_end < 1, got {beta_start!r}, {beta_end!r}")
+        if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 2:
+            raise ValueError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
+        if schedule == "linear":
+            betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        elif schedule == "scaled_linear":
+            betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps, dtype=torch.float64) ** 2
+        else:
+            raise ValueError(f"schedule={schedule!r} is not one of ['linear', 'scaled_linear']")
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, 0)
+        self.num_timesteps = num_timesteps
+        # log sigma~_i = 1/2 log((1 - abar_i) / abar_i), computed as 1/2 log(expm1(-log abar_i)).
+        self.log_sigmas = 0.5 * torch.log(torch.expm1(-torch.cumsum(torch.log1p(-betas), 0)))
+        self.t_min, self.t_max = 0.0, float(num_timesteps - 1)
+        self._tables: dict = {}
+
+    def _table(self, t: torch.Tensor) -> torch.Tensor:
+        key = (t.device, t.dtype)
+        if key not in self._tables:
+            self._tables[key] = self.log_sigmas.to(device=t.device, dtype=t.dtype)
+        return self._tables[key]
+
+    def _log_sigma_ve(self, t):
+        ls = self._table(t)
+        lo = t.detach().floor().clamp(0, self.num_timesteps - 2).long()
+        w = t - lo.to(t.dtype)  # extrapolates linearly past either end
+        return ls[lo] + w * (ls[lo + 1] - ls[lo])
+
+    def _log_alpha(self, t):
+        return -0.5 * F.softplus(2.0 * self._log_sigma_ve(t))
+
+    def _log_sigma(self, t):
+        lsv = self._log_sigma_ve(t)
+        return lsv - 0.5 * F.softplus(2.0 * lsv)
+
+    def _sigma_ve(self, t):
+        return torch.exp(self._log_sigma_ve(t))
+
+    def _t_from_log_snr(self, log_snr):
+        ls = self._table(log_snr)
+        lsv = -0.5 * log_snr
+        i = torch.searchsorted(ls, lsv.detach().contiguous()).clamp(1, self.num_timesteps - 1) - 1
+        return i.to(lsv.dtype) + (lsv - ls[i]) / (ls[i + 1] - ls[i])
+
+    def _sde_coeffs(self, t):
+        # f = d log alpha/dt and g^2 = -2 f for a VP process; d log sigma~/dt is the local slope of the table.
+        ls = self._table(t)
+        lo = t.detach().floor().clamp(0, self.num_timesteps - 2).long()
+        slope = ls[lo + 1] - ls[lo]
+        sv2 = torch.exp(2.0 * self._log_sigma_ve(t))
+        f = -slope * sv2 / (1.0 + sv2)
+        return f, -2.0 * f
+
+    def timesteps_tensor(self, device=None) -> torch.Tensor:
+        """The integer timesteps `0..N-1` as float64."""
+        return torch.arange(self.num_timesteps, dtype=torch.float64, device=device)
+
+    def __repr__(self):
+        return f"DDPM(betas {self.betas[0]:.3g}..{self.betas[-1]:.3g}, N={self.num_timesteps})"
+
+
+def _vp_linear_t_from_c(c: torch.Tensor, beta_min: float, beta_max: float) -> torch.Tensor:
+    """Solve `c = beta_min t + (beta_max - beta_min) t^2 / 2` for t >= 0 (cancellation-free root)."""
+    return 2.0 * c / (beta_min + torch.sqrt(beta_min ** 2 + 2.0 * (beta_max - beta_min) * c))
+
+
+class VP(_VariancePreserving):
+    """VP-SDE (Song et al. 2021, eq. 11): `beta(t) = beta_min + t (beta_max - beta_min)`,
+    `log alpha = -t^2 (beta_max - beta_min)/4 - t beta_min/2`, `f = -beta/2`, `g^2 = beta`.
+    `t_min = 1e-5` is Score SDE's likelihood cut-off (1e-3 is its sampling one)."""
+    name = "vp"
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-5, t_max: float = 1.0):
+        if not (0 < beta_min < beta_max):
+            raise ValueError(f"VP needs 0 < beta_min < beta_max, got beta_min={beta_min!r}, beta_max={beta_max!r}")
+        _check_range(t_min, t_max, 0.0, math.inf, "VP")
+        self.beta_min, self.beta_max, self.t_min, self.t_max = float(beta_min), float(beta_max), float(t_min), float(t_max)
+
+    def beta(self, t):
+        """`beta(t)`, the instantaneous noise rate."""
+        t = self._t(t)
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def _log_alpha(self, t):
+        return -0.25 * t ** 2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def _t_from_log_snr(self, log_snr):
+        return _vp_linear_t_from_c(F.softplus(-log_snr), self.beta_min, self.beta_max)
+
+    def _sde_coeffs(self, t):
+        beta = self.beta_min + t * (self.beta_max - self.beta_min)
+        return -0.5 * beta, beta
+
+    def __repr__(self):
+        return f"VP(beta {self.beta_min:g}..{self.beta_max:g}, t in [{self.t_min:g}, {self.t_max:g}])"
+
+
+class SubVP(VP):
+    """sub-VP SDE (Song et al. 2021, eq. 12): alpha as VP, `sigma = 1 - alpha^2`,
+    `f = -beta/2`, `g^2 = beta (1 - alpha^4)`."""
+    name = "subvp"
+    variance_preserving = False
+
+    def _log_sigma(self, t):
+        return torch.log(-torch.expm1(2.0 * self._log_alpha(t)))
+
+    def _t_from_log_snr(self, log_snr):
+        # sigma~ = (1 - a^2)/a  =>  a = 2 / (s + sqrt(s^2 + 4)) = exp(-asinh(s/2)).
+        s = torch.exp(-0.5 * log_snr)
+        return _vp_linear_t_from_c(2.0 * torch.asinh(0.5 * s), self.beta_min, self.beta_max)
+
+    def _sde_coeffs(self, t):
+        beta = self.beta_min + t * (self.beta_max - self.beta_min)
+        return -0.5 * beta, beta * -torch.expm1(4.0 * self._log_alpha(t))
+
+    def __repr__(self):
+        return f"SubVP(beta {self.beta_min:g}..{self.beta_max:g}, t in [{self.t_min:g}, {self.t_max:g}])"
+
+
+class VPCosine(_VariancePreserving):
+    """Cosine schedule (Nichol & Dhariwal 2021, eq. 17): `alpha = cos(a(t)) / cos(a(0))`,
+    `a(t) = (t + s)/(1 + s) pi/2`. `sigma^2 = sin(a - a0) sin(a + a0) / cos^2 a0` (cancellation-free).
+    `t_max = 0.9946` keeps `log alpha` bounded as in DPM-Solver (Lu et al. 2022, App. D)."""
+    name = "vp-cosine"
+
+    def __init__(self, s: float = 0.008, t_min: float = 0.0, t_max: float = 0.9946):
+        if not (s > 0):
+            raise ValueError(f"VPCosine needs s > 0, got s={s!r}")
+        _check_range(t_min, t_max, 0.0, 1.0 - 1e-9, "VPCosine")
+        self.s, self.t_min, self.t_max = float(s), float(t_min), float(t_max)
+        self._a0 = s / (1 + s) * math.pi / 2
+
+    def _a(self, t):
+        return (t + self.s) / (1 + self.s) * (math.pi / 2)
+
+    def _log_alpha(self, t):
+        return torch.log(torch.cos(self._a(t))) - math.log(math.cos(self._a0))
+
+    def _log_sigma(self, t):
+        a = self._a(t)
+        return 0.5 * (torch.log(torch.sin(a - self._a0)) + torch.log(torch.sin(a + self._a0))) - math.log(math.cos(self._a0))
+
+    def _t_from_log_snr(self, log_snr):
+        # cos a = alpha cos a0 with alpha^2 = sigmoid(l); sin a = sqrt(sigmoid(-l) + sigmoid(l) sin^2 a0).
+        a = torch.atan2(torch.sqrt(torch.sigmoid(-log_snr) + torch.sigmoid(log_snr) * math.sin(self._a0) ** 2),
+                        torch.sqrt(torch.sigmoid(log_snr)) * math.cos(self._a0))
+        return a * (2 / math.pi) * (1 + self.s) - self.s
+
+    def _sde_coeffs(self, t):
+        f = -torch.tan(self._a(t)) * (math.pi / (2 * (1 + self.s)))
+        return f, -2.0 * f
+
+    def __repr__(self):
+        return f"VPCosine(s={self.s:g}, t in [{self.t_min:g}, {self.t_max:g}])"
+
+
+class VE(NoiseProcess):
+    """Geometric VE process (NCSN, Song & Ermon 2019; Score SDE VE, Song et al. 2021, eq. 9):
+    `alpha = 1`, `sigma = sigma_min (sigma_max/sigma_min)^t`, `g^2 = 2 sigma^2 log(sigma_max/sigma_min)`."""
+    name = "ve"
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 0.0, t_max: float = 1.0):
+        if not (0 < sigma_min < sigma_max):
+            raise ValueError(f"VE needs 0 < sigma_min < sigma_max, got {sigma_min!r}, {sigma_max!r}")
+        _check_range(t_min, t_max, 0.0, 1.0, "VE")
+        self.s_min, self.s_max, self.t_min, self.t_max = float(sigma_min), float(sigma_max), float(t_min), float(t_max)
+        self._log_ratio = math.log(sigma_max / sigma_min)
+
+    def _log_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def _log_sigma(self, t):
+        return math.log(self.s_min) + t * self._log_ratio
+
+    def _t_from_log_snr(self, log_snr):
+        return (-0.5 * log_snr - math.log(self.s_min)) / self._log_ratio
+
+    def _sde_coeffs(self, t):
+        return torch.zeros_like(t), 2.0 * torch.exp(2.0 * self._log_sigma(t)) * self._log_ratio
+
+    def __repr__(self):
+        return f"VE(sigma {self.s_min:g}..{self.s_max:g})"
+
+
+class EDM(NoiseProcess):
+    """EDM (Karras et al. 2022, Table 1): `alpha = 1`, `sigma = t`, `f = 0`, `g^2 = 2t`, t in [0.002, 80]."""
+    name = "edm"
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        _check_range(sigma_min, sigma_max, 1e-300, math.inf, "EDM")
+        self.t_min, self.t_max = float(sigma_min), float(sigma_max)
+
+    def _log_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def _log_sigma(self, t):
+        return torch.log(t)
+
+    def _sigma_ve(self, t):
+        return t
+
+    def _t_from_sigma_ve(self, s):
+        return s
+
+    def _t_from_log_snr(self, log_snr):
+        return torch.exp(-0.5 * log_snr)
+
+    def _sde_coeffs(self, t):
+        return torch.zeros_like(t), 2.0 * t
+
+    def __repr__(self):
+        return f"EDM(sigma {self.t_min:g}..{self.t_max:g})"
+
+
+class RectifiedFlow(NoiseProcess):
+    """Rectified flow / linear interpolant (Liu et al. 2022; Lipman et al. 2022): `alpha = 1 - t`, `sigma = t`,
+    `f = -1/(1 - t)`, `g^2 = 2t/(1 - t)`. `sigma~ = t/(1 - t)` is infinite at t = 1, so the default
+    `t_max = 0.999` (sigma~ = 999); pass `t_max=1.0` for the exact endpoint."""
+    name = "rf"
+
+    def __init__(self, t_min: float = 0.0, t_max: float = 0.999):
+        _check_range(t_min, t_max, 0.0, 1.0, "RectifiedFlow")
+        self.t_min, self.t_max = float(t_min), float(t_max)
+
+    def _log_alpha(self, t):
+        return torch.log1p(-t)
+
+    def _log_sigma(self, t):
+        return torch.log(t)
+
+    def _t_from_log_snr(self, log_snr):
+        return torch.sigmoid(-0.5 * log_snr)
+
+    def _t_from_sigma_ve(self, s):
+        return s / (1.0 + s)
+
+    def _sde_coeffs(self, t):
+        return -1.0 / (1.0 - t), 2.0 * t / (1.0 - t)
+
+
+PROCESSES: dict[str, type[NoiseProcess]] = {
+    "ddpm": DDPM, "vp": VP, "vp-cosine": VPCosine, "subvp": SubVP, "ve": VE, "edm": EDM, "rf": RectifiedFlow,
+}
+
+
+def get_process(name: str, **kwargs) -> NoiseProcess:
+    """A process by its registry name (`PROCESSES` keys) with constructor keyword arguments."""
+    if name not in PROCESSES:
+        raise ValueError(f"process={name!r} is not one of {sorted(PROCESSES)}")
+    return PROCESSES[name](**kwargs)

@@ -1,0 +1,99 @@
+"""Small tensor helpers every module shares: broadcasting per-example scalars and input checks.
+
+One home for the two things the house rules forbid re-writing: the `[B] -> [B, 1, ..., 1]`
+broadcast (`expand_like`) and the `ValueError` that names a bad argument (`check_*`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "expand_like", "as_float_tensor", "check_finite", "check_nonnegative", "check_in_range",
+    "check_positive_int", "check_choice", "default_dtype_of",
+]
+
+
+def expand_like(c: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast a scalar or a per-example vector `c` of shape `[B]` against `x` of shape `[B, ...]`.
+
+    A 0-d or 1-element `c` broadcasts as is; a `[B]` vector gets trailing singleton dimensions.
+    This is the only place that appends dimensions (k-diffusion's `append_dims`).
+    """
+    c = torch.as_tensor(c, device=x.device)
+    if c.ndim == 0:
+        return c
+    if c.ndim != 1:
+        raise ValueError(f"per-example scalars must have shape [B] or [], got shape {tuple(c.shape)}")
+    if x.ndim == 0 or (c.shape[0] != x.shape[0] and c.shape[0] != 1):
+        raise ValueError(
+            f"per-example scalars of shape {tuple(c.shape)} do not match a batch of shape {tuple(x.shape)}")
+    return c.reshape(c.shape + (1,) * (x.ndim - 1))
+
+
+def default_dtype_of(*xs) -> torch.dtype:
+    """float64 unless one of `xs` is a floating tensor, whose dtype then wins (coefficients stay float64)."""
+    for x in xs:
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            return x.dtype
+    return torch.float64
+
+
+def as_float_tensor(x, name: str, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+    """`x` as a floating tensor (python numbers become float64), with NaN rejected by name."""
+    if isinstance(x, torch.Tensor):
+        t = x if x.is_floating_point() else x.to(torch.float64)
+        if dtype is not None:
+            t = t.to(dtype)
+        if device is not None:
+            t = t.to(device)
+    else:
+        try:
+            t = torch.as_tensor(x, dtype=dtype or torch.float64, device=device)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{name} must be a number or a tensor of numbers, got {x!r}") from e
+    if torch.isnan(t).any():
+        raise ValueError(f"{name} contains NaN")
+    return t
+
+
+def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Raise `ValueError` naming `name` if `x` holds NaN or +-Inf."""
+    if not torch.isfinite(x).all():
+        bad = "NaN" if torch.isnan(x).any() else "Inf"
+        raise ValueError(f"{name} contains {bad}; finite values are required")
+    return x
+
+
+def check_nonnegative(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Raise `ValueError` naming `name` unless every entry is >= 0 (Inf is allowed, NaN is not)."""
+    if torch.isnan(x).any():
+        raise ValueError(f"{name} contains NaN")
+    if (x < 0).any():
+        raise ValueError(f"{name} must be >= 0, got min {x.min().item():.6g}")
+    return x
+
+
+def check_in_range(x: torch.Tensor, name: str, lo: float, hi: float, rtol: float = 1e-6) -> torch.Tensor:
+    """Raise `ValueError` naming `name` unless `lo <= x <= hi` (a relative slack `rtol` absorbs float32 rounding)."""
+    if torch.isnan(x).any():
+        raise ValueError(f"{name} contains NaN")
+    slack = rtol * max(1.0, abs(lo), abs(hi) if math.isfinite(hi) else 1.0)
+    if x.numel() and ((x < lo - slack).any() or (x > hi + slack).any()):
+        raise ValueError(
+            f"{name} must lie in [{lo:g}, {hi:g}], got values in [{x.min().item():.6g}, {x.max().item():.6g}]")
+    return x
+
+
+def check_positive_int(n, name: str) -> int:
+    """Raise `ValueError` naming `name` unless `n` is an integer >= 1."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
+    return n
+
+
+def check_choice(value, name: str, choices) -> None:
+    """Raise `ValueError` naming `name` and listing `choices` unless `value` is one of them."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {sorted(choices)}")
