@@ -155,26 +155,43 @@ class Denoiser(nn.Module):
     """Present `net` as the VE-coordinate denoiser `D(x~, sigma~) = E[x0 | x~]` (Karras et al. 2022, Sec. 4).
 
     Args:
-        net:        the network, called as `net(input, noise_cond, **cond)`.
+        net:        the network, called as `net(input, noise_cond, **cond)`; it never knows the formulation.
         process:    the process it was trained on; `None` only for `target="edm"` (VE coordinates directly).
         target:     what `net` predicts, one of `TARGETS`:
-                    "eps" / "x0" / "score" / "v" / "flow": `net(x_t, t)` with `x_t = alpha(t) x~`, `t` the process
-                    time whose `sigma~(t) = sigma~`; "edm": `net(c_in x~, c_noise)` with EDM preconditioning.
+                    "eps" / "x0" / "score" / "v" / "flow": `net(x_t, c(t))` with `x_t = alpha(t) x~` and `t` the
+                    process time whose `sigma~(t) = sigma~`; "edm": `net(c_in x~, c_noise)` with the EDM
+                    preconditioning (Karras et al. 2022, Table 1).
         sigma_data: data standard deviation of the EDM preconditioning (0.5 for images in [-1, 1]).
+        noise_cond: what the network is told about the noise level for the non-EDM targets:
+                    "t"         the process time times `time_scale` (DDPM: the integer timestep; score_sde's VP
+                                models use t in [0, 1] with time_scale=999),
+                    "log_sigma" EDM's `c_noise = ln(sigma~)/4`, the same for every process.
+        time_scale: multiplies `t` when `noise_cond="t"` (1 means the raw process time).
 
-    `forward(x, sigma, **cond)`: `x` of shape `[B, ...]`, `sigma` a scalar or `[B]`; returns `[B, ...]` in `x`'s dtype.
-    Noise-level arithmetic is float64 whatever the network's dtype.
+    `forward(x, sigma, **cond)`: `x` of shape `[B, ...]`, `sigma` a scalar or `[B]`; returns `[B, ...]` in `x`'s
+    dtype. `raw(x_t, t, **cond)` is the network's own output at the process's `(x_t, t)` (what losses compare
+    with their target). Noise-level arithmetic is float64 whatever the network's dtype.
     """
 
     def __init__(self, net: nn.Module | Callable, process: NoiseProcess | None, target: str = "eps",
-                 sigma_data: float = 0.5):
+                 sigma_data: float = 0.5, noise_cond: str = "t", time_scale: float = 1.0):
         super().__init__()
         check_choice(target, "target", TARGETS)
+        check_choice(noise_cond, "noise_cond", ("t", "log_sigma"))
         if process is None and target != "edm":
             raise ValueError(f"process=None is only allowed with target='edm', got target={target!r}")
         if not (sigma_data > 0):
             raise ValueError(f"sigma_data must be > 0, got {sigma_data!r}")
+        if not (time_scale > 0):
+            raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
         self.net, self.process, self.target, self.sigma_data = net, process, target, float(sigma_data)
+        self.noise_cond, self.time_scale = noise_cond, float(time_scale)
+
+    def _cond(self, t: torch.Tensor) -> torch.Tensor:
+        """The network's noise-level input for process time `t` (float64 `[B]`)."""
+        if self.noise_cond == "log_sigma":
+            return 0.25 * torch.log(self.process._sigma_ve(t))
+        return t * self.time_scale
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         s = _per_example(sigma, x)
@@ -185,8 +202,17 @@ class Denoiser(nn.Module):
         t = self.process._t_from_sigma_ve(s)
         c = self.process._coefficients(t)
         x_t = _b(c.alpha, x) * x
-        out = self.net(x_t, t.to(x.dtype), **cond).to(x.dtype)
+        out = self.net(x_t, self._cond(t).to(x.dtype), **cond).to(x.dtype)
         return x0_from_target(self.target, x_t, out, *c)
+
+    def raw(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
+        """The network output at the process's own `(x_t, t)`, in its `target` parametrization. For
+        `target="edm"` `t` is sigma and this is `F(c_in x, c_noise)`."""
+        t = _per_example(t, x_t)
+        if self.target == "edm":
+            _, _, c_in, c_noise = edm_precond(t, self.sigma_data)
+            return self.net(_b(c_in, x_t) * x_t, c_noise.to(x_t.dtype), **cond)
+        return self.net(x_t, self._cond(t).to(x_t.dtype), **cond)
 
     def predict(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
         """Clean-data estimate at the process's own `(x_t, t)`: `D(x_t / alpha(t), sigma~(t))`."""
