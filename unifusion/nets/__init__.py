@@ -1,0 +1,33 @@
+"""Networks that never know the formulation: called as `net(x, noise_cond, class_labels=None)`.
+
+`MLP` for vectors, `UNet` (DDPM++ family) for images, the noise/label embeddings, and `build_net(kind, **kwargs)`
+so a YAML config can name either (`NETS`).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .embedding import EMBEDDINGS, FourierEmbedding, NoiseEmbedding, PositionalEmbedding
+from .mlp import MLP
+from .unet import UNet
+
+__all__ = ["MLP", "UNet", "NETS", "build_net", "PositionalEmbedding", "FourierEmbedding", "NoiseEmbedding",
+           "EMBEDDINGS"]
+
+NETS = {"mlp": MLP, "unet": UNet}
+
+
+def build_net(kind: str, **kwargs) -> nn.Module:
+    """The network `NETS[kind](**kwargs)`; an unknown `kind` or keyword raises `ValueError` naming it."""
+    if kind not in NETS:
+        raise ValueError(f"net kind={kind!r} is not one of {sorted(NETS)}")
+    import inspect
+    valid = [p for p in inspect.signature(NETS[kind]).parameters]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {kind} option(s) {unknown}; valid options are {valid}")
+    if "channel_mult" in kwargs:
+        kwargs["channel_mult"] = tuple(kwargs["channel_mult"])
+    if "attn_resolutions" in kwargs:
+        kwargs["attn_resolutions"] = tuple(kwargs["attn_resolutions"])
+    return NETS[kind](**kwargs)
