@@ -1,0 +1,357 @@
+"""The training loop every model in unifusion trains with: one `fit(task, data, ...)`.
+
+Owns the mechanics, not the objective. A *task* supplies the trainable modules and a per-example loss;
+`fit` supplies AdamW (Loshchilov & Hutter 2019) with linear warm-up, global gradient-norm clipping, EMA
+(one or several decays, `ema.EMA`), bf16/fp16 autocast on GPU, torchrun DDP, deterministic randomness, a
+tqdm bar, JSONL logs, atomic checkpoints and bit-exact resume, and a stop on a non-finite loss.
+
+A task is any object with
+    modules: dict[str, nn.Module]                 the trainable modules (what the optimiser, EMA and DDP see)
+    loss(batch, generator) -> Tensor [B]          per-example loss; `batch = (x, labels_or_None)`
+and optionally
+    after_step(step) -> None                      called after each optimiser step (e.g. a target network's EMA)
+    state_tensors() -> dict[str, Tensor]          extra state to checkpoint (e.g. that target network)
+    load_state_tensors(dict[str, Tensor]) -> None
+    to(device) -> task                            move non-trainable parts too (default: move `modules`)
+
+Randomness is a pure function of `(seed, step, micro-batch index)`: the data order is an epoch-wise permutation
+drawn from `(seed, epoch)`, and micro-batch `k` of step `s` gets a `torch.Generator` (and a reseeded global RNG,
+for dropout) from `numpy.random.SeedSequence([seed, s, k])`. Hence resuming needs no RNG snapshot and continues
+bit-exactly on CPU, and a run is reproduced by any run with the same global batch and the same number of
+micro-batches per step (`world_size * grad_accum`): one process with `grad_accum=2` matches two DDP processes.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .ema import EMA
+from .logs import JsonlLogger
+
+__all__ = ["TrainConfig", "FitResult", "TrainingDiverged", "fit", "micro_batch_seed", "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    """Options of `fit` (the `train:` section of a config file)."""
+    steps: int = 1000                       # optimiser steps in total; a resumed run continues up to this
+    batch_size: int = 256                   # global batch per step, over all processes and accumulation
+    grad_accum: int = 1                     # micro-batches per process per step (1: none)
+    lr: float = 2e-4                        # AdamW learning rate after warm-up
+    weight_decay: float = 0.0               # AdamW decoupled weight decay (0: none)
+    betas: tuple = (0.9, 0.999)             # AdamW betas
+    warmup: int = 0                         # linear learning-rate warm-up steps (0: none)
+    grad_clip: float = 1.0                  # max global gradient norm (0: no clipping)
+    ema_decays: tuple = (0.999,)            # one weight average per decay (empty: no EMA)
+    ema_warmup: bool = True                 # decay min(d, (1+n)/(10+n)) at update n
+    precision: str = "auto"                 # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16" (GPU only)
+    device: str = "auto"                    # "auto", "cpu" or "cuda" (torchrun picks the GPU by LOCAL_RANK)
+    log_every: int = 100                    # steps between log lines (0: none)
+    ckpt_every: int = 0                     # steps between checkpoints (0: only at the end)
+    progress: bool = True                   # tqdm bar on the main process
+    tensorboard: bool = False               # also write TensorBoard scalars (needs `tensorboard`)
+    threads: int = 0                        # torch CPU threads (0: torch's default; 1 is fastest for small nets)
+
+    def validate(self) -> "TrainConfig":
+        for name in ("steps", "batch_size", "grad_accum"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"train.{name} must be an integer >= 1, got {v!r}")
+        for name in ("warmup", "log_every", "ckpt_every", "threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"train.{name} must be an integer >= 0, got {v!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
+        if not (self.weight_decay >= 0 and self.grad_clip >= 0):
+            raise ValueError(f"train.weight_decay and train.grad_clip must be >= 0, got "
+                             f"{self.weight_decay!r} and {self.grad_clip!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)!r}")
+        for d in self.ema_decays:
+            if not (0 < d < 1):
+                raise ValueError(f"train.ema_decays must lie in (0, 1), got {list(self.ema_decays)!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"train.precision={self.precision!r} is not one of ['auto', 'bf16', 'fp16', 'fp32']")
+        return self
+
+
+@dataclass
+class FitResult:
+    """What `fit` leaves behind."""
+    step: int                               # optimiser steps done in total
+    loss: float                             # mean loss of the last logging window
+    checkpoint: Path | None                 # the last checkpoint written (None without `out`)
+    ema: EMA | None                         # the weight averages
+    history: list = field(default_factory=list)  # the log records of this call
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the weights of that step were not applied."""
+
+
+def micro_batch_seed(seed: int, step: int, k: int) -> tuple[int, int]:
+    """Two 32-bit seeds (loss generator, global RNG) for micro-batch `k` of step `step`."""
+    a, b = np.random.SeedSequence([seed, step, k]).generate_state(2)
+    return int(a), int(b)
+
+
+class _Order:
+    """Global batch indices of step `s`: positions `[s B, (s+1) B)` of a stream of epoch-wise permutations."""
+
+    def __init__(self, n: int, batch: int, seed: int):
+        self.n, self.batch, self.seed = n, batch, seed
+        self.perm = lru_cache(maxsize=4)(self._perm)
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch, 0xDA7A]).generate_state(1)[0]))
+        return torch.randperm(self.n, generator=g)
+
+    def __call__(self, s: int) -> torch.Tensor:
+        pos, end, out = s * self.batch, (s + 1) * self.batch, []
+        while pos < end:
+            e, off = divmod(pos, self.n)
+            take = min(self.n - off, end - pos)
+            out.append(self.perm(e)[off:off + take])
+            pos += take
+        return torch.cat(out)
+
+
+class _LossModule(nn.Module):
+    """The task's loss as one module, so DDP sees every trainable parameter and syncs its gradient."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.mods = nn.ModuleDict(task.modules)
+        object.__setattr__(self, "task", task)
+
+    def forward(self, x, labels, generator):
+        return self.task.loss((x, labels), generator)
+
+
+def _precision(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if name == "fp32":
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"train.precision={name!r} needs a GPU; on CPU use 'fp32' or 'auto'")
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+_RESUMABLE = {"train.steps", "train.log_every", "train.ckpt_every", "train.progress", "train.device",
+              "train.tensorboard", "train.threads", "out"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_difference(a: dict, b: dict, ignore=_RESUMABLE) -> list[str]:
+    """Keys whose values differ between two (nested) configs, except those a resumed run may change."""
+    fa, fb = _flat(a), _flat(b)
+    return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
+
+
+def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: TrainConfig | None = None,
+        seed: int = 0, out=None, config: dict | None = None, meta: dict | None = None,
+        resume: bool = False, dist: DistInfo | None = None) -> FitResult:
+    """Train `task` on `data` (`[N, ...]`, optional `labels` `[N]`) for `train.steps` optimiser steps.
+
+    Args:
+        train:  the loop's options (`TrainConfig()` if None).
+        seed:   the one seed every random draw derives from (see the module docstring).
+        out:    run folder for `checkpoint.safetensors` (+ `.json`) and `log.jsonl` (None: write nothing).
+        config: the full run configuration stored in checkpoints (what `load_model` rebuilds the model from).
+        meta:   extra JSON stored in checkpoints (e.g. the data shape).
+        resume: continue from `out/checkpoint.safetensors` if it exists (its config must match `config`, except
+                `train.steps` and logging options).
+        dist:   process info (default: `init_distributed(train.device)`, i.e. torchrun's environment).
+
+    Raises `TrainingDiverged` (a `ValueError`) on a non-finite loss, naming the step and the last good checkpoint.
+    """
+    train = (train or TrainConfig()).validate()
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    dist = dist or init_distributed(train.device)
+    dev, main = dist.device, dist.is_main
+    n_micro = dist.world_size * train.grad_accum
+    if train.batch_size % n_micro:
+        raise ValueError(f"train.batch_size={train.batch_size} must be divisible by world_size x grad_accum = {n_micro}")
+    if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 1:
+        raise ValueError(f"data must be a tensor of shape [N, ...] with N >= 1, got {getattr(data, 'shape', type(data))}")
+    if not torch.isfinite(data).all():
+        raise ValueError("data contains NaN or Inf; finite values are required")
+    if labels is not None and labels.shape[:1] != data.shape[:1]:
+        raise ValueError(f"labels must have shape [{data.shape[0]}], got {tuple(labels.shape)}")
+    micro = train.batch_size // n_micro
+    autocast_dtype = _precision(train.precision, dev)
+    config = config if config is not None else {"train": asdict(train), "seed": seed}
+    out = Path(out) if out is not None else None
+    ckpt_path = out / CHECKPOINT_NAME if out is not None else None
+
+    if hasattr(task, "to"):
+        task.to(dev)
+    else:
+        for m in task.modules.values():
+            m.to(dev)
+    wrapper = _LossModule(task)
+    params = [p for p in wrapper.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the task has no trainable parameters")
+    model = wrapper
+    if dist.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(wrapper, device_ids=[dev] if dev.type == "cuda" else None)
+    opt = torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+    ema = EMA(task.modules, train.ema_decays, train.ema_warmup) if train.ema_decays else None
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+
+    start = 0
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        start = _load_state(ckpt_path, task, opt, ema, scaler, config, n_micro)
+    logger = JsonlLogger(out / "log.jsonl" if (out is not None and main) else None,
+                         resume_step=start if resume else None, tensorboard=train.tensorboard)
+    order = _Order(data.shape[0], train.batch_size, seed)
+    last_good = (ckpt_path, start) if start else (None, 0)
+
+    def save(step):
+        tensors = {f"model.{name}.{k}": v for name, m in task.modules.items() for k, v in m.state_dict().items()}
+        if ema is not None:
+            tensors.update(ema.state_tensors())
+        osd = opt.state_dict()
+        tensors.update({f"optim.{pid}.{k}": v for pid, st in osd["state"].items() for k, v in st.items()})
+        if hasattr(task, "state_tensors"):
+            tensors.update({f"task.{k}": v for k, v in task.state_tensors().items()})
+        info = dict(meta or {}, step=step, seed=seed, config=config, micro_batches=n_micro,
+                    ema_decays=list(train.ema_decays), modules=sorted(task.modules),
+                    param_groups=[{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+                                  for g in osd["param_groups"]],
+                    scaler=scaler.state_dict() if scaler is not None else None,
+                    rng={"seed": seed, "next_step": step,
+                         "scheme": "SeedSequence([seed, step, micro_batch]); data order SeedSequence([seed, epoch])"})
+        if main:
+            save_checkpoint(ckpt_path, tensors, info)
+        barrier()
+
+    bar = None
+    if main and train.progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=train.steps, initial=start, unit="step", dynamic_ncols=True)
+    history, window, t_window, result_loss = [], [], time.perf_counter(), float("nan")
+    wrapper.train()
+    try:
+        for s in range(start, train.steps):
+            lr = train.lr * min(1.0, (s + 1) / train.warmup) if train.warmup else train.lr
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = order(s)
+            opt.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=dev)
+            for a in range(train.grad_accum):
+                k = dist.rank * train.grad_accum + a
+                sel = idx[k * micro:(k + 1) * micro]
+                x = data[sel].to(dev, non_blocking=True)
+                y = labels[sel].to(dev, non_blocking=True) if labels is not None else None
+                s_gen, s_global = micro_batch_seed(seed, s, k)
+                torch.manual_seed(s_global)
+                gen = torch.Generator(device=dev).manual_seed(s_gen)
+                sync = model.no_sync() if (model is not wrapper and a < train.grad_accum - 1) else nullcontext()
+                with sync:
+                    with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        per_example = model(x, y, gen)
+                    loss = per_example.float().mean() / train.grad_accum
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                loss_sum += loss.detach()
+            if scaler is not None:
+                scaler.unscale_(opt)
+            gnorm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip if train.grad_clip > 0 else math.inf)
+            loss_val = float(all_reduce_mean(loss_sum))
+            if not math.isfinite(loss_val):
+                where = (f"last good checkpoint: {last_good[0]} (step {last_good[1]})" if last_good[0] is not None
+                         else "no checkpoint was written yet")
+                logger.log({"step": s + 1, "event": "diverged", "loss": str(loss_val)})
+                raise TrainingDiverged(f"loss became {loss_val} at step {s + 1}; stopped without applying it; {where}")
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            if ema is not None:
+                ema.update(s)
+            if hasattr(task, "after_step"):
+                task.after_step(s)
+            step = s + 1
+            window.append(loss_val)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_val:.4g}", refresh=False)
+            if (train.log_every and step % train.log_every == 0) or step == train.steps:
+                now = time.perf_counter()
+                result_loss = float(np.mean(window))
+                rec = {"step": step, "loss": result_loss, "lr": lr, "grad_norm": float(gnorm),
+                       "steps_per_s": len(window) / max(now - t_window, 1e-9),
+                       "examples_per_s": len(window) * train.batch_size / max(now - t_window, 1e-9)}
+                history.append(rec)
+                logger.log(rec)
+                window, t_window = [], now
+            if ckpt_path is not None and ((train.ckpt_every and step % train.ckpt_every == 0) or step == train.steps):
+                save(step)
+                last_good = (ckpt_path, step)
+    finally:
+        if bar is not None:
+            bar.close()
+        logger.close()
+    done = max(start, train.steps)
+    return FitResult(done, result_loss, last_good[0], ema, history)
+
+
+def _load_state(path: Path, task, opt, ema, scaler, config: dict, n_micro: int) -> int:
+    """Restore modules, EMA, optimiser, scaler and task state from `path`; return the step to continue from."""
+    tensors, info = read_checkpoint(path)
+    diff = config_difference(info.get("config", {}), config)
+    if diff:
+        raise CheckpointError(f"checkpoint {path} comes from another config (differs in: {', '.join(diff[:8])}); "
+                              f"use another `out` folder or the same config")
+    if info.get("micro_batches") != n_micro:
+        raise CheckpointError(f"checkpoint {path} was trained with {info.get('micro_batches')} micro-batches per step "
+                              f"(world_size x grad_accum), this run has {n_micro}; bit-exact resume needs the same")
+    try:
+        for name, m in task.modules.items():
+            pre = f"model.{name}."
+            m.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
+        if ema is not None:
+            ema.load_state_tensors(tensors)
+        state = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, key = k.split(".", 2)
+                state.setdefault(int(pid), {})[key] = v
+        groups = info["param_groups"]
+        for g in groups:
+            g["betas"] = tuple(g["betas"])
+        opt.load_state_dict({"state": state, "param_groups": groups})
+        if scaler is not None and info.get("scaler"):
+            scaler.load_state_dict(info["scaler"])
+        if hasattr(task, "load_state_tensors"):
+            task.load_state_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("task.")})
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
+    return int(info["step"])

@@ -1,0 +1,155 @@
+"""From a config to a trained model and back: `DiffusionTask`, `build_run`, `train_from_config`, `load_model`.
+
+Owns the wiring of the pieces a config names: data (`unifusion.data.get_dataset`), process
+(`unifusion.processes.get_process`), network (`unifusion.nets.build_net`), the `Denoiser` that presents it in
+VE coordinates (Karras et al. 2022, Sec. 4) and the loss (`unifusion.losses.build_loss`). A checkpoint carries
+its config and data shape, so `load_model(path)` rebuilds the exact network without the data.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..parametrization import Denoiser
+from ..processes import get_process
+from .checkpoint import CheckpointError, read_checkpoint
+from .config import check_config, merge, DEFAULTS
+from .loop import CHECKPOINT_NAME, FitResult, TrainConfig, fit
+
+__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_run", "train_from_config", "load_model"]
+
+
+class DiffusionTask:
+    """The task of a denoising loss: one trainable module `net`, the loss `loss_fn(denoiser, x0, generator,
+    class_labels) -> [B]` of `unifusion.losses`."""
+
+    def __init__(self, denoiser: Denoiser, loss_fn):
+        self.denoiser, self.loss_fn = denoiser, loss_fn
+        self.modules = {"net": denoiser.net}
+
+    def loss(self, batch, generator):
+        x, labels = batch
+        return self.loss_fn(self.denoiser, x, generator=generator, class_labels=labels)
+
+    def to(self, device):
+        self.denoiser.to(device)
+        return self
+
+
+def _section(cfg: dict, name: str, head: str) -> tuple[str, dict]:
+    sec = dict(cfg[name])
+    return sec.pop(head), sec
+
+
+def build_data(cfg: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(data, labels)` of the config's `data` section; labels only when the net is class-conditional."""
+    from ..data import get_dataset
+
+    name, kwargs = _section(cfg, "data", "name")
+    data, labels = get_dataset(name, **kwargs)
+    if not torch.isfinite(data).all():
+        raise ValueError(f"data set {name!r} contains NaN or Inf; finite values are required")
+    if not cfg["net"].get("num_classes"):
+        labels = None
+    elif labels is None:
+        raise ValueError(f"net.num_classes={cfg['net']['num_classes']} needs labels, but data set {name!r} has none")
+    return data.float(), labels
+
+
+def build_denoiser(cfg: dict, data_shape) -> Denoiser:
+    """The `Denoiser` of the config's `process`, `net` and `model` sections for data of shape `[N, *data_shape]`."""
+    from ..nets import NETS, build_net
+    import inspect
+
+    pname, pkw = _section(cfg, "process", "name")
+    process = get_process(pname, **pkw)
+    kind, nkw = _section(cfg, "net", "kind")
+    if kind in NETS:
+        params = inspect.signature(NETS[kind]).parameters
+        shape = tuple(data_shape)
+        auto = {"dim": shape[0] if len(shape) == 1 else None,
+                "in_channels": shape[0] if len(shape) == 3 else None,
+                "img_resolution": shape[-1] if len(shape) == 3 else None}
+        for k, v in auto.items():
+            if k in params and k not in nkw and v is not None:
+                nkw[k] = v
+    net = build_net(kind, **nkw)
+    m = cfg["model"]
+    return Denoiser(net, process, m["target"], m["sigma_data"], m["noise_cond"], m["time_scale"])
+
+
+def build_run(cfg: dict):
+    """`(task, data, labels)` for a checked config."""
+    from ..losses import build_loss
+    import inspect
+    from ..losses import LOSSES
+
+    check_config(cfg)
+    data, labels = build_data(cfg)
+    torch.manual_seed(cfg["seed"])                  # network initialisation
+    denoiser = build_denoiser(cfg, data.shape[1:])
+    lname, lkw = _section(cfg, "loss", "name")
+    if lname in LOSSES and "sigma_data" in inspect.signature(LOSSES[lname]).parameters:
+        lkw.setdefault("sigma_data", cfg["model"]["sigma_data"])
+    loss = build_loss(lname, denoiser.process, **lkw)
+    return DiffusionTask(denoiser, loss), data, labels
+
+
+def train_config(cfg: dict) -> TrainConfig:
+    t = dict(cfg["train"])
+    t["betas"], t["ema_decays"] = tuple(t["betas"]), tuple(t["ema_decays"])
+    return TrainConfig(**t)
+
+
+def train_from_config(cfg: dict, resume: bool = False, out=None) -> FitResult:
+    """Build the run of `cfg` and `fit` it; writes `config.yaml`, `log.jsonl` and `checkpoint.safetensors` under
+    `out` (default `cfg['out']`)."""
+    cfg = copy.deepcopy(cfg)
+    if out is not None:
+        cfg["out"] = str(out)
+    task, data, labels = build_run(cfg)
+    out = Path(cfg["out"])
+    if not resume and (out / CHECKPOINT_NAME).exists():
+        raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg,
+               meta={"data_shape": list(data.shape[1:])}, resume=resume)
+
+
+def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
+    """The trained `Denoiser` of a checkpoint written by `train_from_config` (its config as `.config`).
+
+    `ema=True`: the first EMA decay's weights (the raw weights if the run kept no EMA); `False`: the raw weights;
+    a float: the EMA of that decay. A truncated / corrupted checkpoint or one whose tensors do not fit its
+    config raises `CheckpointError` (a `ValueError`).
+    """
+    path = Path(checkpoint_path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    tensors, info = read_checkpoint(path)
+    if "data_shape" not in info or "config" not in info or info.get("modules") != ["net"]:
+        raise CheckpointError(f"{path} is not a diffusion-model checkpoint (no data shape / net); "
+                              f"it may come from another task")
+    cfg = merge(DEFAULTS, info["config"])
+    decays = info.get("ema_decays", [])
+    if ema is True:
+        prefix = "ema0.net." if decays else "model.net."
+    elif ema is False or ema is None:
+        prefix = "model.net."
+    else:
+        if float(ema) not in decays:
+            raise ValueError(f"ema={ema!r}: this checkpoint keeps EMA decays {decays}")
+        prefix = f"ema{decays.index(float(ema))}.net."
+    try:
+        denoiser = build_denoiser(cfg, info["data_shape"])
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        denoiser.net.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not match its config: {str(e).splitlines()[0]}") from None
+    denoiser.config = cfg
+    denoiser.checkpoint_step = int(info["step"])
+    return denoiser.to(device).eval().requires_grad_(False)
