@@ -1,0 +1,460 @@
+"""Sample-quality metrics, each reported next to its noise floor.
+
+This module owns
+* distances between two sample sets `[N, d]`:
+  `sliced_wasserstein` (SW2; Rabin et al. 2011, Bonneel et al. 2015: the 1-D W2 of each random projection is
+  exact, from the two empirical quantile functions, for any two sample counts),
+  `mmd` (unbiased MMD^2 of Gretton et al. 2012, eq. 3, with a Gaussian kernel whose bandwidth is the median
+  heuristic, or a multi-scale sum of Gaussian kernels),
+  `frechet_distance` (Frechet / 2-Wasserstein distance between the Gaussians fitted to two feature sets,
+  Dowson & Landau 1982; the FID of Heusel et al. 2017, eq. 6, with an eigen-based matrix square root);
+* `vector_report` / `vector_floor` for 2-D toys and vector mixtures (SW2, MMD against exact reference draws);
+* `DigitsClassifier`: a small MLP trained deterministically on the digits training split
+  (`scripts/train_digits_classifier.py`; weights shipped in `unifusion/assets/`), whose penultimate features
+  define the digits Frechet distance, and the digits metrics `digits_fd`, `confident_fraction`,
+  `nearest_neighbour_ratio` and `digits_report` (every number with the real-test-vs-train floor at the same
+  sample count).
+
+Floors: a metric means little without the value a perfect model would get. For digits the floor is the same
+metric computed on the real test split (unseen by model and classifier) resampled to the same count `n`
+(without replacement when `n <= 360`, with replacement above; the mean over `floor_repeats` resamples with a
+fixed seed). For vectors it is the metric between a fresh exact draw and the reference.
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+import numpy as np
+import torch
+from torch import nn
+
+from .utils import check_choice, check_finite, check_positive_int
+
+__all__ = [
+    "sliced_wasserstein", "mmd", "median_bandwidth", "frechet_distance", "frechet_distance_from_stats",
+    "gaussian_stats", "fd_floor", "vector_report", "vector_floor",
+    "DigitsClassifier", "digits_fd", "confident_fraction", "nearest_neighbour_ratio", "copy_fraction",
+    "digits_report",
+    "MEMORIZATION_THRESHOLD", "CLASSIFIER_PATH",
+]
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+CLASSIFIER_PATH = ASSETS / "digits_classifier.safetensors"
+MEMORIZATION_THRESHOLD = 0.5  # nearest-neighbour ratio below this flags memorization (see nearest_neighbour_ratio)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# input checks
+
+def _as_2d(x, name: str, min_rows: int = 1) -> torch.Tensor:
+    """`x` (tensor or array) as a finite float64 `[N, d]` tensor, else a one-line `ValueError` naming `name`."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor or array of shape [N, d], got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape [N, d], got {tuple(x.shape)}")
+    if x.shape[0] < min_rows or x.shape[1] < 1:
+        raise ValueError(f"{name} needs at least {min_rows} row(s) and 1 column, got shape {tuple(x.shape)}")
+    x = x.detach().to("cpu", torch.float64)
+    return check_finite(x, name)
+
+
+def _same_dim(x: torch.Tensor, y: torch.Tensor, names=("x", "y")) -> None:
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sliced Wasserstein-2
+
+def _w2_squared_sorted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact squared W2 between the empirical measures of the rows' entries; `a` `[P, n]`, `b` `[P, m]`, sorted.
+
+    `W2^2 = int_0^1 (F_a^-1(u) - F_b^-1(u))^2 du`, with both quantile functions piecewise constant and jumping at
+    `i/n` and `j/m`. The breakpoints are merged in integer units of `1/lcm(n, m)`, so the integral is exact.
+    """
+    n, m = a.shape[1], b.shape[1]
+    if n == m:
+        return ((a - b) ** 2).mean(1)
+    L = math.lcm(n, m)
+    ka, kb = L // n, L // m
+    k = torch.unique(torch.cat([torch.arange(1, n + 1) * ka, torch.arange(1, m + 1) * kb]))  # sorted, ends at L
+    width = torch.diff(k, prepend=torch.zeros(1, dtype=k.dtype)).to(torch.float64) / L
+    ia = (k + ka - 1) // ka - 1  # quantile index on (k_prev, k]: ceil(k n / L) - 1
+    ib = (k + kb - 1) // kb - 1
+    return ((a[:, ia] - b[:, ib]) ** 2 * width).sum(1)
+
+
+def sliced_wasserstein(x, y, n_projections: int = 256, generator: torch.Generator | None = None) -> float:
+    """Sliced Wasserstein-2 distance between two sample sets `x` `[N, d]` and `y` `[M, d]` (any N, M).
+
+    `SW2 = (E_theta W2^2(theta . x, theta . y))^(1/2)` over directions `theta` uniform on the sphere
+    (Rabin et al. 2011; Bonneel et al. 2015, eq. 5), estimated with `n_projections` directions drawn from
+    `generator`. Each 1-D W2 is exact: the integral of the squared difference of the two empirical quantile
+    functions. Computed in float64; returns a python float in the data's units.
+    """
+    x, y = _as_2d(x, "x"), _as_2d(y, "y")
+    _same_dim(x, y)
+    check_positive_int(n_projections, "n_projections")
+    theta = torch.randn(x.shape[1], n_projections, generator=generator, dtype=torch.float64)
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    px = (x @ theta).T.sort(dim=1).values  # [P, N]
+    py = (y @ theta).T.sort(dim=1).values  # [P, M]
+    return float(_w2_squared_sorted(px, py).mean().sqrt())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MMD
+
+MMD_KERNELS = ("rbf", "multiscale")
+MULTISCALE_FACTORS = (0.2, 0.5, 1.0, 2.0, 5.0)  # bandwidths of the multi-scale kernel, times the base bandwidth
+
+
+def median_bandwidth(x, max_points: int = 1000) -> float:
+    """The median heuristic (Gretton et al. 2012, Sec. 8): the median pairwise Euclidean distance of `x` `[N, d]`,
+    over at most `max_points` evenly spaced rows (deterministic)."""
+    x = _as_2d(x, "x", min_rows=2)
+    if x.shape[0] > max_points:
+        x = x[torch.linspace(0, x.shape[0] - 1, max_points).round().long()]
+    d = torch.cdist(x, x)
+    iu = torch.triu_indices(x.shape[0], x.shape[0], offset=1)
+    h = float(d[iu[0], iu[1]].median())
+    if not h > 0:
+        raise ValueError("the median pairwise distance is 0 (most points coincide); pass an explicit bandwidth")
+    return h
+
+
+def _kernel_sum(a: torch.Tensor, b: torch.Tensor, scales: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """`sum_ij mean_s exp(-|a_i - b_j|^2 / (2 h_s^2))`, in row chunks to bound memory."""
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(0, a.shape[0], chunk):
+        d2 = torch.cdist(a[i:i + chunk], b).square()
+        total = total + torch.exp(-d2[..., None] / (2 * scales ** 2)).mean(-1).sum()
+    return total
+
+
+def mmd(x, y, kernel: str = "rbf", bandwidth: float | None = None) -> float:
+    """Unbiased squared maximum mean discrepancy `MMD_u^2` between `x` `[N, d]` and `y` `[M, d]`
+    (Gretton et al. 2012, eq. 3): `mean_{i!=j} k(x_i, x_j) + mean_{i!=j} k(y_i, y_j) - 2 mean_ij k(x_i, y_j)`.
+
+    kernel="rbf":        `k(a, b) = exp(-|a - b|^2 / (2 h^2))`;
+    kernel="multiscale": the mean of that kernel over `h * (0.2, 0.5, 1, 2, 5)`.
+    bandwidth=None uses the median heuristic `h = median_bandwidth(concat(x, y))`; pass a fixed `h` to compare
+    several sample sets against one reference (`vector_report` fixes it from the reference). Unbiased, so it
+    can be slightly negative when the two distributions agree. Needs N, M >= 2.
+    """
+    x, y = _as_2d(x, "x", min_rows=2), _as_2d(y, "y", min_rows=2)
+    _same_dim(x, y)
+    check_choice(kernel, "kernel", MMD_KERNELS)
+    if bandwidth is None:
+        h = median_bandwidth(torch.cat([x, y]))
+    elif isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not 0 < bandwidth < math.inf:
+        raise ValueError(f"bandwidth must be a positive finite number or None (median heuristic), got {bandwidth!r}")
+    else:
+        h = float(bandwidth)
+    factors = MULTISCALE_FACTORS if kernel == "multiscale" else (1.0,)
+    scales = h * torch.tensor(factors, dtype=torch.float64)
+    n, m = x.shape[0], y.shape[0]
+    kxx = (_kernel_sum(x, x, scales) - n) / (n * (n - 1))  # k(a, a) = 1 on the diagonal
+    kyy = (_kernel_sum(y, y, scales) - m) / (m * (m - 1))
+    kxy = _kernel_sum(x, y, scales) / (n * m)
+    return float(kxx + kyy - 2 * kxy)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Frechet distance
+
+def gaussian_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean `[d]` and unbiased covariance `[d, d]` (float64) of features `[N, d]`, N >= 2."""
+    f = _as_2d(feats, "feats", min_rows=2)
+    return f.mean(0), torch.cov(f.T, correction=1).reshape(f.shape[1], f.shape[1])
+
+
+def _psd_sqrt(c: torch.Tensor) -> torch.Tensor:
+    lam, u = torch.linalg.eigh((c + c.T) / 2)
+    return (u * lam.clamp_min(0).sqrt()) @ u.T
+
+
+def frechet_distance_from_stats(mu1, cov1, mu2, cov2) -> float:
+    """`|mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1^(1/2) C2 C1^(1/2))^(1/2))`: the squared 2-Wasserstein distance between
+    `N(mu1, C1)` and `N(mu2, C2)` (Dowson & Landau 1982; Heusel et al. 2017, eq. 6).
+
+    `tr (C1 C2)^(1/2)` is computed as the sum of square roots of the eigenvalues of the symmetric PSD matrix
+    `C1^(1/2) C2 C1^(1/2)` (two `eigh` calls in float64, negative round-off clamped to 0): no complex parts and
+    no failure on singular covariances, unlike a general `sqrtm`.
+    """
+    mu1, mu2 = (torch.as_tensor(m, dtype=torch.float64).reshape(-1) for m in (mu1, mu2))
+    c1, c2 = (torch.as_tensor(c, dtype=torch.float64) for c in (cov1, cov2))
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or c1.shape != (d, d) or c2.shape != (d, d):
+        raise ValueError(f"means must be [d] and covariances [d, d] with one d, got {tuple(mu1.shape)}, "
+                         f"{tuple(c1.shape)}, {tuple(mu2.shape)}, {tuple(c2.shape)}")
+    for t, name in ((mu1, "mu1"), (mu2, "mu2"), (c1, "cov1"), (c2, "cov2")):
+        check_finite(t, name)
+    s1 = _psd_sqrt(c1)
+    m = s1 @ c2 @ s1
+    tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
+    fd = (mu1 - mu2).square().sum() + torch.trace(c1) + torch.trace(c2) - 2 * tr_sqrt
+    return float(fd.clamp_min(0))
+
+
+def frechet_distance(x_feats, y_feats) -> float:
+    """Frechet distance between the Gaussians fitted (mean, unbiased covariance) to two feature sets `[N, d]`,
+    `[M, d]`, N, M >= 2 (the FID formula of Heusel et al. 2017, eq. 6, in float64)."""
+    x, y = _as_2d(x_feats, "x_feats", min_rows=2), _as_2d(y_feats, "y_feats", min_rows=2)
+    _same_dim(x, y, ("x_feats", "y_feats"))
+    return frechet_distance_from_stats(*gaussian_stats(x), *gaussian_stats(y))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# vectors: 2-D toys and vector mixtures
+
+def vector_report(samples, reference, generator: torch.Generator | None = None,
+                  n_projections: int = 256) -> dict:
+    """SW2 and MMD^2 of `samples` `[N, d]` against an exact `reference` draw `[M, d]`.
+
+    MMD uses the rbf kernel with the bandwidth fixed by the reference alone (`median_bandwidth(reference)`), so
+    that rows of one table share one kernel; SW2 projections come from `generator`.
+    Returns `{"n", "sw2", "mmd", "bandwidth"}`.
+    """
+    x, ref = _as_2d(samples, "samples", min_rows=2), _as_2d(reference, "reference", min_rows=2)
+    _same_dim(x, ref, ("samples", "reference"))
+    h = median_bandwidth(ref)
+    return {"n": x.shape[0], "sw2": sliced_wasserstein(x, ref, n_projections, generator=generator),
+            "mmd": mmd(x, ref, "rbf", bandwidth=h), "bandwidth": h}
+
+
+def vector_floor(sampler, reference, n: int, generator: torch.Generator | None = None,
+                 n_projections: int = 256) -> dict:
+    """The noise floor of `vector_report`: the same metrics for `n` fresh exact draws against `reference`.
+
+    `sampler` is an oracle with `.sample(n, generator=...)` (e.g. `GaussianMixture`) or a callable
+    `sampler(n, generator) -> [n, d]`; the draw must be independent of `reference`.
+    """
+    check_positive_int(n, "n")
+    draw = sampler.sample(n, generator=generator) if hasattr(sampler, "sample") else sampler(n, generator)
+    return vector_report(draw, reference, generator=generator, n_projections=n_projections)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# digits: a small classifier and its feature space
+
+class DigitsClassifier(nn.Module):
+    """A small MLP on the 64 pixels of an 8x8 digit in [-1, 1]: 64 -> 256 -> 64 (features) -> 10 classes.
+
+    `features(x)` are the penultimate activations that define the digits Frechet distance (the role of the
+    Inception pool features in FID, Heusel et al. 2017). `load()` returns the shipped weights, trained by
+    `scripts/train_digits_classifier.py` on the digits training split only.
+    """
+
+    def __init__(self, hidden: int = 256, n_features: int = 64, n_classes: int = 10):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, hidden), nn.SiLU(), nn.Linear(hidden, n_features), nn.SiLU())
+        self.head = nn.Linear(n_features, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features `[N, n_features]` of pixels `[N, 64]`."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits `[N, 10]` of pixels `[N, 64]`."""
+        return self.head(self.body(x))
+
+    @staticmethod
+    def load(path: str | Path | None = None) -> "DigitsClassifier":
+        """The classifier with weights from `path` (default: the shipped safetensors file), in eval mode.
+
+        The default is cached: every call returns the same module. Weights are read with safetensors (no pickle).
+        """
+        return _load_classifier(str(path) if path is not None else str(CLASSIFIER_PATH))
+
+
+@lru_cache(maxsize=4)
+def _load_classifier(path: str) -> DigitsClassifier:
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"classifier weights not found: {p} (train them with scripts/train_digits_classifier.py)")
+    meta_path = p.with_suffix(".json")
+    kwargs = json.loads(meta_path.read_text()).get("arch", {}) if meta_path.is_file() else {}
+    model = DigitsClassifier(**kwargs)
+    try:
+        state = load_file(str(p))
+        model.load_state_dict(state)
+    except Exception as e:  # truncated file, wrong tensors: one line naming the file
+        raise ValueError(f"cannot load classifier weights from {p}: {type(e).__name__}: {e}") from None
+    model.eval().requires_grad_(False)
+    return model
+
+
+def _digits_pixels(samples, name: str = "samples") -> torch.Tensor:
+    """Digits `[N, 64]` or `[N, 1, 8, 8]` (tensor or array) as float32 `[N, 64]`, clipped to [-1, 1]."""
+    if isinstance(samples, np.ndarray):
+        samples = torch.from_numpy(samples)
+    if not isinstance(samples, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor or array of shape [N, 64] or [N, 1, 8, 8], got {type(samples).__name__}")
+    shape = tuple(samples.shape)
+    if not ((len(shape) == 2 and shape[1] == 64) or (len(shape) == 4 and shape[1:] == (1, 8, 8))) or shape[0] < 1:
+        raise ValueError(f"{name} must have shape [N, 64] or [N, 1, 8, 8] with N >= 1, got {shape}")
+    x = samples.detach().to("cpu", torch.float32).reshape(shape[0], 64)
+    return check_finite(x, name).clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
+def _classify(x: torch.Tensor, clf: DigitsClassifier) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(features float64 [N, F], softmax probabilities [N, 10])`."""
+    f = clf.features(x)
+    return f.double(), torch.softmax(clf.head(f), dim=1)
+
+
+@lru_cache(maxsize=1)
+def _real_digits():
+    """Cached real data under the shipped classifier: pixels, features and probabilities of both splits, plus the
+    reference statistics of the training features and each test point's nearest-training-neighbour distance."""
+    from .data.digits import load_digits
+
+    clf = DigitsClassifier.load()
+    x_tr, _ = load_digits("train")
+    x_te, _ = load_digits("test")
+    f_tr, p_tr = _classify(x_tr, clf)
+    f_te, p_te = _classify(x_te, clf)
+    return {"x_train": x_tr, "x_test": x_te, "f_test": f_te, "p_test": p_te,
+            "train_stats": gaussian_stats(f_tr), "nn_test": _nn_distance(x_te, x_tr)}
+
+
+def _nn_distance(x: torch.Tensor, ref: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Euclidean distance (float64, pixel space) of each row of `x` to its nearest row of `ref`."""
+    ref = ref.double()
+    return torch.cat([torch.cdist(x[i:i + chunk].double(), ref).min(1).values for i in range(0, x.shape[0], chunk)])
+
+
+def digits_fd(samples) -> float:
+    """Digits Frechet distance: FD between the classifier features of `samples` (`[N, 64]` or `[N, 1, 8, 8]` in
+    [-1, 1], N >= 2) and those of the full digits training split (1437 images). Lower is better; compare with
+    `digits_report(...)["fd_floor"]` at the same N."""
+    x = _digits_pixels(samples)
+    if x.shape[0] < 2:
+        raise ValueError(f"digits_fd needs at least 2 samples, got {x.shape[0]}")
+    f, _ = _classify(x, DigitsClassifier.load())
+    return frechet_distance_from_stats(*gaussian_stats(f), *_real_digits()["train_stats"])
+
+
+def confident_fraction(samples, threshold: float = 0.9) -> float:
+    """Fraction of `samples` the classifier labels with top-class softmax probability `> threshold`."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
+    _, p = _classify(_digits_pixels(samples), DigitsClassifier.load())
+    return float((p.max(1).values > threshold).double().mean())
+
+
+def nearest_neighbour_ratio(samples) -> float:
+    """Memorization check: `median_i d(s_i, train) / median_j d(t_j, train)`, where `d(., train)` is the Euclidean
+    pixel distance to the nearest digits training image, `s_i` the samples and `t_j` the 360 real test images.
+
+    About 1 for a model that generalizes like fresh data; near 0 when samples copy training images (a copy has
+    distance 0); above 1 for samples farther from the data than real digits (blurry or broken samples).
+    A ratio below `MEMORIZATION_THRESHOLD` (0.5) flags memorization: then more than half of the samples lie
+    closer to a training image than the median real unseen digit does, by a factor 2.
+    """
+    d = _nn_distance(_digits_pixels(samples), _real_digits()["x_train"])
+    return float(d.median() / _real_digits()["nn_test"].median())
+
+
+def copy_fraction(samples) -> float:
+    """Fraction of `samples` closer (Euclidean, pixels) to a training image than every one of the 360 real test
+    images is. A model that draws fresh digits from the data distribution scores about `1/361` (exchangeability:
+    a fresh draw is the nearest of 361 with probability 1/361); copies of training images score near 1."""
+    d = _nn_distance(_digits_pixels(samples), _real_digits()["x_train"])
+    return float((d < _real_digits()["nn_test"].min()).double().mean())
+
+
+FLOOR_FIT_COUNTS = (120, 180, 240, 300, 360)  # sub-counts of the test split for the 1/n fit of the FD floor
+
+
+def fd_floor(pool_feats: torch.Tensor, ref_stats, n: int, repeats: int = 10,
+             generator: torch.Generator | None = None) -> tuple[float, float]:
+    """`(mean, std)` of the FD between `n` real points and the reference, from a pool of `P` held-out real features.
+
+    `n <= P`: the mean over `repeats` subsets of `n` pool points drawn without replacement (each one an exact
+    i.i.d. draw of `n` real points). `n > P`: FD grows with `1/n` at small counts (the finite-sample bias of
+    the covariance estimate; Chong & Forsyth 2020, "Effectively Unbiased FID", fit `FID_N = a + b/N`), so
+    `a + b/m` is fitted to subsets of `m = FLOOR_FIT_COUNTS` (scaled to `P`) points and evaluated at `m = n`;
+    the std is that of the per-repeat fits, and the mean is clamped at 0. The fit is an estimate: when `P` is
+    small its std can be as large as the value (digits: about 1 at n = 2000), which is why `digits_report`
+    takes its ratio at the pool size. (Resampling `n` points with replacement would inflate the floor instead:
+    the duplicates add covariance noise; docs/metrics.md has the check.)
+    """
+    P = pool_feats.shape[0]
+    fd_of = lambda idx: frechet_distance_from_stats(*gaussian_stats(pool_feats[idx]), *ref_stats)
+    if n <= P:
+        vals = [fd_of(torch.randperm(P, generator=generator)[:n]) for _ in range(repeats)]
+        return float(np.mean(vals)), float(np.std(vals))
+    ms = sorted({max(2, round(m * P / FLOOR_FIT_COUNTS[-1])) for m in FLOOR_FIT_COUNTS})
+    table = np.array([[fd_of(torch.randperm(P, generator=generator)[:m]) for m in ms] for _ in range(repeats)])
+    fits = [np.polyval(np.polyfit(1.0 / np.array(ms), row, 1), 1.0 / n) for row in table]
+    b, a = np.polyfit(1.0 / np.array(ms), table.mean(0), 1)
+    return max(0.0, float(a + b / n)), float(np.std(fits))
+
+
+def digits_report(samples, n: int | None = None, floor_repeats: int = 10, seed: int = 0) -> dict:
+    """All digits metrics of the first `n` samples (default: all) with their noise floors at the same count.
+
+    Floors are the same metric for real unseen digits: the test split (360 images) against the training split.
+    `fd_floor`: `fd_floor(...)` on the test features (subsets without replacement for `n <= 360`, the `1/n`
+    fit above for larger `n`). `fd_360`: the mean FD of the disjoint 360-sample chunks of the samples, and
+    `fd_floor_360`: the FD of the whole test split; both are exact draws at one count with no model of the
+    bias. `fd_ratio` is `fd_360 / fd_floor_360` when `n >= 360`, else `fd / fd_floor`: a model that samples
+    the data distribution scores about 1. Fraction and median floors use `n` test images resampled
+    (without replacement up to 360, with replacement above; unbiased for these statistics), averaged over
+    `floor_repeats` draws from `seed`.
+    Returns `{"n", "fd", "fd_floor", "fd_floor_std", "fd_ratio", "fd_360", "fd_floor_360",
+    "confident_fraction", "confident_fraction_floor", "nn_ratio", "nn_ratio_floor", "copy_fraction",
+    "copy_fraction_floor", "memorization"}` (`fd_360` is None when n < 360).
+    """
+    x = _digits_pixels(samples)
+    if n is None:
+        n = x.shape[0]
+    check_positive_int(n, "n")
+    check_positive_int(floor_repeats, "floor_repeats")
+    if not 2 <= n <= x.shape[0]:
+        raise ValueError(f"n must be in [2, {x.shape[0]}] (the number of samples given), got {n}")
+    x = x[:n]
+    real = _real_digits()
+    f, p = _classify(x, DigitsClassifier.load())
+    nn_s = _nn_distance(x, real["x_train"])
+    nn_t = real["nn_test"]
+    n_test = nn_t.shape[0]
+    fd_of = lambda feats: frechet_distance_from_stats(*gaussian_stats(feats), *real["train_stats"])
+    conf_of = lambda probs: float((probs.max(1).values > 0.9).double().mean())
+    g = torch.Generator().manual_seed(seed)
+    floor, floor_std = fd_floor(real["f_test"], real["train_stats"], n, floor_repeats, g)
+    conf_floor, nn_floor = [], []
+    for _ in range(floor_repeats):
+        idx = torch.randperm(n_test, generator=g)[:n] if n <= n_test else torch.randint(n_test, (n,), generator=g)
+        conf_floor.append(conf_of(real["p_test"][idx]))
+        nn_floor.append(float(nn_t[idx].median() / nn_t.median()))
+    fd = fd_of(f)
+    chunks = [f[i:i + n_test] for i in range(0, n - n_test + 1, n_test)]
+    fd_360 = float(np.mean([fd_of(c) for c in chunks])) if chunks else None
+    fd_floor_360 = fd_of(real["f_test"])
+    nn_ratio = float(nn_s.median() / nn_t.median())
+    return {
+        "n": n,
+        "fd": fd,
+        "fd_floor": floor,
+        "fd_floor_std": floor_std,
+        "fd_ratio": fd_360 / fd_floor_360 if fd_360 is not None else fd / floor,
+        "fd_360": fd_360,
+        "fd_floor_360": fd_floor_360,
+        "confident_fraction": conf_of(p),
+        "confident_fraction_floor": float(np.mean(conf_floor)),
+        "nn_ratio": nn_ratio,
+        "nn_ratio_floor": float(np.mean(nn_floor)),
+        "copy_fraction": float((nn_s < nn_t.min()).double().mean()),
+        "copy_fraction_floor": 1.0 / (n_test + 1),
+        "memorization": nn_ratio < MEMORIZATION_THRESHOLD,
+    }
