@@ -1,0 +1,259 @@
+"""Losses against exact oracles: the exact network is the minimiser, weights do what the papers say.
+
+Every statistical check uses common random numbers (the same generator seed for the networks compared),
+so differences are paired and their standard errors small; tolerances are 4-5 standard errors.
+"""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from unifusion.losses import (LOSSES, Constant, DenoisingLoss, EDMWeight, GeometricSigmas, LikelihoodWeight,
+                              LogNormalSigma, SigmaSquared, UniformTime, UniformTimesteps, build_loss)
+from unifusion.oracles import eight_gaussians
+from unifusion.parametrization import Denoiser, edm_precond
+from unifusion.processes import DDPM, EDM, VE, VP, RectifiedFlow, SubVP, VPCosine
+
+ORACLE = eight_gaussians()
+SD = 0.5
+
+
+class ExactF(nn.Module):
+    """The exact EDM network `F = (D_oracle(x, sigma) - c_skip x) / c_out` at input `(c_in x, ln(sigma)/4)`."""
+
+    def __init__(self, oracle, sigma_data=SD):
+        super().__init__()
+        self.oracle, self.sd = oracle, sigma_data
+
+    def forward(self, x_in, c_noise, **unused):
+        sigma = torch.exp(4 * c_noise.to(torch.float64))
+        c_skip, c_out, c_in = (c[:, None] for c in edm_precond(sigma, self.sd)[:3])
+        x = x_in / c_in
+        return (self.oracle(x, sigma) - c_skip * x) / c_out
+
+
+class Perturbed(nn.Module):
+    """`net + sign * delta(x_in)`, a smooth data-dependent perturbation of the network's own output."""
+
+    def __init__(self, net, sign=1.0, scale=0.3):
+        super().__init__()
+        self.net, self.sign, self.scale = net, sign, scale
+
+    def forward(self, x, c, **kw):
+        return self.net(x, c, **kw) + self.sign * self.scale * torch.tanh(x + 0.5)
+
+
+def exact_denoiser(process, target, net_wrap=lambda n: n):
+    if target == "edm":
+        return Denoiser(net_wrap(ExactF(ORACLE)), None, "edm", sigma_data=SD)
+    return Denoiser(net_wrap(ORACLE.process_model(process, target)), process, target)
+
+
+# (loss name, process, target, kwargs)
+CASES = [
+    ("ddpm", DDPM(), "eps", {}),
+    ("ncsn", VE(sigma_min=0.01, sigma_max=10.0), "score", {}),
+    ("score_sde", VP(), "score", {}),
+    ("score_sde", SubVP(), "score", {}),
+    ("score_sde", VE(), "score", {}),
+    ("score_sde", VP(), "score", {"likelihood": True}),
+    ("edm", None, "edm", {}),
+    ("eps", VPCosine(), "eps", {}),
+    ("x0", VP(), "x0", {}),
+    ("v", VP(), "v", {}),
+    ("mse", RectifiedFlow(), "flow", {}),
+]
+IDS = [f"{c[0]}-{c[1].name if c[1] else 'vecoords'}-{c[2]}{'-lik' if c[3] else ''}" for c in CASES]
+
+
+def _losses(loss, den, x0, seed):
+    return loss(den, x0, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name,process,target,kw", CASES, ids=IDS)
+def test_exact_network_is_the_minimiser(name, process, target, kw):
+    """E[loss(exact + delta)] - E[loss(exact)] = E[w delta^2] > 0 and the first-order term E[w delta e] vanishes:
+    the exact network is a stationary point and any perturbation scores higher in expectation."""
+    n = 8000
+    x0 = ORACLE.sample(n, torch.Generator().manual_seed(1))
+    loss = build_loss(name, process, **kw)
+    l0 = _losses(loss, exact_denoiser(process, target), x0, 2)
+    lp = _losses(loss, exact_denoiser(process, target, lambda m: Perturbed(m, +1.0)), x0, 2)
+    lm = _losses(loss, exact_denoiser(process, target, lambda m: Perturbed(m, -1.0)), x0, 2)
+    assert l0.shape == (n,) and torch.isfinite(l0).all()
+    se = lambda d: d.std() / math.sqrt(n)
+    excess = lp - l0
+    assert excess.mean() > 5 * se(excess), f"perturbed network does not score higher: {excess.mean():.3g}"
+    first_order = lp - lm  # 4 w delta.e / d: zero mean iff the exact network is stationary
+    assert first_order.mean().abs() < 4.5 * se(first_order), \
+        f"first-order term {first_order.mean():.3g} +- {se(first_order):.3g} is not zero"
+
+
+def test_first_order_check_has_power():
+    """Negative control: a biased network (exact + 0.3 tanh) fails the stationarity check of the test above."""
+    n, process = 8000, VP()
+    x0 = ORACLE.sample(n, torch.Generator().manual_seed(1))
+    loss = build_loss("score_sde", process)
+    biased = lambda s: (lambda m: Perturbed(Perturbed(m, +1.0), s))
+    lp = _losses(loss, exact_denoiser(process, "score", biased(+1.0)), x0, 2)
+    lm = _losses(loss, exact_denoiser(process, "score", biased(-1.0)), x0, 2)
+    d = lp - lm
+    assert d.mean().abs() > 10 * d.std() / math.sqrt(n)
+
+
+class Fixed:
+    """A noise-level sampler returning given times (the test's way to look at one noise level)."""
+
+    def __init__(self, t):
+        self.t = torch.as_tensor(t, dtype=torch.float64)
+
+    def __call__(self, n, process, generator=None, device=None):
+        return self.t.expand(n).clone() if self.t.ndim == 0 else self.t.clone()
+
+
+class PlusUnitNoise(nn.Module):
+    """`net + z`, z ~ N(0, I) from its own generator: a unit-variance error independent of everything else."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.g = net, torch.Generator().manual_seed(7)
+
+    def forward(self, x, c, **kw):
+        return self.net(x, c, **kw) + torch.randn(x.shape, generator=self.g, dtype=x.dtype)
+
+
+@pytest.mark.parametrize("sigma", [0.002, 0.05, 0.5, 5.0, 80.0])
+def test_edm_weight_equalises_unit_error_across_sigma(sigma):
+    """lambda(sigma) c_out(sigma)^2 = 1, so a unit-variance error of F costs 1 at every sigma (Karras et al. 2022, Sec. 5)."""
+    s = torch.tensor(sigma, dtype=torch.float64)
+    assert torch.allclose(EDMWeight(SD)(s, None) * edm_precond(s, SD)[1] ** 2, torch.tensor(1.0, dtype=torch.float64),
+                          rtol=1e-12)
+    n = 6000
+    x0 = ORACLE.sample(n, torch.Generator().manual_seed(3))
+    loss = DenoisingLoss(Fixed(sigma), EDMWeight(SD), "edm", space="x0")
+    l0 = _losses(loss, exact_denoiser(None, "edm"), x0, 4)
+    l1 = _losses(loss, exact_denoiser(None, "edm", PlusUnitNoise), x0, 4)
+    d = l1 - l0
+    assert abs(d.mean() - 1.0) < 4.5 * d.std() / math.sqrt(n)
+
+
+def test_edm_loss_equals_its_raw_form():
+    """lambda |D - x0|^2 (paper's form) = |F - (x0 - c_skip x)/c_out|^2 (the preconditioned target), per example."""
+    x0 = ORACLE.sample(512, torch.Generator().manual_seed(5))
+    den = exact_denoiser(None, "edm", lambda m: Perturbed(m))
+    paper = build_loss("edm")
+    raw = DenoisingLoss(LogNormalSigma(), Constant(), "edm", space="raw")
+    assert torch.allclose(_losses(paper, den, x0, 6), _losses(raw, den, x0, 6), rtol=1e-9)
+
+
+@pytest.mark.parametrize("process", [VP(), VE(), DDPM()], ids=["vp", "ve", "ddpm"])
+def test_x0_space_is_raw_eps_error_times_snr_inverse(process):
+    """For an eps network, |x0_hat - x0|^2 = (sigma/alpha)^2 |eps_hat - eps|^2 exactly (Ho et al. 2020, eq. 15)."""
+    t = torch.linspace(process.t_min + 0.01 * (process.t_max - process.t_min), process.t_max, 64, dtype=torch.float64)
+    x0 = ORACLE.sample(64, torch.Generator().manual_seed(8))
+    den = exact_denoiser(process, "eps", lambda m: Perturbed(m))
+    raw = _losses(DenoisingLoss(Fixed(t), Constant(), "eps"), den, x0, 9)
+    x0s = _losses(DenoisingLoss(Fixed(t), Constant(), "eps", space="x0"), den, x0, 9)
+    assert torch.allclose(x0s, raw * process.sigma_ve(t) ** 2, rtol=1e-8)
+
+
+def test_dsm_weighting_makes_score_loss_an_eps_loss():
+    """NCSN: sigma^2 |s - (-eps/sigma)|^2 = |sigma s + eps|^2 (Song & Ermon 2019, eq. 6): with s = -eps_hat/sigma the
+    DSM loss of a score network equals L_simple of the matching eps network, per example."""
+    process = VE(sigma_min=0.01, sigma_max=10.0)
+    x0 = ORACLE.sample(512, torch.Generator().manual_seed(10))
+    t = torch.rand(512, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    dsm = _losses(DenoisingLoss(Fixed(t), SigmaSquared(), "score"),
+                  exact_denoiser(process, "score", lambda m: Perturbed(m)), x0, 12)
+
+    class EpsOfScore(nn.Module):
+        """The eps network of the perturbed score network: -sigma (s + delta) = eps_exact - sigma delta."""
+
+        def forward(self, x, c, **kw):
+            s = process.sigma(c)[:, None]
+            return ORACLE.process_model(process, "eps")(x, c) - s * 0.3 * torch.tanh(x + 0.5)
+    simple = _losses(DenoisingLoss(Fixed(t), Constant(), "eps"), Denoiser(EpsOfScore(), process, "eps"), x0, 12)
+    assert torch.allclose(dsm, simple, rtol=1e-8)
+
+
+def test_likelihood_weight_is_g_squared():
+    """g(t)^2 of the process (Song, Durkan et al. 2021): VE gives 2 sigma^2 ln(s_max/s_min), VP gives beta(t)."""
+    t = torch.linspace(0.05, 1.0, 20, dtype=torch.float64)
+    ve, vp = VE(0.01, 50.0), VP()
+    assert torch.allclose(LikelihoodWeight()(t, ve) / SigmaSquared()(t, ve),
+                          torch.full_like(t, 2 * math.log(50.0 / 0.01)), rtol=1e-12)
+    assert torch.allclose(LikelihoodWeight()(t, vp), vp.beta(t), rtol=1e-12)
+
+
+# ---- noise-level samplers -----------------------------------------------------------------------------
+
+def test_uniform_timesteps_are_the_discrete_steps():
+    p, n = DDPM(), 40000
+    t = UniformTimesteps()(n, p, torch.Generator().manual_seed(0))
+    assert t.dtype == torch.float64 and (t == t.round()).all() and t.min() >= 0 and t.max() <= 999
+    counts = torch.histc(t, bins=10, min=0, max=1000)
+    assert ((counts - n / 10).abs() < 5 * math.sqrt(n / 10)).all()
+
+
+def test_lognormal_sigma_moments_and_clamping():
+    n = 40000
+    s = LogNormalSigma(-1.2, 1.2)(n, None, torch.Generator().manual_seed(0))
+    ls = s.log()
+    assert abs(ls.mean() + 1.2) < 4 * 1.2 / math.sqrt(n) and abs(ls.std() - 1.2) < 0.02
+    p = VE(sigma_min=0.01, sigma_max=1.0)
+    t = LogNormalSigma(-1.2, 1.2)(n, p, torch.Generator().manual_seed(0))
+    assert torch.allclose(p.sigma_ve(t), s.clamp(0.01, 1.0), rtol=1e-10)
+
+
+def test_geometric_sigmas_lie_in_the_set():
+    p = VE(sigma_min=0.01, sigma_max=50.0)
+    gs = GeometricSigmas(num_scales=10)
+    sigmas = gs.sigmas(p)
+    assert torch.allclose(sigmas[[0, -1]], torch.tensor([50.0, 0.01], dtype=torch.float64))
+    ratios = sigmas[1:] / sigmas[:-1]
+    assert torch.allclose(ratios, ratios[0].expand(9))
+    s = p.sigma_ve(gs(5000, p, torch.Generator().manual_seed(0)))
+    assert ((s[:, None] - sigmas[None]).abs().min(1).values < 1e-9 * s).all()
+    assert len(torch.unique(s.round(decimals=6))) == 10
+
+
+def test_uniform_time_range():
+    t = UniformTime()(10000, VP(), torch.Generator().manual_seed(0))
+    assert t.min() >= 1e-5 and t.max() <= 1.0 and abs(t.mean() - 0.5) < 0.02
+    with pytest.raises(ValueError, match="t_min"):
+        UniformTime(0.0, 2.0)(10, VP())
+
+
+def test_same_generator_same_loss_and_backprop():
+    torch.manual_seed(0)
+    from unifusion.nets import MLP
+    net = MLP(2, hidden=32, depth=1, emb_dim=16)
+    nn.init.normal_(net.out.weight, std=0.1)
+    den = Denoiser(net, VP(), "v")
+    x0 = ORACLE.sample(64, torch.Generator().manual_seed(0), dtype=torch.float32)
+    loss = build_loss("v", VP())
+    a, b = _losses(loss, den, x0, 1), _losses(loss, den, x0, 1)
+    assert a.dtype == torch.float32 and torch.equal(a, b) and not torch.equal(a, _losses(loss, den, x0, 2))
+    a.mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+
+def test_bad_input_names_the_value():
+    with pytest.raises(ValueError, match="'nope' is not one of .*'ddpm'"):
+        build_loss("nope", VP())
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['bogus'\]"):
+        build_loss("edm", None, bogus=1)
+    with pytest.raises(ValueError, match="num_timesteps"):
+        build_loss("ddpm", VP())
+    with pytest.raises(ValueError, match="target='x0'"):
+        build_loss("ddpm", DDPM())(exact_denoiser(DDPM(), "x0"), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="sigma_data"):
+        build_loss("edm", sigma_data=1.0)(exact_denoiser(None, "edm"), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="x0 must be"):
+        build_loss("v", VP())(exact_denoiser(VP(), "v"), torch.zeros(4))
+    with pytest.raises(ValueError, match="noise='gauss' is not one of"):
+        build_loss("x0", VP(), noise="gauss")
+    assert set(LOSSES) >= {"ddpm", "ncsn", "score_sde", "edm", "x0", "v", "eps", "mse"}
