@@ -8,6 +8,7 @@ its config and data shape, so `load_model(path)` rebuilds the exact network with
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import torch
@@ -114,8 +115,9 @@ def train_from_config(cfg: dict, resume: bool = False, out=None) -> FitResult:
     out = Path(cfg["out"])
     if not resume and (out / CHECKPOINT_NAME).exists():
         raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if int(os.environ.get("RANK", "0")) == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg,
                meta={"data_shape": list(data.shape[1:])}, resume=resume)
 
@@ -150,6 +152,6 @@ def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
         denoiser.net.load_state_dict(state)
     except (RuntimeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not match its config: {str(e).splitlines()[0]}") from None
-    denoiser.config = cfg
+    denoiser.config, denoiser.data_shape = cfg, tuple(info["data_shape"])
     denoiser.checkpoint_step = int(info["step"])
     return denoiser.to(device).eval().requires_grad_(False)
