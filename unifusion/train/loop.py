@@ -241,6 +241,7 @@ def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: 
         if hasattr(task, "state_tensors"):
             tensors.update({f"task.{k}": v for k, v in task.state_tensors().items()})
         info = dict(meta or {}, step=step, seed=seed, config=config, micro_batches=n_micro,
+                    world_size=dist.world_size,
                     ema_decays=list(train.ema_decays), modules=sorted(task.modules),
                     param_groups=[{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
                                   for g in osd["param_groups"]],

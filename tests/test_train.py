@@ -1,0 +1,197 @@
+"""The training loop: bit-exact resume, NaN stop, checkpoint integrity, configs, EMA, and learning an exact oracle."""
+import errno
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from unifusion.oracles import GaussianMixture
+from unifusion.train import (CheckpointError, EMA, TrainConfig, TrainingDiverged, fit, load_config, load_model,
+                             read_checkpoint, train_from_config)
+from unifusion.train.checkpoint import save_checkpoint
+from unifusion.train.task import DiffusionTask, build_denoiser
+from unifusion.losses import build_loss
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def toy_cfg(out, *sets):
+    return load_config("toy_ve", [f"out={out}", "train.steps=20", "train.batch_size=64", "train.progress=false",
+                                  "net.hidden=32", "net.depth=2", "net.emb_dim=16", "data.n=256",
+                                  "train.log_every=5", "train.warmup=4", "train.ema_decays=[0.9, 0.99]", *sets])
+
+
+def test_resume_is_bit_exact(tmp_path):
+    full = train_from_config(toy_cfg(tmp_path / "a"))
+    train_from_config(toy_cfg(tmp_path / "b", "train.steps=10"))
+    resumed = train_from_config(toy_cfg(tmp_path / "b"), resume=True)
+    assert full.step == resumed.step == 20
+    ta, ma = read_checkpoint(full.checkpoint)
+    tb, mb = read_checkpoint(resumed.checkpoint)
+    assert sorted(ta) == sorted(tb) and any(k.startswith("optim.") for k in ta) and any(k.startswith("ema1.") for k in ta)
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+    log = lambda d: [json.loads(ln) for ln in (d / "log.jsonl").read_text().splitlines()]
+    la, lb = log(tmp_path / "a"), log(tmp_path / "b")
+    assert [r["step"] for r in la] == [r["step"] for r in lb] == [5, 10, 15, 20]
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    train_from_config(toy_cfg(tmp_path, "train.steps=5"))
+    with pytest.raises(CheckpointError, match="net.hidden"):
+        train_from_config(toy_cfg(tmp_path, "net.hidden=48"), resume=True)
+    with pytest.raises(ValueError, match="--resume"):
+        train_from_config(toy_cfg(tmp_path, "train.steps=5"))
+
+
+class _Task:
+    """A linear model whose loss turns NaN at a chosen call."""
+
+    def __init__(self, nan_at):
+        torch.manual_seed(0)
+        self.net, self.calls, self.nan_at = nn.Linear(2, 2), 0, nan_at
+        self.modules = {"net": self.net}
+
+    def loss(self, batch, generator):
+        self.calls += 1
+        out = ((self.net(batch[0]) - batch[0]) ** 2).sum(1)
+        return out * float("nan") if self.calls >= self.nan_at else out
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
+    x = torch.randn(64, 2)
+    cfg = TrainConfig(steps=20, batch_size=16, ckpt_every=5, progress=False, log_every=0)
+    with pytest.raises(TrainingDiverged, match=r"at step 8;.*checkpoint\.safetensors \(step 5\)"):
+        fit(_Task(nan_at=8), x, train=cfg, out=tmp_path)
+    tensors, meta = read_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert meta["step"] == 5 and all(torch.isfinite(v).all() for v in tensors.values())
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written yet"):
+        fit(_Task(nan_at=1), x, train=cfg, out=tmp_path / "fresh")
+
+
+def test_bad_data_and_options_are_rejected():
+    x = torch.randn(32, 2)
+    x[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        fit(_Task(99), x, train=TrainConfig(steps=1, batch_size=8, progress=False))
+    with pytest.raises(ValueError, match="divisible"):
+        fit(_Task(99), torch.randn(32, 2), train=TrainConfig(steps=1, batch_size=9, grad_accum=2, progress=False))
+    with pytest.raises(ValueError, match="needs a GPU"):
+        fit(_Task(99), torch.randn(32, 2), train=TrainConfig(steps=1, batch_size=8, precision="bf16", device="cpu"))
+
+
+def test_checkpoint_truncated_corrupted_or_foreign(tmp_path):
+    p = tmp_path / "c.safetensors"
+    save_checkpoint(p, {"w": torch.arange(1000.0)}, {"step": 1})
+    data = p.read_bytes()
+    assert read_checkpoint(p)[1]["step"] == 1
+    (tmp_path / "t.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_checkpoint(tmp_path / "t.safetensors")
+    flipped = bytearray(data)
+    flipped[-7] ^= 0xFF
+    (tmp_path / "f.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        read_checkpoint(tmp_path / "f.safetensors")
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="not a unifusion checkpoint"):
+        read_checkpoint(tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    p = tmp_path / "c.safetensors"
+    save_checkpoint(p, {"w": torch.ones(10)}, {"step": 1})
+    before = p.read_bytes()
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
+    with pytest.raises(CheckpointError, match="No space left on device; the previous checkpoint .* is intact"):
+        save_checkpoint(p, {"w": torch.zeros(10)}, {"step": 2})
+    assert p.read_bytes() == before and read_checkpoint(p)[1]["step"] == 1
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["c.json", "c.safetensors"]
+
+
+def test_ema_follows_its_recursion():
+    m = nn.Linear(1, 1, bias=False)
+    ema = EMA({"m": m}, decays=(0.9, 0.5), warmup=True)
+    ref = [m.weight.item()] * 2
+    for n, w in enumerate([1.0, -2.0, 3.0, 0.5, 4.0]):
+        m.weight.data.fill_(w)
+        ema.update(n)
+        for i, d in enumerate((0.9, 0.5)):
+            d = min(d, (1 + n) / (10 + n))
+            ref[i] = d * ref[i] + (1 - d) * w
+    for i in range(2):
+        assert ema.averaged(i)["m"].weight.item() == pytest.approx(ref[i], rel=1e-6)
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match=r"unknown config key 'train.lrr'.*'lr'"):
+        load_config("toy_ve", ["train.lrr=1"])
+    with pytest.raises(ValueError, match=r"'train.steps' must be an integer, got 'many'"):
+        load_config("toy_ve", ["train.steps=many"])
+    with pytest.raises(ValueError, match="unknown config key 'nonsense'"):
+        load_config("toy_ve", ["nonsense=1"])
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config("no/such/file.yaml")
+    cfg = load_config("toy_ve", ["train.lr=1e-3", "train.ema_decays=[0.9, 0.99]"])
+    assert cfg["train"]["lr"] == 1e-3 and cfg["train"]["ema_decays"] == [0.9, 0.99]
+    with pytest.raises(ValueError, match="unknown mlp option.*valid options"):
+        train_from_config(load_config("toy_ve", ["net.widthh=3", "out=/nonexistent/x"]))
+
+
+def test_load_model_gives_the_trained_denoiser(tmp_path):
+    res = train_from_config(toy_cfg(tmp_path, "train.steps=6"))
+    x, s = torch.randn(5, 2), torch.full((5,), 0.7)
+    tensors, _ = read_checkpoint(res.checkpoint)
+    for ema, prefix in ((True, "ema0.net."), (False, "model.net."), (0.99, "ema1.net.")):
+        d = load_model(tmp_path, ema=ema)
+        assert torch.equal(d.net.inp.weight, tensors[prefix + "inp.weight"])
+    ref = build_denoiser(toy_cfg(tmp_path), (2,))
+    ref.net = res.ema.averaged(0)["net"]
+    assert torch.equal(load_model(tmp_path)(x, s), ref(x, s))
+    with pytest.raises(ValueError, match="keeps EMA decays"):
+        load_model(tmp_path, ema=0.5)
+
+
+def test_training_learns_an_exact_gaussian_denoiser():
+    """Trained on N(mu, diag(s^2)) data, the EDM-preconditioned net approaches the closed-form denoiser."""
+    torch.manual_seed(0)
+    mu, var = torch.tensor([[1.0, -0.5]]), torch.tensor([[0.3, 0.05]])
+    oracle = GaussianMixture(torch.ones(1), mu, var)
+    data = oracle.sample(4096, generator=torch.Generator().manual_seed(1)).float()
+    cfg = load_config("toy_ve", ["net.hidden=64", "net.depth=2", "model.sigma_data=0.8"])
+    den = build_denoiser(cfg, (2,))
+    task = DiffusionTask(den, build_loss("edm", den.process, sigma_data=0.8))
+    err0 = _denoiser_error(den, oracle)
+    res = fit(task, data, train=TrainConfig(steps=400, batch_size=256, lr=3e-3, progress=False, log_every=0,
+                                            ema_decays=(0.95,)))
+    den.net.load_state_dict(res.ema.averaged(0)["net"].state_dict())
+    err = _denoiser_error(den, oracle)
+    print("denoiser error before / after training", err0, err)
+    assert err < 0.01 * err0 and err < 0.003, (err0, err)
+
+
+def _denoiser_error(den, oracle):
+    g = torch.Generator().manual_seed(2)
+    errs = []
+    with torch.no_grad():
+        for s in (0.05, 0.3, 1.0, 3.0):
+            x = oracle.sample(512, generator=g) + s * torch.randn(512, 2, generator=g, dtype=torch.float64)
+            errs.append(((den(x.float(), s).double() - oracle(x, s)) ** 2).sum(1).mean().item())
+    return sum(errs) / len(errs)
