@@ -38,10 +38,13 @@ GRIDS = {
 }
 
 
-def make_grid(process, sampler: str, grid: str | None, steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    """The sigma grid named `grid` (None: the sampler's `RECOMMENDED` grid) with `steps` positive levels."""
+def make_grid(process, sampler: str, grid, steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """The sigma grid named `grid` (None: the sampler's `RECOMMENDED` grid) with `steps` positive levels;
+    a tensor or list `grid` is used as given (checked, a final 0 appended)."""
     from ..samplers import RECOMMENDED
 
+    if grid is not None and not isinstance(grid, str):
+        return grids.grid_from_list(grid, zero=True)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if grid is None:
@@ -78,6 +81,7 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
         x = sigmas[0].item() * torch.randn((m, *shape), generator=g).to(device)
         out.append(fn(counted, x, sigmas, generator=g, **options).cpu())
         nfe = counted.nfe
-    info = {"sampler": name, "grid": grid or "recommended", "steps": steps, "nfe": nfe,
+    info = {"sampler": name, "grid": grid if isinstance(grid, str) else ("recommended" if grid is None else "custom"),
+            "steps": len(sigmas) - 1, "nfe": nfe,
             "seconds": time.perf_counter() - t0}
     return torch.cat(out), info
