@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from ..samplers import sample_euler, sample_heun
 from ..utils import check_choice, check_positive_int, expand_like
 from .model import ConsistencyFunction
 
@@ -83,18 +84,17 @@ def ema_update(target: torch.nn.Module, online: torch.nn.Module, mu: float) -> N
 
 
 def teacher_step(teacher: Callable, x: torch.Tensor, s_from: torch.Tensor, s_to: torch.Tensor,
-                 solver: str = "heun") -> torch.Tensor:
+                 solver: str = "heun", model_kwargs: dict | None = None) -> torch.Tensor:
     """The teacher's one PF-ODE step from `s_from` to `s_to` (per-example `[B]`) by `unifusion.samplers`' Euler or
     Heun (Karras et al. 2022, Algorithm 1), on the grid `[s_from, s_to]`."""
-    from .. import samplers  # imported, never rewritten
     check_choice(solver, "solver", ("euler", "heun"))
-    step = samplers.sample_heun if solver == "heun" else samplers.sample_euler
-    return step(teacher, x, torch.stack([s_from, s_to]))
+    step = sample_heun if solver == "heun" else sample_euler
+    return step(teacher, x, torch.stack([s_from, s_to]), model_kwargs=model_kwargs)
 
 
 def cd_loss(f: ConsistencyFunction, f_target: ConsistencyFunction, teacher: Callable, x0: torch.Tensor,
             sigmas: torch.Tensor, *, generator: torch.Generator | None = None, distance: Callable = l2,
-            solver: str = "heun") -> torch.Tensor:
+            solver: str = "heun", model_kwargs: dict | None = None) -> torch.Tensor:
     """Consistency distillation loss per example (Song et al. 2023, eq. 7 and Algorithm 2), `lambda = 1`.
 
     Args:
@@ -106,7 +106,9 @@ def cd_loss(f: ConsistencyFunction, f_target: ConsistencyFunction, teacher: Call
         generator: the source of `n ~ U{1..N-1}` and `z`.
         distance:  `d(x, y) -> [B]`, e.g. `l2`, `l1`, `pseudo_huber`.
         solver:    the teacher's ODE step, "heun" (2 evaluations) or "euler" (1).
+        model_kwargs: passed to teacher and student (e.g. `{"class_labels": y}`; `None`: nothing).
     """
+    kw = dict(model_kwargs or {})
     B = x0.shape[0]
     dev = generator.device if generator is not None else sigmas.device
     n = torch.randint(sigmas.shape[0] - 1, (B,), generator=generator, device=dev).to(sigmas.device)
@@ -114,9 +116,9 @@ def cd_loss(f: ConsistencyFunction, f_target: ConsistencyFunction, teacher: Call
     z = _randn_like(x0, generator)
     x_next = x0 + expand_like(s_next, x0).to(x0.dtype) * z
     with torch.no_grad():
-        x_cur = teacher_step(teacher, x_next, s_next, s_cur, solver)
-        target = f_target(x_cur, s_cur)
-    return distance(f(x_next, s_next), target)
+        x_cur = teacher_step(teacher, x_next, s_next, s_cur, solver, kw)
+        target = f_target(x_cur, s_cur, **kw)
+    return distance(f(x_next, s_next, **kw), target)
 
 
 def ict_num_scales(step: int, total_steps: int, s0: int = 10, s1: int = 1280) -> int:
@@ -139,20 +141,21 @@ def lognormal_index_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: flo
 
 def ct_loss(f: ConsistencyFunction, x0: torch.Tensor, sigmas: torch.Tensor, *,
             generator: torch.Generator | None = None, distance: Callable = pseudo_huber,
-            p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
+            p_mean: float = -1.1, p_std: float = 2.0, model_kwargs: dict | None = None) -> torch.Tensor:
     """Improved consistency training loss per example (Song & Dhariwal 2023, Sec. 3; Song et al. 2023, eq. 10):
     `i ~ lognormal_index_probs`, `x_i = x0 + sigma_i z`, `x_{i+1} = x0 + sigma_{i+1} z`, and
     `d(f(x_{i+1}, sigma_{i+1}), stopgrad f(x_i, sigma_i)) / (sigma_{i+1} - sigma_i)`.
 
     `sigmas`: ascending `karras_sigmas(ict_num_scales(k, K), ...)`; `p_mean`, `p_std`: the index distribution
-    (the paper's -1.1 and 2.0 in EDM units).
+    (the paper's -1.1 and 2.0 in EDM units); `model_kwargs`: passed to `f` (`None`: nothing).
     """
+    kw = dict(model_kwargs or {})
     probs = lognormal_index_probs(sigmas, p_mean, p_std)
     dev = generator.device if generator is not None else sigmas.device
     i = torch.multinomial(probs.to(dev), x0.shape[0], replacement=True, generator=generator).to(sigmas.device)
     s_cur, s_next = sigmas[i], sigmas[i + 1]
     z = _randn_like(x0, generator)
     with torch.no_grad():
-        target = f(x0 + expand_like(s_cur, x0).to(x0.dtype) * z, s_cur)
-    out = f(x0 + expand_like(s_next, x0).to(x0.dtype) * z, s_next)
+        target = f(x0 + expand_like(s_cur, x0).to(x0.dtype) * z, s_cur, **kw)
+    out = f(x0 + expand_like(s_next, x0).to(x0.dtype) * z, s_next, **kw)
     return distance(out, target) / (s_next - s_cur).to(x0.dtype)

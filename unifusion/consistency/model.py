@@ -24,11 +24,19 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..parametrization import Denoiser, _b, _per_example, edm_precond
-from ..utils import as_float_tensor, check_finite, check_positive_int, expand_like
+from ..parametrization import Denoiser, _b, edm_precond
+from ..grids import check_sigmas, edm_grid
+from ..utils import as_float_tensor, check_positive_int, expand_like
 
 __all__ = ["consistency_scalings", "ConsistencyFunction", "karras_sigmas", "consistency_sigmas",
            "sample_consistency"]
+
+
+def _levels(sigma, x: torch.Tensor) -> torch.Tensor:
+    """A number or `[B]` noise level as a float64 `[B]` vector on `x`'s device (python floats go straight to float64,
+    so `sigma_min` given as a float hits the boundary exactly)."""
+    s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+    return s.expand(x.shape[0]) if s.ndim == 0 else s
 
 
 def consistency_scalings(sigma: torch.Tensor, sigma_min: float, sigma_data: float = 0.5):
@@ -72,7 +80,7 @@ class ConsistencyFunction(nn.Module):
         return cls(Denoiser(net, None, "edm", sigma_data=sigma_data), sigma_min, sigma_max, sigma_data)
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
-        s = _per_example(sigma, x)
+        s = _levels(sigma, x)
         c_skip, c_out = consistency_scalings(s, self.sigma_min, self.sigma_data)
         c_skip_d, c_out_d, _, _ = edm_precond(s, self.sigma_data)
         F = (self.denoiser(x, s, **cond) - _b(c_skip_d, x) * x) / _b(c_out_d, x)
@@ -85,14 +93,10 @@ class ConsistencyFunction(nn.Module):
 def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
     """The `n` training noise levels `sigma_1 < ... < sigma_n` of Song et al. 2023 (Sec. 5; Karras et al. 2022,
     eq. 5), ascending from `sigma_min` to `sigma_max`, float64: `unifusion.grids.edm_grid` read backwards."""
-    from ..grids import edm_grid  # the one home of the Karras discretization
     check_positive_int(n, "n")
     if n < 2:
         raise ValueError(f"n must be >= 2 (both ends of the grid), got {n}")
-    g = torch.as_tensor(edm_grid(n, sigma_min, sigma_max, rho=rho), dtype=torch.float64)
-    g = g[g > 0]
-    assert g.shape == (n,), g.shape
-    return g.flip(0)
+    return edm_grid(n, sigma_min, sigma_max, rho, zero=False).flip(0)
 
 
 def consistency_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -105,44 +109,42 @@ def consistency_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 
 
 
 def _check_grid(sigmas, f: ConsistencyFunction, x: torch.Tensor) -> torch.Tensor:
-    """Sigmas as a float64 `[K]` or `[K, B]` tensor, trailing zeros dropped, in `[sigma_min, sigma_max]`,
-    strictly decreasing."""
-    s = check_finite(as_float_tensor(sigmas, "sigmas", dtype=torch.float64, device=x.device), "sigmas")
-    if s.ndim not in (1, 2) or (s.ndim == 2 and s.shape[1] != x.shape[0]):
-        raise ValueError(f"sigmas must have shape [K] or [K, {x.shape[0]}], got {tuple(s.shape)}")
-    while s.shape[0] > 1 and bool((s[-1] == 0).all()):  # a sampler grid's final 0 means "denoise to the end"
-        s = s[:-1]
+    """Sigmas as a float64 `[K]` or `[K, B]` tensor: the samplers' checks (`grids.check_sigmas`: finite, strictly
+    descending), a trailing 0 dropped, every level in `[sigma_min, sigma_max]` of `f`."""
+    s = as_float_tensor(sigmas, "sigmas", dtype=torch.float64)
+    if s.ndim in (1, 2) and s.shape[0] >= 1 and not bool((s[-1] == 0).all()):
+        s = torch.cat([s, torch.zeros_like(s[:1])])     # a sampler grid ends at 0: "denoise to the end"
+    s = check_sigmas(s, x.shape[0])[:-1].to(x.device)
     lo, hi = f.sigma_min, f.sigma_max
-    if s.shape[0] == 0 or (s < lo * (1 - 1e-9)).any() or (s > hi * (1 + 1e-9)).any():
-        raise ValueError(f"sigmas must lie in [sigma_min, sigma_max] = [{lo:g}, {hi:g}] (a trailing 0 is allowed), "
-                         f"got {s.flatten().tolist()[:8]}")
-    if s.shape[0] > 1 and not (s[1:] < s[:-1]).all():
-        raise ValueError(f"sigmas must be strictly decreasing, got {s.flatten().tolist()[:8]}")
+    if (s < lo * (1 - 1e-9)).any() or (s > hi * (1 + 1e-9)).any():
+        raise ValueError(f"sigmas must lie in [sigma_min, sigma_max] = [{lo:g}, {hi:g}] (and a final 0), "
+                         f"got values in [{s.min().item():.6g}, {s.max().item():.6g}]")
     return s.clamp(lo, hi)
 
 
 @torch.no_grad()
 def sample_consistency(f: ConsistencyFunction, x: torch.Tensor, sigmas, *, generator: torch.Generator | None = None,
-                       callback: Callable | None = None, **cond) -> torch.Tensor:
-    """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
+                       callback: Callable | None = None, model_kwargs: dict | None = None) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1), with the samplers' calling convention.
 
     Args:
-        f:         a `ConsistencyFunction` (its `sigma_min`, `sigma_max` bound the grid).
-        x:         the starting noise at `sigmas[0]`, i.e. `sigmas[0] * z` (the samplers' convention).
-        sigmas:    descending noise levels `[K]` or per example `[K, B]` in `[sigma_min, sigma_max]`; a trailing 0
-                   (as in sampler grids) is ignored. `K = 1` is 1-step generation.
-        generator: the random source of the re-noising `z` (`None`: torch's global one).
-        callback:  called after each step with `{"x", "i", "sigma", "denoised"}` (k-diffusion's convention).
-    Returns `f` applied `K` times: `x = f(x, s_0)`, then `x = f(x + sqrt(s^2 - sigma_min^2) z, s)`.
+        f:            a `ConsistencyFunction` (its `sigma_min`, `sigma_max` bound the grid).
+        x:            the starting noise at `sigmas[0]`, i.e. `sigmas[0] * z`.
+        sigmas:       descending noise levels `[K]` or per example `[K, B]` in `[sigma_min, sigma_max]`; a final 0
+                      (as in sampler grids) is ignored. `K = 1` is 1-step generation; K levels cost K evaluations.
+        generator:    the random source of the re-noising `z` (`None`: torch's global one).
+        callback:     called after each step with `{"i", "x", "sigma", "sigma_next", "denoised", "nfe"}`.
+        model_kwargs: passed to `f` (e.g. `{"class_labels": y}`; `None`: nothing).
+    Returns `x = f(x, s_0)`, then for each later `s`: `x = f(x + sqrt(s^2 - sigma_min^2) z, s)`.
     """
-    sigmas = _check_grid(sigmas, f, x)
-    x = f(x, sigmas[0], **cond)
-    if callback is not None:
-        callback({"x": x, "i": 0, "sigma": sigmas[0], "denoised": x})
-    for i in range(1, sigmas.shape[0]):
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        noise = (sigmas[i] ** 2 - f.sigma_min ** 2).sqrt()
-        x = f(x + expand_like(noise, x).to(x.dtype) * z, sigmas[i], **cond)
+    sigmas, kw = _check_grid(sigmas, f, x), dict(model_kwargs or {})
+    for i in range(sigmas.shape[0]):
+        if i > 0:
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                            device=generator.device if generator is not None else x.device).to(x.device)
+            x = x + expand_like((sigmas[i] ** 2 - f.sigma_min ** 2).sqrt(), x).to(x.dtype) * z
+        x = f(x, sigmas[i], **kw)
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "denoised": x})
+            nxt = sigmas[i + 1] if i + 1 < sigmas.shape[0] else torch.zeros_like(sigmas[i])
+            callback({"i": i, "x": x, "sigma": sigmas[i], "sigma_next": nxt, "denoised": x, "nfe": i + 1})
     return x
