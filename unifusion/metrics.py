@@ -22,6 +22,7 @@ fixed seed). For vectors it is the metric between a fresh exact draw and the ref
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from functools import lru_cache
@@ -132,7 +133,8 @@ def _kernel_sum(a: torch.Tensor, b: torch.Tensor, scales: torch.Tensor, chunk: i
     total = torch.zeros((), dtype=torch.float64)
     for i in range(0, a.shape[0], chunk):
         d2 = torch.cdist(a[i:i + chunk], b).square()
-        total = total + torch.exp(-d2[..., None] / (2 * scales ** 2)).mean(-1).sum()
+        for h in scales.tolist():
+            total = total + torch.exp(d2 * (-0.5 / h ** 2)).sum() / len(scales)
     return total
 
 
@@ -167,10 +169,26 @@ def mmd(x, y, kernel: str = "rbf", bandwidth: float | None = None) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # Frechet distance
 
+@contextlib.contextmanager
+def _few_threads(d: int):
+    """One torch thread for small `d x d` linear algebra, restored afterwards. Multi-threaded `eigh` of a 64 x 64
+    matrix is no faster, and on an over-subscribed CPU (pytest -n 2 on 2 cores) it was measured 100-250x slower."""
+    n = torch.get_num_threads()
+    if d > 512 or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def gaussian_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean `[d]` and unbiased covariance `[d, d]` (float64) of features `[N, d]`, N >= 2."""
     f = _as_2d(feats, "feats", min_rows=2)
-    return f.mean(0), torch.cov(f.T, correction=1).reshape(f.shape[1], f.shape[1])
+    with _few_threads(f.shape[1]):
+        return f.mean(0), torch.cov(f.T, correction=1).reshape(f.shape[1], f.shape[1])
 
 
 def _psd_sqrt(c: torch.Tensor) -> torch.Tensor:
@@ -194,9 +212,10 @@ def frechet_distance_from_stats(mu1, cov1, mu2, cov2) -> float:
                          f"{tuple(c1.shape)}, {tuple(mu2.shape)}, {tuple(c2.shape)}")
     for t, name in ((mu1, "mu1"), (mu2, "mu2"), (c1, "cov1"), (c2, "cov2")):
         check_finite(t, name)
-    s1 = _psd_sqrt(c1)
-    m = s1 @ c2 @ s1
-    tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
+    with _few_threads(d):
+        s1 = _psd_sqrt(c1)
+        m = s1 @ c2 @ s1
+        tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
     fd = (mu1 - mu2).square().sum() + torch.trace(c1) + torch.trace(c2) - 2 * tr_sqrt
     return float(fd.clamp_min(0))
 
