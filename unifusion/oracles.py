@@ -241,7 +241,7 @@ def grid_gaussians(n: int = 5, spacing: float = 1.0, std: float = 0.05) -> Gauss
     """`n x n` equal isotropic Gaussians on a centred square grid: a sharp 2-D mixture (25 components by default)."""
     check_positive_int(n, "n")
     g = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * spacing
-    means = torch.cartesian_product(g, g)
+    means = torch.cartesian_prod(g, g)
     return GaussianMixture(torch.ones(n * n), means, torch.full((n * n,), std ** 2))
 
 

@@ -360,8 +360,9 @@ class VPCosine(_VariancePreserving):
         return torch.log(torch.cos(self._a(t))) - math.log(math.cos(self._a0))
 
     def _log_sigma(self, t):
-        a = self._a(t)
-        return 0.5 * (torch.log(torch.sin(a - self._a0)) + torch.log(torch.sin(a + self._a0))) - math.log(math.cos(self._a0))
+        # a - a0 = t/(1+s) pi/2 and a + a0 = (t + 2s)/(1+s) pi/2, formed without cancellation
+        c = math.pi / (2 * (1 + self.s))
+        return 0.5 * (torch.log(torch.sin(t * c)) + torch.log(torch.sin((t + 2 * self.s) * c))) - math.log(math.cos(self._a0))
 
     def _t_from_log_snr(self, log_snr):
         # cos a = alpha cos a0 with alpha^2 = sigmoid(l); sin a = sqrt(sigmoid(-l) + sigmoid(l) sin^2 a0).
