@@ -141,6 +141,7 @@ def _cmd_eval(args) -> int:
     if path.suffix == ".npz":
         samples = _read_samples(path)
         data = args.data
+        _threads(args.threads)
     else:
         from .train.generate import generate
         d = _load_for_sampling(str(path), True)
@@ -162,8 +163,8 @@ def _cmd_eval(args) -> int:
             raise _UserError(f"eval needs --data digits (64-d samples) or a 2-D toy in {sorted(TOYS)}, got {data!r}")
         from .data import toy_2d
         g = torch.Generator().manual_seed(args.seed)
-        ref = toy_2d(data, 10000, g)
         n = args.n or flat.shape[0]
+        ref = toy_2d(data, max(n, 2000), g)
         rep = metrics.vector_report(flat[:n], ref, generator=g)
         floor = metrics.vector_floor(lambda m, gen: toy_2d(data, m, gen), ref, n, generator=g)
         rep = {"samples": rep, "floor": floor}
