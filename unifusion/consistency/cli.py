@@ -1,0 +1,69 @@
+"""`unifusion distill`: consistency distillation from a trained checkpoint, or improved consistency training
+from data (Song et al. 2023; Song & Dhariwal 2023), on the training loop of `unifusion train`.
+
+    unifusion distill runs/digits_ve --out runs/cd --set train.steps=3000 --set consistency.N=18
+    unifusion distill --ct digits_ve --out runs/ct --set train.steps=20000
+    unifusion distill runs/digits_ve --out runs/cd --resume
+    torchrun --nproc_per_node 2 -m unifusion distill runs/digits_ve --out runs/cd_ddp
+    unifusion sample runs/cd --sampler consistency --steps 1
+
+Every user error prints one line and exits with code 2. `load_consistency` (re-exported here) is what
+`unifusion sample --sampler consistency` loads.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .task import DISTILL_DEFAULTS, distill_config, distill_from_config, load_consistency
+
+__all__ = ["main", "build_parser", "load_consistency"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="unifusion distill",
+        description="Train a consistency model: distil a `unifusion train` checkpoint (CD), or train one from data "
+                    "with --ct (improved CT). Options of the `consistency:` section (--set consistency.KEY=VALUE): "
+                    + ", ".join(f"{k} (default {v})" for k, v in DISTILL_DEFAULTS.items()))
+    p.add_argument("teacher", nargs="?", help="CD: the teacher's checkpoint or run folder")
+    p.add_argument("--ct", metavar="CONFIG", help="CT instead of CD: a training config (file or shipped name, e.g. "
+                                                  "digits_ve) naming the data, network and model")
+    p.add_argument("--out", help="run folder (default runs/distill for CD, runs/ct for CT)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. train.steps=5000, consistency.N=40, consistency.mu=0.9")
+    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.safetensors")
+    return p
+
+
+def main(argv=None) -> int:
+    """Run `unifusion distill` on `argv`; returns the exit code (2 for every user error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:                     # --help (0) or a usage error (2)
+        return int(e.code or 0)
+    try:
+        if (args.teacher is None) == (args.ct is None):
+            raise ValueError("give either a teacher checkpoint (CD) or --ct CONFIG (CT), not both or neither")
+        if args.ct is not None:
+            from ..train import load_config
+            cfg = distill_config(load_config(args.ct), sets=args.set)
+        else:
+            cfg = distill_config(teacher=args.teacher, sets=args.set)
+        res = distill_from_config(cfg, resume=args.resume, out=args.out)
+    except KeyboardInterrupt:
+        print("unifusion distill: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"unifusion distill: error: {msg}", file=sys.stderr)
+        return 2
+    print(f"trained {res.step} steps ({cfg['consistency']['mode'].upper()}), last loss {res.loss:.5g}; "
+          f"checkpoint: {res.checkpoint}\nsample: unifusion sample {res.checkpoint.parent if res.checkpoint else ''} "
+          f"--sampler consistency --steps 1")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Consistency distillation and training as tasks of the project's training loop (`unifusion.train.fit`).
+
+This module owns
+* `ConsistencyTask`: CD (Song et al. 2023, Algorithm 2: teacher, EMA target `theta-` updated after each optimiser
+  step, N fixed) or improved CT (Song & Dhariwal 2023: no target network, the curriculum `N(k)` of the step) as a
+  task: trainable `modules`, a per-example `loss`, `after_step`, and the target network / step as checkpointed
+  state, so EMA, checkpoints, resume, progress and DDP are those of `unifusion train`;
+* the distill config (`DISTILL_DEFAULTS`, the `consistency:` section next to a training config's sections) and
+  `build_consistency_run(cfg)`: the student is a copy of the teacher's `Denoiser` (CD, Song et al. 2023, Sec. 4:
+  "initialize the consistency model with the teacher") or a fresh network of the config (CT);
+* `load_consistency(path)`: the trained `ConsistencyFunction` of a `unifusion distill` checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+
+from ..utils import check_choice
+from .losses import DISTANCES, cd_loss, ct_loss, ema_update, ict_num_scales
+from .model import ConsistencyFunction, karras_sigmas
+
+__all__ = ["DISTILL_DEFAULTS", "TRAIN_DEFAULTS", "ConsistencyTask", "check_consistency_section", "distill_config",
+           "build_consistency_run", "distill_from_config", "load_consistency"]
+
+STUDENT = "student"   # the trainable module's name in checkpoints (not "net": `load_model` must not mistake it)
+
+DISTILL_DEFAULTS: dict = {
+    "mode": "cd",               # "cd": distil `teacher`; "ct": improved consistency training from data
+    "teacher": None,            # CD: the teacher's checkpoint (any process / target of `unifusion train`)
+    "sigma_min": None,          # None: max(0.002, the process's smallest sigma~)
+    "sigma_max": None,          # None: min(80, the process's largest sigma~)
+    "sigma_data": None,         # None: the config's model.sigma_data
+    "rho": 7.0,                 # Karras discretization exponent
+    "N": 18,                    # CD: number of noise levels (fixed)
+    "mu": 0.95,                 # CD: EMA decay of the target network (0: the student itself)
+    "distance": None,           # None: "l2" for CD, "pseudo_huber" for CT; or "l1"
+    "solver": "heun",           # CD: the teacher's ODE step, "heun" or "euler"
+    "s0": 10,                   # CT: initial N - 1 of the curriculum
+    "s1": 1280,                 # CT: final N - 1 of the curriculum
+    "p_mean": -1.1,             # CT: log-normal index distribution, mean of log sigma
+    "p_std": 2.0,               # CT: ... and its standard deviation
+}
+
+
+TRAIN_DEFAULTS: dict = {"steps": 2000, "ema_decays": [0.999], "log_every": 100}   # over the train: defaults
+
+
+class ConsistencyTask:
+    """CD (`teacher` given) or improved CT (`teacher=None`) as a `fit` task.
+
+    Args:
+        f:           the student `ConsistencyFunction`; its denoiser's `net` is the trainable module.
+        teacher:     CD: any VE denoiser (evaluated without gradient); None: consistency training.
+        N:           CD: the number of Karras levels.
+        mu:          CD: the target network's EMA decay.
+        distance:    a name in `DISTANCES`.
+        solver:      CD: "heun" or "euler".
+        total_steps: CT: the K of the curriculum `N(k)` (the run's `train.steps`).
+        rho, s0, s1, p_mean, p_std: as in `DISTILL_DEFAULTS`.
+    """
+
+    def __init__(self, f: ConsistencyFunction, teacher=None, *, N: int = 18, mu: float = 0.95, distance: str = "l2",
+                 solver: str = "heun", total_steps: int = 1, rho: float = 7.0, s0: int = 10, s1: int = 1280,
+                 p_mean: float = -1.1, p_std: float = 2.0):
+        check_choice(distance, "distance", DISTANCES)
+        self.f, self.teacher, self.distance, self.solver = f, teacher, DISTANCES[distance], solver
+        self.N, self.mu, self.total_steps, self.rho = N, mu, total_steps, rho
+        self.s0, self.s1, self.p_mean, self.p_std = s0, s1, p_mean, p_std
+        self.modules = {STUDENT: f.denoiser.net}
+        self.target = copy.deepcopy(f).requires_grad_(False) if teacher is not None else None
+        self.step = 0
+        self._sigmas = {}
+
+    def sigmas(self, n: int, device) -> torch.Tensor:
+        key = (n, str(device))
+        if key not in self._sigmas:
+            self._sigmas[key] = karras_sigmas(n, self.f.sigma_min, self.f.sigma_max, self.rho).to(device)
+        return self._sigmas[key]
+
+    def num_scales(self) -> int:
+        """The current number of levels: `N` for CD, the curriculum `N(k)` for CT."""
+        if self.teacher is not None:
+            return self.N
+        return ict_num_scales(self.step, self.total_steps, self.s0, self.s1)
+
+    def loss(self, batch, generator):
+        x, labels = batch
+        kw = {"class_labels": labels} if labels is not None else None
+        sig = self.sigmas(self.num_scales(), x.device)
+        if self.teacher is not None:
+            return cd_loss(self.f, self.target, self.teacher, x, sig, generator=generator, distance=self.distance,
+                           solver=self.solver, model_kwargs=kw)
+        return ct_loss(self.f, x, sig, generator=generator, distance=self.distance, p_mean=self.p_mean,
+                       p_std=self.p_std, model_kwargs=kw)
+
+    def after_step(self, step: int) -> None:
+        self.step = step + 1
+        if self.target is not None:
+            ema_update(self.target, self.f, self.mu)
+
+    def state_tensors(self) -> dict:
+        out = {"step": torch.tensor(self.step)}
+        if self.target is not None:
+            out.update({f"target.{k}": v for k, v in self.target.denoiser.net.state_dict().items()})
+        return out
+
+    def load_state_tensors(self, tensors: dict) -> None:
+        self.step = int(tensors["step"])
+        if self.target is not None:
+            self.target.denoiser.net.load_state_dict(
+                {k[len("target."):]: v for k, v in tensors.items() if k.startswith("target.")})
+
+    def to(self, device):
+        for m in (self.f, self.target, self.teacher):
+            if isinstance(m, torch.nn.Module):
+                m.to(device)
+        return self
+
+
+def check_consistency_section(sec: dict) -> dict:
+    """`DISTILL_DEFAULTS` updated by `sec`; an unknown key or a bad value raises `ValueError` naming it."""
+    for k in sec:
+        if k not in DISTILL_DEFAULTS:
+            raise ValueError(f"unknown config key 'consistency.{k}'; valid keys are {sorted(DISTILL_DEFAULTS)}")
+    c = dict(DISTILL_DEFAULTS, **sec)
+    check_choice(c["mode"], "consistency.mode", ("cd", "ct"))
+    check_choice(c["solver"], "consistency.solver", ("euler", "heun"))
+    if c["distance"] is not None:
+        check_choice(c["distance"], "consistency.distance", DISTANCES)
+    if c["mode"] == "cd" and not c["teacher"]:
+        raise ValueError("consistency.mode='cd' needs consistency.teacher (a checkpoint of `unifusion train`)")
+    for k in ("N", "s0", "s1"):
+        if isinstance(c[k], bool) or not isinstance(c[k], int) or c[k] < 2:
+            raise ValueError(f"consistency.{k} must be an integer >= 2, got {c[k]!r}")
+    if not (isinstance(c["mu"], (int, float)) and 0 <= c["mu"] < 1):
+        raise ValueError(f"consistency.mu must lie in [0, 1), got {c['mu']!r}")
+    for k in ("rho", "p_std"):
+        if not (isinstance(c[k], (int, float)) and c[k] > 0):
+            raise ValueError(f"consistency.{k} must be > 0, got {c[k]!r}")
+    for k in ("sigma_min", "sigma_max", "sigma_data"):
+        if c[k] is not None and not (isinstance(c[k], (int, float)) and 0 < c[k] < math.inf):
+            raise ValueError(f"consistency.{k} must be a positive number or null, got {c[k]!r}")
+    return c
+
+
+def _levels(c: dict, denoiser) -> tuple[float, float, float]:
+    """`(sigma_min, sigma_max, sigma_data)` of the consistency function: given ones, else the process's range
+    clipped to EDM's [0.002, 80], and the model's `sigma_data`."""
+    p = denoiser.process
+    lo = c["sigma_min"] if c["sigma_min"] is not None else max(0.002, p.sigma_ve_min if p is not None else 0.0)
+    hi = c["sigma_max"] if c["sigma_max"] is not None else min(80.0, p.sigma_ve_max if p is not None else 80.0)
+    sd = c["sigma_data"] if c["sigma_data"] is not None else denoiser.sigma_data
+    if not lo < hi:
+        raise ValueError(f"need consistency.sigma_min < sigma_max, got {lo!r} and {hi!r}")
+    return float(lo), float(hi), float(sd)
+
+
+def build_consistency_run(cfg: dict):
+    """`(task, data, labels)` for a distill config: the training config's sections plus `consistency:`.
+    CD: the student starts as a copy of the teacher (`cfg`'s data / process / model / net sections are the
+    teacher's, see `distill_config`); CT: a fresh network of `cfg`."""
+    from ..train import load_model
+    from ..train.task import build_data, build_denoiser
+
+    c = check_consistency_section(cfg.get("consistency", {}))
+    torch.manual_seed(cfg["seed"])
+    if c["mode"] == "cd":
+        teacher = load_model(c["teacher"])
+        student = copy.deepcopy(teacher).requires_grad_(True).train()
+    else:
+        teacher, student = None, None
+    data, labels = build_data(cfg)
+    if student is None:
+        student = build_denoiser(cfg, data.shape[1:])
+    lo, hi, sd = _levels(c, student)
+    f = ConsistencyFunction(student, lo, hi, sd)
+    distance = c["distance"] or ("l2" if teacher is not None else "pseudo_huber")
+    task = ConsistencyTask(f, teacher, N=c["N"], mu=c["mu"], distance=distance, solver=c["solver"],
+                           total_steps=cfg["train"]["steps"], rho=c["rho"], s0=c["s0"], s1=c["s1"],
+                           p_mean=c["p_mean"], p_std=c["p_std"])
+    return task, data, labels
+
+
+def load_consistency(path, weights: str = "ema", device="cpu"):
+    """`(f, data_shape)`: the trained `ConsistencyFunction` of a `unifusion distill` checkpoint (a file or its run
+    folder). `weights`: "ema" (the loop's first EMA decay; the raw weights if none), "raw", or "target" (CD's EMA
+    target network). Raises `ValueError` for a checkpoint of another kind."""
+    from ..train import CHECKPOINT_NAME, CheckpointError, read_checkpoint
+    from ..train.config import DEFAULTS, merge
+    from ..train.task import build_denoiser
+
+    check_choice(weights, "weights", ("ema", "raw", "target"))
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    tensors, info = read_checkpoint(path)
+    cfg = info.get("config", {})
+    if info.get("modules") != [STUDENT] or "consistency" not in cfg or "data_shape" not in info:
+        raise CheckpointError(f"{path} is not a `unifusion distill` checkpoint; sample diffusion models with "
+                              f"another --sampler")
+    base = merge(DEFAULTS, {k: v for k, v in cfg.items() if k != "consistency"})
+    c = check_consistency_section(cfg["consistency"])
+    prefix = {"ema": "ema0." if info.get("ema_decays") else "model.", "raw": "model.", "target": "task.target."}[weights]
+    if weights == "target" and c["mode"] != "cd":
+        raise ValueError("weights='target' exists only for consistency distillation (CT has no target network)")
+    prefix = prefix if weights == "target" else prefix + STUDENT + "."
+    try:
+        denoiser = build_denoiser(base, info["data_shape"])
+        denoiser.net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    except (RuntimeError, TypeError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} does not match its config: {str(e).splitlines()[0]}") from None
+    f = ConsistencyFunction(denoiser, info["sigma_min"], info["sigma_max"], info["sigma_data"])
+    f.config, f.checkpoint_step = cfg, int(info["step"])
+    return f.to(device).eval().requires_grad_(False), tuple(info["data_shape"])
+
+
+def distill_config(base: dict | None = None, teacher=None, sets=()) -> dict:
+    """A checked distill config. CD (`teacher` a checkpoint): the teacher's data / process / model / net sections;
+    CT: those of `base` (a config dict from `unifusion.train.load_config`). Then `TRAIN_DEFAULTS`, then `sets`
+    (`key=value` strings as in `unifusion train --set`; `consistency.*` keys are checked here)."""
+    from ..train.config import DEFAULTS, apply_overrides, check_config, merge, parse_value
+    from ..train.checkpoint import read_checkpoint
+    from ..train import CHECKPOINT_NAME
+
+    cfg = copy.deepcopy(base) if base is not None else copy.deepcopy(DEFAULTS)
+    cons = dict(cfg.pop("consistency", {}) or {})
+    if teacher is not None:
+        path = Path(teacher)
+        _, info = read_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
+        tcfg = merge(DEFAULTS, info.get("config", {}))
+        for sec in ("data", "process", "model", "net"):
+            cfg[sec] = copy.deepcopy(tcfg[sec])
+        cfg["train"]["threads"] = tcfg["train"].get("threads", 0)
+        cons.update(mode="cd", teacher=str(teacher))
+    else:
+        cons.setdefault("mode", "ct")
+    cfg["train"] = merge(cfg["train"], TRAIN_DEFAULTS)
+    cfg["out"] = "runs/distill" if teacher is not None else "runs/ct"
+    rest = []
+    for item in sets or ():
+        key, eq, text = item.partition("=")
+        if key.strip().startswith("consistency."):
+            if not eq:
+                raise ValueError(f"--set expects key=value, got {item!r}")
+            cons[key.strip()[len("consistency."):]] = parse_value(text)
+        else:
+            rest.append(item)
+    cfg = check_config(apply_overrides(cfg, rest))
+    cfg["consistency"] = check_consistency_section(cons)
+    return cfg
+
+
+def distill_from_config(cfg: dict, resume: bool = False, out=None):
+    """Build the run of a distill config and train it with `unifusion.train.fit` (same checkpoints, resume, EMA,
+    progress and DDP as `unifusion train`); writes `config.yaml`, `log.jsonl`, `checkpoint.safetensors` under `out`
+    (default `cfg['out']`). Returns `fit`'s `FitResult`."""
+    import yaml
+
+    from ..train import CHECKPOINT_NAME, fit
+    from ..train.task import train_config
+
+    cfg = copy.deepcopy(cfg)
+    if out is not None:
+        cfg["out"] = str(out)
+    task, data, labels = build_consistency_run(cfg)
+    out = Path(cfg["out"])
+    if not resume and (out / CHECKPOINT_NAME).exists():
+        raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    tmp.replace(out / "config.yaml")
+    f = task.f
+    meta = {"data_shape": list(data.shape[1:]), "sigma_min": f.sigma_min, "sigma_max": f.sigma_max,
+            "sigma_data": f.sigma_data, "kind": "consistency"}
+    return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg, meta=meta,
+               resume=resume)
