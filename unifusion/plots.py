@@ -1,7 +1,7 @@
 """Figures for the demo, the benchmarks and `unifusion sample`: each function writes one PNG and returns its path.
 
 This module owns every matplotlib call of the project:
-* `save_image_grid`: a grid of images (digits, CIFAR-sized RGB);
+* `make_grid` / `save_image_grid`: a grid of images (digits, CIFAR-sized RGB);
 * `save_scatter`: 2-D samples over an exact reference draw;
 * `save_trajectories`: 2-D paths of the reverse SDE next to those of the probability-flow ODE from the same
   noise (Song et al. 2021, "Score-Based Generative Modeling through SDEs", Fig. 1 and 2);
@@ -29,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
-__all__ = ["save_image_grid", "save_scatter", "save_trajectories", "save_schedules", "save_error_vs_nfe",
+__all__ = ["make_grid", "save_image_grid", "save_scatter", "save_trajectories", "save_schedules", "save_error_vs_nfe",
            "save_metric_vs_steps", "FORMATS"]
 
 FORMATS = ("png", "pdf", "svg")
@@ -134,16 +134,15 @@ def _curves(results, xname: str, yname: str) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # images and points
 
-def save_image_grid(images, path, nrow: int | None = None, value_range: tuple[float, float] = (-1.0, 1.0),
-                    title: str | None = None, pad: int = 1) -> Path:
-    """Save images as one grid; returns the path.
+def make_grid(images, nrow: int | None = None, value_range: tuple[float, float] = (-1.0, 1.0),
+              pad: int = 1) -> np.ndarray:
+    """Tile images into one `[H', W', C]` array with values in [0, 1] (torchvision's `make_grid`, channels last).
 
     images:      `[N, C, H, W]` (C = 1 grey or 3 RGB), `[N, H, W]`, or `[N, D]` with `D` a square (8x8 digits).
     nrow:        images per row (None: `ceil(sqrt(N))`, a square-ish grid).
-    value_range: the values shown as black and white (default [-1, 1], the project's pixel range); clipped.
-    pad:         grey pixels between images.
+    value_range: the values mapped to 0 (black) and 1 (white); values outside are clipped.
+    pad:         pixels of grey (0.5) around and between images.
     """
-    path = _check_path(path)
     a = _array(images, "images")
     if a.ndim == 2:
         side = math.isqrt(a.shape[1])
@@ -157,6 +156,8 @@ def save_image_grid(images, path, nrow: int | None = None, value_range: tuple[fl
     lo, hi = value_range
     if not hi > lo:
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range!r}")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
     n, c, h, w = a.shape
     ncol = math.ceil(math.sqrt(n)) if nrow is None else nrow
     if isinstance(ncol, bool) or not isinstance(ncol, int) or ncol < 1:
@@ -167,11 +168,20 @@ def save_image_grid(images, path, nrow: int | None = None, value_range: tuple[fl
     a = np.clip((a - lo) / (hi - lo), 0.0, 1.0).transpose(0, 2, 3, 1)
     for i in range(n):
         r, q = divmod(i, ncol)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = a[i]
-    inches = min(12.0, max(2.0, 0.06 * grid.shape[1]))  # about 6 screen pixels per image pixel at small sizes
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        grid[top:top + h, left:left + w] = a[i]
+    return grid
+
+
+def save_image_grid(images, path, nrow: int | None = None, value_range: tuple[float, float] = (-1.0, 1.0),
+                    title: str | None = None, pad: int = 1) -> Path:
+    """Save images as one grid (`make_grid`, same arguments), shown pixel for pixel; returns the path."""
+    path = _check_path(path)
+    grid = make_grid(images, nrow, value_range, pad)
+    inches = min(12.0, max(2.0, 0.06 * grid.shape[1]))  # about 7 screen pixels per image pixel at small sizes
     fig, (ax,) = _figure(width=inches, height=inches * grid.shape[0] / grid.shape[1] + (0.3 if title else 0))
-    ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
-              interpolation="nearest")
+    ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray" if grid.shape[2] == 1 else None,
+              vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=10)
