@@ -1,0 +1,161 @@
+"""Digits training benchmark (issue 4 targets): wall time until each formulation's samples reach the FD target.
+
+* EDM (VE) model, `configs/digits_ve.yaml`: Heun at 35 NFE, 2000 samples, target FD <= 1.2 x floor.
+* VP model (DDPM loss), `configs/digits_vp.yaml`: Heun 35 NFE and DDPM ancestral with 1000 steps, 2000 samples,
+  target FD <= 1.5 x floor.
+* A CIFAR-10-sized DDPM++ U-Net (`configs/cifar10_unet.yaml`) on random 3x32x32 data: optimiser steps/s and
+  images/s (on CPU; with `--device cuda`, bf16 autocast on the GPU).
+
+FD is the Frechet distance in the shipped digits classifier's features, and the floor is the same statistic for
+real held-out test digits at the same count (`unifusion.metrics.digits_report`). Training runs in chunks of
+`--eval-every` steps (bit-exact resume makes the chunks one run) and the EMA model is evaluated after each.
+Writes `bench/results/train_digits.json` and `.md`.
+
+    python bench/train_digits.py                       # the full benchmark (long on 2 CPU cores)
+    python bench/train_digits.py --quick               # a smoke run (a minute)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from unifusion.metrics import digits_report
+from unifusion.train import TrainConfig, fit, load_config, load_model, train_from_config
+from unifusion.train.generate import generate
+from unifusion.train.task import DiffusionTask, build_denoiser
+
+ROOT = Path(__file__).resolve().parent
+
+
+def track(label: str, config: str, sets: list[str], steps: int, every: int, n: int, evals, target: float,
+          final_evals, out: Path) -> dict:
+    """Train `config` to `steps` in chunks of `every`, evaluating `evals` after each chunk (the EMA weights)."""
+    run = out / f"train_{label}"
+    shutil.rmtree(run, ignore_errors=True)
+    cfg = load_config(config, [f"out={run}", "train.progress=false", *sets])
+    history, train_s, reached = [], 0.0, None
+    stops = list(range(every, steps, every)) + [steps]
+    for i, stop in enumerate(stops):
+        cfg["train"]["steps"] = stop
+        t0 = time.perf_counter()
+        res = train_from_config(cfg, resume=i > 0)
+        train_s += time.perf_counter() - t0
+        model = load_model(run)
+        row = {"step": stop, "train_seconds": round(train_s, 1), "loss": res.loss}
+        todo = evals + (final_evals if stop == steps else [])
+        for name, sampler, grid, k in todo:
+            x, info = generate(model, n, (64,), sampler=sampler, grid=grid, steps=k, seed=1)
+            rep = digits_report(x.clamp(-1, 1), floor_repeats=5)
+            row[name] = {"nfe": info["nfe"], "fd": rep["fd"], "floor": rep["fd_floor"], "ratio": rep["fd_ratio"],
+                         "confident": rep["confident_fraction"], "nn_ratio": rep["nn_ratio"],
+                         "sample_seconds": round(info["seconds"], 1)}
+        ok = all(row[name]["ratio"] <= target for name, *_ in evals)
+        if ok and reached is None:
+            reached = {"step": stop, "train_seconds": round(train_s, 1)}
+        history.append(row)
+        print(f"[{label}] step {stop:6d}  train {train_s:7.0f} s  " + "  ".join(
+            f"{name}: FD {row[name]['fd']:.3f} ({row[name]['ratio']:.2f}x floor {row[name]['floor']:.3f})"
+            for name, *_ in todo), flush=True)
+    return {"label": label, "config": config, "sets": sets, "target_ratio": target, "n": n,
+            "reached": reached, "history": history}
+
+
+def unet_speed(device: str, batch: int, steps: int, threads: int) -> dict:
+    """Optimiser steps/s of the CIFAR-10-sized U-Net on random data (one warm-up step excluded)."""
+    cfg = load_config("cifar10_unet", [f"train.threads={threads}"])
+    den = build_denoiser(cfg, (3, 32, 32))
+    from unifusion.losses import build_loss
+    task = DiffusionTask(den, build_loss("ddpm", den.process))
+    data = torch.rand(4 * batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    tc = TrainConfig(steps=steps + 1, batch_size=batch, log_every=1, progress=False, ema_decays=(0.9999,),
+                     device=device, precision="auto", threads=threads)
+    res = fit(task, data, train=tc)
+    rates = [r["steps_per_s"] for r in res.history[1:]]
+    sps = len(rates) / sum(1 / r for r in rates)
+    params = sum(p.numel() for p in den.net.parameters())
+    return {"device": device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() and device != "cpu" else None,
+            "batch": batch, "params_M": round(params / 1e6, 2), "steps_per_s": sps, "images_per_s": sps * batch,
+            "precision": "bf16 autocast" if torch.cuda.is_available() and device != "cpu" else "fp32",
+            "threads": threads}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny settings: checks the script, not the targets")
+    p.add_argument("--steps-ve", type=int, default=12000)
+    p.add_argument("--steps-vp", type=int, default=12000)
+    p.add_argument("--eval-every", type=int, default=3000)
+    p.add_argument("--n", type=int, default=2000, help="samples per evaluation")
+    p.add_argument("--set", action="append", default=[], help="extra config overrides for both digits runs")
+    p.add_argument("--skip", action="append", default=[], choices=["ve", "vp", "unet"])
+    p.add_argument("--unet-device", default="cpu")
+    p.add_argument("--unet-batch", type=int, default=8)
+    p.add_argument("--unet-steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(ROOT / "results"))
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(a.threads)
+    sets = [f"train.threads={a.threads}", *a.set]
+    if a.quick:
+        a.steps_ve = a.steps_vp = a.eval_every = 100
+        a.n, a.unet_steps, a.unet_batch = 400, 1, 2
+        sets += ["net.hidden=64", "net.depth=2"]
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    result = {"machine": {"cpus": os.cpu_count(), "threads": a.threads, "platform": platform.platform(),
+                          "torch": torch.__version__, "loadavg_start": load0}, "runs": []}
+    heun = ("heun35", "heun", None, 18)
+    if "ve" not in a.skip:
+        result["runs"].append(track("ve_edm", "digits_ve", sets, a.steps_ve, a.eval_every, a.n, [heun], 1.2, [],
+                                    out))
+    if "vp" not in a.skip:
+        anc = ("ancestral1000", "ancestral", "timesteps", 100 if a.quick else 1000)
+        result["runs"].append(track("vp_ddpm", "digits_vp", sets, a.steps_vp, a.eval_every, a.n, [heun], 1.5,
+                                    [anc], out))
+    if "unet" not in a.skip:
+        result["unet"] = unet_speed(a.unet_device, a.unet_batch, a.unet_steps, a.threads)
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    name = "train_digits_quick" if a.quick else "train_digits"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{name}.md").write_text(table(result))
+    print(table(result))
+    return 0
+
+
+def table(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"Digits training benchmark: {m['cpus']} CPUs, {m['threads']} torch thread(s), torch {m['torch']}, "
+             f"load average {m['loadavg_start'][0]:.1f} at start / {m['loadavg_end'][0]:.1f} at end; "
+             f"wall {result['wall_seconds']:.0f} s.", "",
+             "| model | step | train s | sampler | NFE | FD | floor | FD / floor | target | confident | NN ratio |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in result["runs"]:
+        for row in run["history"]:
+            for k, v in row.items():
+                if isinstance(v, dict):
+                    lines.append(f"| {run['label']} | {row['step']} | {row['train_seconds']:.0f} | {k} | {v['nfe']} "
+                                 f"| {v['fd']:.3f} | {v['floor']:.3f} | {v['ratio']:.2f} | {run['target_ratio']} "
+                                 f"| {v['confident']:.3f} | {v['nn_ratio']:.2f} |")
+        r = run["reached"]
+        lines.append(f"| {run['label']} | target {'reached at step %d after %.0f s of training' % (r['step'], r['train_seconds']) if r else 'not reached'} | | | | | | | | | |")
+    if "unet" in result:
+        u = result["unet"]
+        lines += ["", f"CIFAR-10-sized U-Net ({u['params_M']}M parameters), random data, batch {u['batch']}, "
+                      f"{u['device']}{' ' + u['gpu'] if u['gpu'] else ''}, {u['precision']}, {u['threads']} thread(s): "
+                      f"{u['steps_per_s']:.3f} steps/s = {u['images_per_s']:.2f} images/s."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
