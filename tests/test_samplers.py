@@ -1,0 +1,181 @@
+"""Deterministic samplers against exact PF-ODE solutions of Gaussian-mixture oracles: convergence orders,
+per-example grids, NFE accounting, VP-view == VE-view, conditioning pass-through, float64 coefficients."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+
+from unifusion import VP, Denoiser, GaussianMixture, grids
+from unifusion import samplers as S
+
+# A smooth 1-D case: two broad components, sigma from 10 to 0.05 (no step to 0, whose error does not shrink).
+SMOOTH = GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0], [1.5]]), torch.tensor([0.5, 0.8]))
+S_MAX, S_MIN = 10.0, 0.05
+
+
+def pf_ode_reference(oracle, x, s_from, s_to, rtol=1e-12):
+    """The exact PF-ODE endpoint by scipy's DOP853 in sigma (float64)."""
+    def f(s, y):
+        xx = torch.from_numpy(y).reshape(x.shape)
+        return ((xx - oracle(xx, s)) / s).reshape(-1).numpy()
+    sol = solve_ivp(f, (s_from, s_to), x.reshape(-1).numpy(), method="DOP853", rtol=rtol, atol=rtol)
+    return torch.from_numpy(sol.y[:, -1]).reshape(x.shape)
+
+
+@pytest.fixture(scope="module")
+def smooth_case():
+    x = S_MAX * torch.randn(64, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return x, pf_ode_reference(SMOOTH, x, S_MAX, S_MIN)
+
+
+ORDERS = [("euler", {}, 1), ("ddim", {}, 1), ("heun", {}, 2), ("dpmpp_2m", {}, 2), ("dpmpp_3m", {}, 3),
+          ("exp_adams", {"order": 2}, 2), ("unipc", {"order": 1}, 2),
+          ("unipc", {"order": 2}, 3)]
+
+
+@pytest.mark.parametrize("name, opts, order", ORDERS, ids=[f"{n}{o.get('order', '')}" for n, o, _ in ORDERS])
+def test_convergence_order(smooth_case, name, opts, order):
+    """Fitted slope of log(RMS error) against log(NFE) is -order within 0.3 (issue 3)."""
+    x, ref = smooth_case
+    nfes, errs = [], []
+    for n in (8, 16, 32, 64):
+        counted = S.count_nfe(SMOOTH)
+        out = S.get_sampler(name)(counted, x, grids.geometric_grid(n + 1, S_MIN, S_MAX), **opts)
+        nfes.append(counted.nfe)
+        errs.append((out - ref).pow(2).mean().sqrt().item())
+    slope = np.polyfit(np.log(nfes), np.log(errs), 1)[0]
+    assert abs(slope + order) <= 0.3, (slope, errs)
+
+
+def test_dopri5_tolerance_and_nfe(smooth_case):
+    x, ref = smooth_case
+    errs, nfes = [], []
+    for rtol in (1e-4, 1e-6, 1e-8):
+        seen = []
+        out = S.sample_dopri5(SMOOTH, x, grids.grid_from_list([S_MAX, S_MIN]), rtol=rtol, atol=rtol,
+                              callback=seen.append)
+        errs.append((out - ref).abs().max().item())
+        nfes.append(seen[-1]["nfe"])
+        assert errs[-1] < 100 * rtol
+    assert errs[0] > errs[1] > errs[2] and nfes[0] < nfes[1] < nfes[2]
+    assert (nfes[0] - 1) % 6 == 0  # 6 evaluations per attempted step + the first
+
+
+def test_dopri5_final_zero_is_free():
+    x = 5 * torch.randn(8, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    a, b = S.count_nfe(SMOOTH), S.count_nfe(SMOOTH)
+    out0 = S.sample_dopri5(a, x, grids.grid_from_list([5.0, 0.01, 0.0]), rtol=1e-6)
+    out1 = S.sample_dopri5(b, x, grids.grid_from_list([5.0, 0.01]), rtol=1e-6)
+    assert a.nfe == b.nfe
+    torch.testing.assert_close(out0, SMOOTH(out1, 0.01))
+
+
+@pytest.mark.parametrize("name", ["euler", "heun"])
+def test_per_example_grids(name):
+    """`sigmas` of shape [N+1, B]: column b is example b's grid; equals running each example alone."""
+    x = 3 * torch.randn(4, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    cols = [grids.grid_from_list([3.0, 1.0]), grids.grid_from_list([2.0, 0.5]),
+            grids.grid_from_list([1.5, 0.0]), grids.grid_from_list([0.8, 0.79])]
+    out = S.get_sampler(name)(SMOOTH, x, torch.stack(cols, 1))
+    for b in range(4):
+        torch.testing.assert_close(out[b:b + 1], S.get_sampler(name)(SMOOTH, x[b:b + 1], cols[b]))
+    # one ODE step with a different noise level per example, the consistency-distillation teacher's call
+    s_cur, s_next = torch.tensor([3.0, 1.0, 0.5, 0.1]), torch.tensor([2.0, 0.7, 0.2, 0.05])
+    step = S.get_sampler(name)(SMOOTH, x, torch.stack([s_cur, s_next]))
+    ref = pf_ode_reference(SMOOTH, x[:1], 3.0, 2.0)
+    assert (step[:1] - ref).abs().item() < (0.5 if name == "euler" else 0.05)
+
+
+def _vp_view(oracle):
+    """The same oracle seen as a VP-SDE eps-prediction network through the Denoiser."""
+    vp = VP()
+    return Denoiser(oracle.process_model(vp, "eps"), vp, target="eps")
+
+
+FAST_OPTS = {"langevin": {"n_steps_each": 3, "step_lr": 1e-3}, "pc": {"snr": 0.1}, "dopri5": {"rtol": 1e-5},
+             "edm_stochastic": {"s_churn": 10.0}, "ddim": {"eta": 0.5}}
+
+
+@pytest.mark.parametrize("name", sorted(S.SAMPLERS))
+def test_vp_view_equals_ve_view(name):
+    """A VP-view and a VE-view of the same oracle give the same endpoints, same noise (issue 3)."""
+    mix = GaussianMixture(torch.ones(3), torch.tensor([[0.0, 1.0], [1.0, -1.0], [-1.0, 0.0]]), torch.tensor(0.04))
+    x = 20 * torch.randn(16, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    sig = grids.edm_grid(8, 0.01, 20.0)
+    outs = [S.get_sampler(name)(d, x, sig, generator=torch.Generator().manual_seed(4), **FAST_OPTS.get(name, {}))
+            for d in (mix, _vp_view(mix))]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(S.SAMPLERS))
+def test_nfe_reported_and_conditioning_passed(name):
+    """The callback's last `nfe` equals the evaluations counted by `count_nfe`; model_kwargs reach the model."""
+    seen_kwargs, calls = [], []
+
+    def model(x, sigma, label=None):
+        seen_kwargs.append(label)
+        assert sigma.shape == (x.shape[0],) and sigma.dtype == torch.float64
+        return SMOOTH(x, sigma)
+
+    counted = S.count_nfe(model)
+    x = 5 * torch.randn(3, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    S.get_sampler(name)(counted, x, grids.edm_grid(4, 0.05, 5.0), callback=calls.append,
+                        model_kwargs={"label": 7}, **FAST_OPTS.get(name, {}))
+    assert calls[-1]["nfe"] == counted.nfe > 0 and set(seen_kwargs) == {7}
+    expected = {"euler": 4, "ddim": 4, "dpmpp_2m": 4, "dpmpp_3m": 4, "exp_adams": 4, "unipc": 4, "ancestral": 4,
+                "euler_maruyama": 4, "heun": 7, "edm_stochastic": 7, "pc": 7, "langevin": 4 * 3 + 1}
+    if name in expected:
+        assert counted.nfe == expected[name]
+
+
+def test_float32_model_float64_coefficients():
+    """A float32 state stays float32, and agrees with the float64 run to float32 precision (coefficients are float64)."""
+    x = 10 * torch.randn(32, 1, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    sig = grids.edm_grid(200, 0.01, 10.0)
+    for name in ("dpmpp_3m", "unipc", "heun"):
+        out32 = S.get_sampler(name)(SMOOTH, x.float(), sig)
+        assert out32.dtype == torch.float32
+        torch.testing.assert_close(out32.double(), S.get_sampler(name)(SMOOTH, x, sig), rtol=0, atol=2e-5)
+
+
+def test_identities_between_samplers():
+    """In VE coordinates Euler == DDIM(eta=0) == exponential Adams order 1 (DPM-Solver++(1))."""
+    x = 10 * torch.randn(16, 1, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    sig = grids.edm_grid(6, 0.02, 10.0)
+    e = S.sample_euler(SMOOTH, x, sig)
+    torch.testing.assert_close(S.sample_ddim(SMOOTH, x, sig, eta=0.0), e)
+    torch.testing.assert_close(S.sample_exp_adams(SMOOTH, x, sig, order=1), e)
+    torch.testing.assert_close(S.sample_edm_stochastic(SMOOTH, x, sig), S.sample_heun(SMOOTH, x, sig))
+
+
+def test_exp_adams_weights_are_exact_for_polynomials():
+    """`sum_j w_j P(u_j) = int_0^h e^{u-h} P(u) du` for every polynomial of degree < len(nodes)."""
+    nodes, h = [0.0, -0.4, -1.1, -2.0], 0.7
+    w = S.exp_adams_weights(nodes, h)
+    for m in range(4):
+        exact = math.factorial(m) * sum((-1) ** (m - j) * h ** j / math.factorial(j) for j in range(m + 1)) \
+            - math.factorial(m) * (-1) ** m * math.exp(-h)  # int_0^h e^{u-h} u^m du
+        assert sum(wj * u ** m for wj, u in zip(w, nodes)) == pytest.approx(exact, rel=1e-12, abs=1e-15)
+    assert S.exp_adams_weights([0.0], 1e-9)[0] == pytest.approx(-math.expm1(-1e-9), rel=1e-12)
+
+
+def test_registry_and_validation():
+    assert S.DEFAULT_SAMPLER in S.SAMPLERS and set(S.RECOMMENDED) >= set(S.SAMPLERS)
+    for name, grid_fn in S.RECOMMENDED.items():
+        g = grids.check_sigmas(grid_fn(10, 0.002, 80.0))
+        assert g[-1] == 0 and g[0].item() == pytest.approx(80.0) and g.dtype == torch.float64
+    with pytest.raises(ValueError, match="'euler'"):
+        S.get_sampler("eulr")
+    x = torch.zeros(2, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="eta"):
+        S.sample_ddim(SMOOTH, x, grids.edm_grid(3), eta=1.5)
+    with pytest.raises(ValueError, match="descending"):
+        S.sample_euler(SMOOTH, x, torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="shared 1-D grid"):
+        S.sample_dpmpp_2m(SMOOTH, x, torch.ones(3, 2).cumsum(0).flip(0))
+    with pytest.raises(ValueError, match="order"):
+        S.sample_exp_adams(SMOOTH, x, grids.edm_grid(3), order=5)
+    with pytest.raises(ValueError, match="predictor"):
+        S.sample_pc(SMOOTH, x, grids.edm_grid(3), predictor="magic")
