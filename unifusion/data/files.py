@@ -6,7 +6,7 @@ Every failure is one `ValueError` / `FileNotFoundError` line naming the bad file
 """
 from __future__ import annotations
 
-import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +37,14 @@ def load_npz(path, key: str | None = None) -> tuple[torch.Tensor, torch.Tensor |
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such .npz file: {str(path)!r}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{str(path)!r} is not a readable .npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except ValueError as e:  # object arrays need pickle
         raise ValueError(f"{str(path)!r} holds pickled objects, which are not loaded ({e})") from None
-    except (OSError, EOFError, Exception) as e:
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{str(path)!r} is not a readable .npz file ({type(e).__name__}: {e})") from None
     if key is None:
         if len(arrays) == 1:
