@@ -13,7 +13,6 @@ import math
 
 import torch
 
-from ..utils import expand_like
 from .common import _Run, ancestral_step, check_positive_int, noise_like, to_d
 
 __all__ = ["sample_ddim", "sample_ancestral", "sample_euler_maruyama", "sample_pc", "sample_langevin",
@@ -80,13 +79,13 @@ def sample_euler_maruyama(denoiser, x, sigmas, *, generator=None, callback=None,
 
 
 def langevin_step(x, den, s, generator, snr):
-    """Score SDE's Langevin corrector (Song et al. 2021, Algorithm 4): step `eps = 2 (snr |z| / |score|)^2` per
-    example, `x + eps score + sqrt(2 eps) z`."""
+    """Score SDE's Langevin corrector (Song et al. 2021, Algorithm 4): `x + eps score + sqrt(2 eps) z` with
+    `eps = 2 (snr |z| / |score|)^2`, the norms averaged over the batch as in the authors' code (per-example ratios
+    blow up where the score vanishes in low dimension)."""
     score = (den - x) / (s * s)
     z = noise_like(x, generator)
-    dims = tuple(range(1, x.ndim))
-    ratio = z.flatten(1).norm(dim=1) / score.flatten(1).norm(dim=1).clamp_min(1e-30)
-    eps = expand_like(2 * (snr * ratio) ** 2, x)
+    ratio = z.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean().clamp_min(1e-30)
+    eps = 2 * (snr * ratio) ** 2
     return x + eps * score + torch.sqrt(2 * eps) * z
 
 
