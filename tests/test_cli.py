@@ -75,12 +75,24 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_consistency_sampler_is_routed_or_explained(tmp_path, capsys):
-    try:
-        from unifusion.consistency.cli import load_consistency  # noqa: F401
-        pytest.skip("the consistency helper's loader exists; its own tests cover this path")
-    except (ImportError, AttributeError):
-        pass
+def test_consistency_sampler_is_routed_or_explained(tmp_path, capsys, monkeypatch):
+    from unifusion.consistency import ConsistencyFunction, cli as ccli
+    from unifusion.oracles import eight_gaussians
+
+    seen = []
+
+    def fake_load(path):                 # the exact eight-Gaussians denoiser as a consistency function
+        seen.append(path)
+        return ConsistencyFunction(eight_gaussians(), 0.002, 80.0, 1.0), (2,)
+
+    monkeypatch.setattr(ccli, "load_consistency", fake_load, raising=False)
+    out = tmp_path / "c.npz"
+    assert main(["sample", str(tmp_path), "--sampler", "consistency", "--steps", "2", "--n", "30",
+                 "--out", str(out)]) == 0
+    assert seen == [str(tmp_path)] and "2 NFE" in capsys.readouterr().out
+    with np.load(out) as z:
+        assert z["samples"].shape == (30, 2) and np.isfinite(z["samples"]).all()
+    monkeypatch.delattr(ccli, "load_consistency")
     assert "consistency" in _error(capsys, ["sample", str(tmp_path), "--sampler", "consistency", "--steps", "2"])
 
 

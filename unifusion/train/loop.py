@@ -273,7 +273,7 @@ def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: 
                 y = labels[sel].to(dev, non_blocking=True) if labels is not None else None
                 s_gen, s_global = micro_batch_seed(seed, s, k)
                 torch.manual_seed(s_global)
-                gen = torch.Generator(device=dev).manual_seed(s_gen)
+                gen = torch.Generator().manual_seed(s_gen)      # on the CPU: same draws on any device
                 sync = model.no_sync() if (model is not wrapper and a < train.grad_accum - 1) else nullcontext()
                 with sync:
                     with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
