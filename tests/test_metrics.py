@@ -218,7 +218,9 @@ def test_real_unseen_digits_score_the_floor():
     x, _ = load_digits("test")
     r = digits_report(x)
     assert r["n"] == 360 and r["fd"] == pytest.approx(r["fd_floor"]) and r["fd_ratio"] == pytest.approx(1.0)
-    assert r["fd_360"] == pytest.approx(r["fd_floor_360"])
+    assert r["fd_count"] == 360 and r["fd_all"] == pytest.approx(r["fd"])
+    half = digits_report(x[:180])  # below 360: the floor averages test subsets of 180
+    assert half["fd_count"] == 180 and half["fd_floor_std"] > 0 and 0.7 < half["fd_ratio"] < 1.5
     assert r["nn_ratio"] == pytest.approx(1.0) and r["copy_fraction"] == 0.0 and not r["memorization"]
     assert r["confident_fraction"] == pytest.approx(r["confident_fraction_floor"])
     assert r["confident_fraction"] > 0.9
@@ -234,7 +236,7 @@ def test_copies_of_training_digits_are_flagged_and_noise_scores_badly():
     r = digits_report(noise)
     assert r["fd_ratio"] > 20 and r["confident_fraction"] < 0.3 and r["nn_ratio"] > 2 and not r["memorization"]
     assert digits_fd(noise) == pytest.approx(r["fd"]) and confident_fraction(noise) == r["confident_fraction"]
-    assert r["fd_floor"] >= 0 and r["fd_floor_std"] > 0  # 500 > 360: the floor is the 1/n fit
+    assert r["fd_count"] == 360 and r["fd_all_floor"] >= 0 and r["fd_all_floor_std"] > 0  # 500 > 360: 1/n fit
 
 
 def test_digits_input_is_checked():

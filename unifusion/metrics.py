@@ -16,17 +16,19 @@ This module owns
   sample count).
 
 Floors: a metric means little without the value a perfect model would get. For digits the floor is the same
-metric computed on the real test split (unseen by model and classifier) resampled to the same count `n`
-(without replacement when `n <= 360`, with replacement above; the mean over `floor_repeats` resamples with a
-fixed seed). For vectors it is the metric between a fresh exact draw and the reference.
+metric for the real test split (360 images, unseen by model and classifier) against the training split at the
+same sample count; FD, whose value depends on the count, is therefore taken over chunks of 360 samples, where
+its floor is exact (`digits_report` explains each floor). For vectors the floor is the metric between a fresh
+exact draw and the reference.
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import math
 from functools import lru_cache
 from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -36,7 +38,7 @@ from .utils import check_choice, check_finite, check_positive_int
 __all__ = [
     "sliced_wasserstein", "mmd", "median_bandwidth", "frechet_distance", "frechet_distance_from_stats",
     "gaussian_stats", "fd_floor", "vector_report", "vector_floor",
-    "DigitsClassifier", "digits_fd", "confident_fraction", "nearest_neighbour_ratio", "copy_fraction",
+    "DigitsClassifier", "FD_COUNT", "digits_fd", "confident_fraction", "nearest_neighbour_ratio", "copy_fraction",
     "digits_report",
     "MEMORIZATION_THRESHOLD", "CLASSIFIER_PATH",
 ]
@@ -44,6 +46,26 @@ __all__ = [
 ASSETS = Path(__file__).resolve().parent / "assets"
 CLASSIFIER_PATH = ASSETS / "digits_classifier.safetensors"
 MEMORIZATION_THRESHOLD = 0.5  # nearest-neighbour ratio below this flags memorization (see nearest_neighbour_ratio)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one thread
+
+def _one_thread(fn):
+    """Run `fn` with one torch thread (restored afterwards). The metrics' kernels are small (cdist of a few
+    thousand rows, eigh of 64 x 64); on this project's shared 2-core machines multi-threading them was measured
+    2-30x slower than one thread (over-subscription), and 64 x 64 `eigh` gains nothing from threads anyway."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        n = torch.get_num_threads()
+        if n == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(n)
+    return wrapper
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -89,6 +111,7 @@ def _w2_squared_sorted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a[:, ia] - b[:, ib]) ** 2 * width).sum(1)
 
 
+@_one_thread
 def sliced_wasserstein(x, y, n_projections: int = 256, generator: torch.Generator | None = None) -> float:
     """Sliced Wasserstein-2 distance between two sample sets `x` `[N, d]` and `y` `[M, d]` (any N, M).
 
@@ -114,6 +137,7 @@ MMD_KERNELS = ("rbf", "multiscale")
 MULTISCALE_FACTORS = (0.2, 0.5, 1.0, 2.0, 5.0)  # bandwidths of the multi-scale kernel, times the base bandwidth
 
 
+@_one_thread
 def median_bandwidth(x, max_points: int = 1000) -> float:
     """The median heuristic (Gretton et al. 2012, Sec. 8): the median pairwise Euclidean distance of `x` `[N, d]`,
     over at most `max_points` evenly spaced rows (deterministic)."""
@@ -138,6 +162,7 @@ def _kernel_sum(a: torch.Tensor, b: torch.Tensor, scales: torch.Tensor, chunk: i
     return total
 
 
+@_one_thread
 def mmd(x, y, kernel: str = "rbf", bandwidth: float | None = None) -> float:
     """Unbiased squared maximum mean discrepancy `MMD_u^2` between `x` `[N, d]` and `y` `[M, d]`
     (Gretton et al. 2012, eq. 3): `mean_{i!=j} k(x_i, x_j) + mean_{i!=j} k(y_i, y_j) - 2 mean_ij k(x_i, y_j)`.
@@ -169,26 +194,11 @@ def mmd(x, y, kernel: str = "rbf", bandwidth: float | None = None) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # Frechet distance
 
-@contextlib.contextmanager
-def _few_threads(d: int):
-    """One torch thread for small `d x d` linear algebra, restored afterwards. Multi-threaded `eigh` of a 64 x 64
-    matrix is no faster, and on an over-subscribed CPU (pytest -n 2 on 2 cores) it was measured 100-250x slower."""
-    n = torch.get_num_threads()
-    if d > 512 or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
+@_one_thread
 def gaussian_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean `[d]` and unbiased covariance `[d, d]` (float64) of features `[N, d]`, N >= 2."""
     f = _as_2d(feats, "feats", min_rows=2)
-    with _few_threads(f.shape[1]):
-        return f.mean(0), torch.cov(f.T, correction=1).reshape(f.shape[1], f.shape[1])
+    return f.mean(0), torch.cov(f.T, correction=1).reshape(f.shape[1], f.shape[1])
 
 
 def _psd_sqrt(c: torch.Tensor) -> torch.Tensor:
@@ -196,6 +206,7 @@ def _psd_sqrt(c: torch.Tensor) -> torch.Tensor:
     return (u * lam.clamp_min(0).sqrt()) @ u.T
 
 
+@_one_thread
 def frechet_distance_from_stats(mu1, cov1, mu2, cov2) -> float:
     """`|mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1^(1/2) C2 C1^(1/2))^(1/2))`: the squared 2-Wasserstein distance between
     `N(mu1, C1)` and `N(mu2, C2)` (Dowson & Landau 1982; Heusel et al. 2017, eq. 6).
@@ -212,14 +223,14 @@ def frechet_distance_from_stats(mu1, cov1, mu2, cov2) -> float:
                          f"{tuple(c1.shape)}, {tuple(mu2.shape)}, {tuple(c2.shape)}")
     for t, name in ((mu1, "mu1"), (mu2, "mu2"), (c1, "cov1"), (c2, "cov2")):
         check_finite(t, name)
-    with _few_threads(d):
-        s1 = _psd_sqrt(c1)
-        m = s1 @ c2 @ s1
-        tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
+    s1 = _psd_sqrt(c1)
+    m = s1 @ c2 @ s1
+    tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
     fd = (mu1 - mu2).square().sum() + torch.trace(c1) + torch.trace(c2) - 2 * tr_sqrt
     return float(fd.clamp_min(0))
 
 
+@_one_thread
 def frechet_distance(x_feats, y_feats) -> float:
     """Frechet distance between the Gaussians fitted (mean, unbiased covariance) to two feature sets `[N, d]`,
     `[M, d]`, N, M >= 2 (the FID formula of Heusel et al. 2017, eq. 6, in float64)."""
@@ -231,6 +242,7 @@ def frechet_distance(x_feats, y_feats) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # vectors: 2-D toys and vector mixtures
 
+@_one_thread
 def vector_report(samples, reference, generator: torch.Generator | None = None,
                   n_projections: int = 256) -> dict:
     """SW2 and MMD^2 of `samples` `[N, d]` against an exact `reference` draw `[M, d]`.
@@ -246,6 +258,7 @@ def vector_report(samples, reference, generator: torch.Generator | None = None,
             "mmd": mmd(x, ref, "rbf", bandwidth=h), "bandwidth": h}
 
 
+@_one_thread
 def vector_floor(sampler, reference, n: int, generator: torch.Generator | None = None,
                  n_projections: int = 256) -> dict:
     """The noise floor of `vector_report`: the same metrics for `n` fresh exact draws against `reference`.
@@ -351,17 +364,35 @@ def _nn_distance(x: torch.Tensor, ref: torch.Tensor, chunk: int = 4096) -> torch
     return torch.cat([torch.cdist(x[i:i + chunk].double(), ref).min(1).values for i in range(0, x.shape[0], chunk)])
 
 
+FD_COUNT = 360  # samples per digits FD: the size of the test split, the count at which the floor is exact
+
+
+def _fd_matched(f: torch.Tensor, train_stats) -> tuple[float, float]:
+    """`(mean, std)` of the FD against the training statistics over the disjoint `FD_COUNT`-sample chunks of the
+    features `f` (one FD of all rows when there are fewer)."""
+    chunks = [f[i:i + FD_COUNT] for i in range(0, f.shape[0] - FD_COUNT + 1, FD_COUNT)] or [f]
+    vals = [frechet_distance_from_stats(*gaussian_stats(c), *train_stats) for c in chunks]
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+@_one_thread
 def digits_fd(samples) -> float:
-    """Digits Frechet distance: FD between the classifier features of `samples` (`[N, 64]` or `[N, 1, 8, 8]` in
-    [-1, 1], N >= 2) and those of the full digits training split (1437 images). Lower is better; compare with
-    `digits_report(...)["fd_floor"]` at the same N."""
+    """Digits Frechet distance: the FD between the classifier features of samples and those of the whole digits
+    training split (1437 images), taken at the test split's count: the mean over disjoint chunks of 360 samples
+    (a remainder is unused; with fewer than 360 samples, one FD of all of them).
+
+    FD depends on the sample count (its covariance-estimation bias grows like `1/n`), so it is only comparable at
+    one count; at 360 the floor, the same FD for the 360 real test images, is exact (`digits_report`).
+    `samples`: `[N, 64]` or `[N, 1, 8, 8]` in [-1, 1], N >= 2. Lower is better.
+    """
     x = _digits_pixels(samples)
     if x.shape[0] < 2:
         raise ValueError(f"digits_fd needs at least 2 samples, got {x.shape[0]}")
     f, _ = _classify(x, DigitsClassifier.load())
-    return frechet_distance_from_stats(*gaussian_stats(f), *_real_digits()["train_stats"])
+    return _fd_matched(f, _real_digits()["train_stats"])[0]
 
 
+@_one_thread
 def confident_fraction(samples, threshold: float = 0.9) -> float:
     """Fraction of `samples` the classifier labels with top-class softmax probability `> threshold`."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
@@ -370,6 +401,7 @@ def confident_fraction(samples, threshold: float = 0.9) -> float:
     return float((p.max(1).values > threshold).double().mean())
 
 
+@_one_thread
 def nearest_neighbour_ratio(samples) -> float:
     """Memorization check: `median_i d(s_i, train) / median_j d(t_j, train)`, where `d(., train)` is the Euclidean
     pixel distance to the nearest digits training image, `s_i` the samples and `t_j` the 360 real test images.
@@ -383,6 +415,7 @@ def nearest_neighbour_ratio(samples) -> float:
     return float(d.median() / _real_digits()["nn_test"].median())
 
 
+@_one_thread
 def copy_fraction(samples) -> float:
     """Fraction of `samples` closer (Euclidean, pixels) to a training image than every one of the 360 real test
     images is. A model that draws fresh digits from the data distribution scores about `1/361` (exchangeability:
@@ -394,6 +427,7 @@ def copy_fraction(samples) -> float:
 FLOOR_FIT_COUNTS = (120, 180, 240, 300, 360)  # sub-counts of the test split for the 1/n fit of the FD floor
 
 
+@_one_thread
 def fd_floor(pool_feats: torch.Tensor, ref_stats, n: int, repeats: int = 10,
              generator: torch.Generator | None = None) -> tuple[float, float]:
     """`(mean, std)` of the FD between `n` real points and the reference, from a pool of `P` held-out real features.
@@ -403,8 +437,8 @@ def fd_floor(pool_feats: torch.Tensor, ref_stats, n: int, repeats: int = 10,
     the covariance estimate; Chong & Forsyth 2020, "Effectively Unbiased FID", fit `FID_N = a + b/N`), so
     `a + b/m` is fitted to subsets of `m = FLOOR_FIT_COUNTS` (scaled to `P`) points and evaluated at `m = n`;
     the std is that of the per-repeat fits, and the mean is clamped at 0. The fit is an estimate: when `P` is
-    small its std can be as large as the value (digits: about 1 at n = 2000), which is why `digits_report`
-    takes its ratio at the pool size. (Resampling `n` points with replacement would inflate the floor instead:
+    small its std can be as large as the value (digits: about 1 at n = 2000), which is why `digits_fd` is taken
+    at the pool size instead. (Resampling `n` points with replacement would inflate the floor instead:
     the duplicates add covariance noise; docs/metrics.md has the check.)
     """
     P = pool_feats.shape[0]
@@ -419,20 +453,20 @@ def fd_floor(pool_feats: torch.Tensor, ref_stats, n: int, repeats: int = 10,
     return max(0.0, float(a + b / n)), float(np.std(fits))
 
 
+@_one_thread
 def digits_report(samples, n: int | None = None, floor_repeats: int = 10, seed: int = 0) -> dict:
-    """All digits metrics of the first `n` samples (default: all) with their noise floors at the same count.
+    """All digits metrics of the first `n` samples (default: all), each with its noise floor at the same count.
 
-    Floors are the same metric for real unseen digits: the test split (360 images) against the training split.
-    `fd_floor`: `fd_floor(...)` on the test features (subsets without replacement for `n <= 360`, the `1/n`
-    fit above for larger `n`). `fd_360`: the mean FD of the disjoint 360-sample chunks of the samples, and
-    `fd_floor_360`: the FD of the whole test split; both are exact draws at one count with no model of the
-    bias. `fd_ratio` is `fd_360 / fd_floor_360` when `n >= 360`, else `fd / fd_floor`: a model that samples
-    the data distribution scores about 1. Fraction and median floors use `n` test images resampled
-    (without replacement up to 360, with replacement above; unbiased for these statistics), averaged over
-    `floor_repeats` draws from `seed`.
-    Returns `{"n", "fd", "fd_floor", "fd_floor_std", "fd_ratio", "fd_360", "fd_floor_360",
-    "confident_fraction", "confident_fraction_floor", "nn_ratio", "nn_ratio_floor", "copy_fraction",
-    "copy_fraction_floor", "memorization"}` (`fd_360` is None when n < 360).
+    Floors are the same metric for real unseen digits, the test split, against the training split:
+    * `fd` is `digits_fd` (mean FD over 360-sample chunks; `fd_chunk_std` its spread over chunks) and `fd_floor`
+      the FD of the 360 test images: both exact draws at one count, so `fd_ratio = fd / fd_floor` is about 1
+      for a model that samples the data distribution. With `n < 360` both use `n` (the floor averaged over
+      `floor_repeats` test subsets, `fd_floor_std` their spread);
+    * `fd_all` is the FD of all `n` samples at once and `fd_all_floor` (+- `fd_all_floor_std`) the estimate of
+      the floor at `n` from the `1/n` fit of `fd_floor` (only an estimate above 360: its std is about 1 at n = 2000);
+    * confident fraction and nearest-neighbour ratio floors: `n` test images resampled (without replacement up
+      to 360, with replacement above; unbiased for these statistics), averaged over `floor_repeats` draws from
+      `seed`; the copy-fraction floor is `1/361`.
     """
     x = _digits_pixels(samples)
     if n is None:
@@ -447,28 +481,29 @@ def digits_report(samples, n: int | None = None, floor_repeats: int = 10, seed: 
     nn_s = _nn_distance(x, real["x_train"])
     nn_t = real["nn_test"]
     n_test = nn_t.shape[0]
-    fd_of = lambda feats: frechet_distance_from_stats(*gaussian_stats(feats), *real["train_stats"])
+    train_stats = real["train_stats"]
     conf_of = lambda probs: float((probs.max(1).values > 0.9).double().mean())
     g = torch.Generator().manual_seed(seed)
-    floor, floor_std = fd_floor(real["f_test"], real["train_stats"], n, floor_repeats, g)
+    fd, fd_chunk_std = _fd_matched(f, train_stats)
+    floor, floor_std = fd_floor(real["f_test"], train_stats, min(n, n_test), floor_repeats, g)
+    all_floor, all_floor_std = fd_floor(real["f_test"], train_stats, n, floor_repeats, g)
     conf_floor, nn_floor = [], []
     for _ in range(floor_repeats):
         idx = torch.randperm(n_test, generator=g)[:n] if n <= n_test else torch.randint(n_test, (n,), generator=g)
         conf_floor.append(conf_of(real["p_test"][idx]))
         nn_floor.append(float(nn_t[idx].median() / nn_t.median()))
-    fd = fd_of(f)
-    chunks = [f[i:i + n_test] for i in range(0, n - n_test + 1, n_test)]
-    fd_360 = float(np.mean([fd_of(c) for c in chunks])) if chunks else None
-    fd_floor_360 = fd_of(real["f_test"])
     nn_ratio = float(nn_s.median() / nn_t.median())
     return {
         "n": n,
         "fd": fd,
         "fd_floor": floor,
+        "fd_ratio": fd / floor,
+        "fd_count": min(n, n_test),
+        "fd_chunk_std": fd_chunk_std,
         "fd_floor_std": floor_std,
-        "fd_ratio": fd_360 / fd_floor_360 if fd_360 is not None else fd / floor,
-        "fd_360": fd_360,
-        "fd_floor_360": fd_floor_360,
+        "fd_all": frechet_distance_from_stats(*gaussian_stats(f), *train_stats),
+        "fd_all_floor": all_floor,
+        "fd_all_floor_std": all_floor_std,
         "confident_fraction": conf_of(p),
         "confident_fraction_floor": float(np.mean(conf_floor)),
         "nn_ratio": nn_ratio,
