@@ -68,6 +68,19 @@ def track(label: str, config: str, sets: list[str], steps: int, every: int, n: i
             "reached": reached, "history": history}
 
 
+def reference_rows() -> dict:
+    """The metric on real digits: the 1437 training images themselves (a perfect memorizer) and the 360 test images."""
+    from unifusion.data import load_digits
+
+    out = {}
+    for split in ("train", "test"):
+        x, _ = load_digits(split)
+        rep = digits_report(x, floor_repeats=5)
+        out[split] = {"n": x.shape[0], "fd": rep["fd"], "floor": rep["fd_floor"], "ratio": rep["fd_ratio"],
+                      "confident": rep["confident_fraction"], "nn_ratio": rep["nn_ratio"]}
+    return out
+
+
 def unet_speed(device: str, batch: int, steps: int, threads: int) -> dict:
     """Optimiser steps/s of the CIFAR-10-sized U-Net on random data (one warm-up step excluded)."""
     cfg = load_config("cifar10_unet", [f"train.threads={threads}"])
@@ -102,6 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--unet-steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "results"))
+    p.add_argument("--tag", default="", help="suffix of the result files (e.g. _ve when runs are split)")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +128,7 @@ def main(argv=None) -> int:
     t0, load0 = time.perf_counter(), os.getloadavg()
     result = {"machine": {"cpus": os.cpu_count(), "threads": a.threads, "platform": platform.platform(),
                           "torch": torch.__version__, "loadavg_start": load0}, "runs": []}
+    result["reference"] = reference_rows()
     heun = ("heun35", "heun", None, 18)
     if "ve" not in a.skip:
         result["runs"].append(track("ve_edm", "digits_ve", sets, a.steps_ve, a.eval_every, a.n, [heun], 1.2, [],
@@ -126,7 +141,7 @@ def main(argv=None) -> int:
         result["unet"] = unet_speed(a.unet_device, a.unet_batch, a.unet_steps, a.threads)
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    name = "train_digits_quick" if a.quick else "train_digits"
+    name = "train_digits_quick" if a.quick else f"train_digits{a.tag}"
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     (out / f"{name}.md").write_text(table(result))
     print(table(result))
@@ -140,6 +155,9 @@ def table(result: dict) -> str:
              f"wall {result['wall_seconds']:.0f} s.", "",
              "| model | step | train s | sampler | NFE | FD | floor | FD / floor | target | confident | NN ratio |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for split, v in result.get("reference", {}).items():
+        lines.append(f"| real {split} digits (n={v['n']}) | | | | | {v['fd']:.3f} | {v['floor']:.3f} | {v['ratio']:.2f} "
+                     f"| | {v['confident']:.3f} | {v['nn_ratio']:.2f} |")
     for run in result["runs"]:
         for row in run["history"]:
             for k, v in row.items():
