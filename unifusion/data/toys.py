@@ -11,20 +11,10 @@ import math
 
 import torch
 
-from ..oracles import GaussianMixture, eight_gaussians, grid_gaussians
+from ..oracles import eight_gaussians, grid_gaussians
 from ..utils import check_positive_int
 
 __all__ = ["toy_2d", "TOYS", "toy_oracle"]
-
-
-def _grid_oracle() -> GaussianMixture:
-    """`oracles.grid_gaussians()`. Work-around while the core calls the non-existent `torch.cartesian_product`
-    (the fix there is `torch.cartesian_prod`); remove the fallback once it is in."""
-    try:
-        return grid_gaussians()
-    except AttributeError:
-        g = torch.arange(5, dtype=torch.float64) - 2.0
-        return GaussianMixture(torch.ones(25), torch.cartesian_prod(g, g), torch.full((25,), 0.05 ** 2))
 
 
 def _eight_gaussians(n, g):
@@ -32,7 +22,7 @@ def _eight_gaussians(n, g):
 
 
 def _grid(n, g):
-    return _grid_oracle().sample(n, generator=g)
+    return grid_gaussians().sample(n, generator=g)
 
 
 def _swiss_roll(n, g, noise=0.05):
@@ -62,7 +52,7 @@ def _checkerboard(n, g):
 TOYS = {"eight_gaussians": _eight_gaussians, "grid": _grid, "swiss_roll": _swiss_roll, "moons": _moons,
         "checkerboard": _checkerboard}
 
-_ORACLES = {"eight_gaussians": eight_gaussians, "grid": _grid_oracle}
+_ORACLES = {"eight_gaussians": eight_gaussians, "grid": grid_gaussians}
 
 
 def toy_2d(name: str, n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
