@@ -268,3 +268,63 @@ def _distill_and_compare(copy, sliced_wasserstein, MLP, sample_euler):
     sw_cd = sliced_wasserstein(sample_consistency(f_target, z, [S_MAX]).double(), ref, generator=gm)
     sw_euler = sliced_wasserstein(sample_euler(mix, z, torch.tensor([S_MAX, 0.0])).double(), ref, generator=gm)
     assert sw_cd < 3 * floor and sw_cd < 0.25 * sw_euler, (sw_cd, floor, sw_euler)
+
+
+# ---- `unifusion distill`: the training loop's checkpoints, resume and sampling --------------------------------
+_TINY = ["train.progress=false", "train.threads=1", "train.batch_size=64", "train.log_every=0", "consistency.N=8"]
+
+
+@pytest.fixture(scope="module")
+def toy_teacher(tmp_path_factory):
+    """A tiny EDM model of eight Gaussians trained for a few steps by `unifusion train`'s machinery."""
+    from unifusion.train import load_config, train_from_config
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = load_config("toy_ve", ["data.n=512", "net.hidden=32", "net.depth=1", "net.emb_dim=16", "train.steps=5",
+                                 "train.progress=false", "train.threads=1", "train.batch_size=64", "train.log_every=0"])
+    return train_from_config(cfg, out=out).checkpoint
+
+
+def _weights(path):
+    from unifusion.train import read_checkpoint
+    tensors, _ = read_checkpoint(path)
+    return tensors
+
+
+def test_distill_cli_trains_resumes_bit_exactly_and_samples(toy_teacher, tmp_path):
+    from unifusion.cli import main as unifusion_main
+    from unifusion.consistency.cli import load_consistency, main
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([str(toy_teacher), "--out", str(a), "--set", "train.steps=6", *sum([["--set", s] for s in _TINY], [])]) == 0
+    assert main([str(toy_teacher), "--out", str(b), "--set", "train.steps=3", *sum([["--set", s] for s in _TINY], [])]) == 0
+    assert main([str(toy_teacher), "--out", str(b), "--resume", "--set", "train.steps=6",
+                 *sum([["--set", s] for s in _TINY], [])]) == 0
+    wa, wb = _weights(a / "checkpoint.safetensors"), _weights(b / "checkpoint.safetensors")
+    assert any(k.startswith("task.target.") for k in wa) and int(wa["task.step"]) == 6
+    assert wa.keys() == wb.keys()
+    for k in wa:                                                    # student, EMA, target, optimiser: bit-exact
+        assert torch.equal(wa[k], wb[k]), k
+    f, shape = load_consistency(a)
+    x = torch.randn(7, *shape)
+    assert shape == (2,) and torch.equal(f(x, f.sigma_min), x)
+    assert unifusion_main(["sample", str(a), "--sampler", "consistency", "--steps", "2", "--n", "20"]) == 0
+    assert (a / "samples_consistency_2nfe.npz").exists()
+
+
+def test_distill_cli_consistency_training_and_errors(toy_teacher, tmp_path, capsys):
+    from unifusion.consistency.cli import load_consistency, main
+    sets = sum([["--set", s] for s in _TINY + ["data.n=512", "net.hidden=32", "net.depth=1", "train.steps=4"]], [])
+    assert main(["--ct", "toy_ve", "--out", str(tmp_path / "ct"), *sets]) == 0
+    f, _ = load_consistency(tmp_path / "ct")
+    assert f.config["consistency"]["mode"] == "ct" and f.config["consistency"]["distance"] is None
+    capsys.readouterr()
+    for argv in ([str(toy_teacher), "--set", "consistency.bogus=1"], [str(toy_teacher), "--ct", "toy_ve"], [],
+                 [str(tmp_path / "missing.safetensors")], [str(toy_teacher), "--set", "consistency.distance=lpips"]):
+        assert main(argv + ["--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("unifusion distill: error:"), err
+    with pytest.raises(ValueError, match="not a `unifusion distill` checkpoint"):
+        load_consistency(toy_teacher)
+    with pytest.raises(ValueError, match="target"):
+        load_consistency(tmp_path / "ct", weights="target")
+    assert not (tmp_path / "bad").exists()
