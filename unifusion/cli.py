@@ -46,12 +46,6 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _load_for_sampling(path: str, ema: bool):
-    from .train import load_model
-
-    return load_model(path, ema=ema)
-
-
 def _threads(n, denoiser=None) -> None:
     """Set torch's CPU threads: `n`, else the run's `train.threads`, else leave torch's default."""
     import torch
@@ -95,18 +89,26 @@ def _cmd_sample(args) -> int:
         f, shape = load(args.checkpoint)
         from .consistency import consistency_sigmas, sample_consistency
         import torch, time
-        g = torch.Generator().manual_seed(args.seed)
+        g = torch.Generator().manual_seed(args.seed or 0)
         sig = consistency_sigmas(args.steps or 1, f.sigma_min, f.sigma_max)
         t0 = time.perf_counter()
+        args.n = args.n or 64
         x = sample_consistency(f, sig[0].item() * torch.randn((args.n, *shape), generator=g), sig, generator=g)
         info = {"sampler": "consistency", "steps": args.steps or 1, "nfe": args.steps or 1,
                 "seconds": time.perf_counter() - t0}
         samples = x.detach().cpu()
     else:
-        d = _load_for_sampling(args.checkpoint, not args.raw)
+        from .train import load_model
+        d = load_model(args.checkpoint, ema=False if args.raw else True)
         _threads(args.threads, d)
-        samples, info = generate(d, args.n, d.data_shape, sampler=args.sampler, grid=args.grid,
-                                 steps=args.steps or 18, seed=args.seed, batch_size=args.batch_size,
+        sc = d.config.get("sample", {})          # the run's `sample:` section gives the defaults
+        if not args.raw and sc.get("ema") is False:
+            d = load_model(args.checkpoint, ema=False)
+        samples, info = generate(d, args.n or sc.get("n") or 64, d.data_shape,
+                                 sampler=args.sampler or sc.get("sampler"), grid=args.grid or sc.get("grid"),
+                                 steps=args.steps or sc.get("steps") or 18,
+                                 seed=args.seed if args.seed is not None else sc.get("seed", 0),
+                                 batch_size=args.batch_size or sc.get("batch_size") or 1000,
                                  sigma_min=args.sigma_min, sigma_max=args.sigma_max)
         shape = d.data_shape
     info["checkpoint"] = str(args.checkpoint)
@@ -115,7 +117,7 @@ def _cmd_sample(args) -> int:
     if out.suffix != ".npz":
         raise _UserError(f"--out must end in .npz, got {out}")
     paths = _save_samples(samples, out, info, shape)
-    print(f"{args.n} samples, {info['sampler']}, {info['nfe']} NFE, {info['seconds']:.2f} s -> "
+    print(f"{samples.shape[0]} samples, {info['sampler']}, {info['nfe']} NFE, {info['seconds']:.2f} s -> "
           + ", ".join(map(str, paths)))
     return 0
 
@@ -144,7 +146,8 @@ def _cmd_eval(args) -> int:
         _threads(args.threads)
     else:
         from .train.generate import generate
-        d = _load_for_sampling(str(path), True)
+        from .train import load_model
+        d = load_model(str(path))
         _threads(args.threads, d)
         samples, _ = generate(d, args.n or 1000, d.data_shape, sampler=args.sampler, steps=args.steps or 18,
                               seed=args.seed)
@@ -202,10 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="a checkpoint file or run folder")
     s.add_argument("--sampler", help="a name from unifusion.samplers.SAMPLERS, or 'consistency' (default: DEFAULT_SAMPLER)")
     s.add_argument("--grid", help="a grid name (edm, geometric, log_snr, uniform_t, timesteps, ddim; default: the sampler's)")
-    s.add_argument("--steps", type=int, help="grid levels (default 18; for consistency: the number of steps, 1)")
-    s.add_argument("--n", type=int, default=64, help="number of samples")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=1000)
+    s.add_argument("--steps", type=int, help="grid levels (default: the run's sample.steps, else 18; "
+                                             "for consistency: the number of steps, 1)")
+    s.add_argument("--n", type=int, help="number of samples (default: the run's sample.n)")
+    s.add_argument("--seed", type=int, help="default: the run's sample.seed")
+    s.add_argument("--batch-size", type=int, help="samples per batch (default: the run's sample.batch_size)")
     s.add_argument("--sigma-min", type=float, help="lowest noise level (default: the process's)")
     s.add_argument("--sigma-max", type=float, help="highest noise level (default: the process's)")
     s.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
