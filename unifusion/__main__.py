@@ -3,4 +3,5 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":      # guarded: spawned worker processes (the demo's trainers) re-import this module
+    sys.exit(main())
