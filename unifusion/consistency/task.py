@@ -70,7 +70,7 @@ class ConsistencyTask:
         self.N, self.mu, self.total_steps, self.rho = N, mu, total_steps, rho
         self.s0, self.s1, self.p_mean, self.p_std = s0, s1, p_mean, p_std
         self.modules = {STUDENT: f.denoiser.net}
-        self.target = copy.deepcopy(f).requires_grad_(False) if teacher is not None else None
+        self.target = copy.deepcopy(f).requires_grad_(False).eval() if teacher is not None else None
         self.step = 0
         self._sigmas = {}
 
