@@ -122,6 +122,7 @@ def test_vector_report_and_its_floor():
     good = vector_report(o.sample(500, generator=g), ref, generator=g)
     bad = vector_report(o.sample(500, generator=g) * 1.2, ref, generator=g)
     assert good["bandwidth"] == floor["bandwidth"] == pytest.approx(median_bandwidth(ref))
+    assert floor["repeats"] == 5 and floor["sw2_std"] > 0 and floor["n"] == 500
     assert good["sw2"] < 2 * floor["sw2"] + 0.02 and good["mmd"] < 5e-3
     assert bad["sw2"] > 1.5 * floor["sw2"] and bad["mmd"] > 10 * abs(floor["mmd"])
     with pytest.raises(ValueError, match="same dimension"):

@@ -243,32 +243,43 @@ def frechet_distance(x_feats, y_feats) -> float:
 # vectors: 2-D toys and vector mixtures
 
 @_one_thread
-def vector_report(samples, reference, generator: torch.Generator | None = None,
-                  n_projections: int = 256) -> dict:
+def vector_report(samples, reference, generator: torch.Generator | None = None, n_projections: int = 256,
+                  kernel: str = "rbf") -> dict:
     """SW2 and MMD^2 of `samples` `[N, d]` against an exact `reference` draw `[M, d]`.
 
-    MMD uses the rbf kernel with the bandwidth fixed by the reference alone (`median_bandwidth(reference)`), so
-    that rows of one table share one kernel; SW2 projections come from `generator`.
+    MMD uses `kernel` ("rbf" or "multiscale") with the bandwidth fixed by the reference alone
+    (`median_bandwidth(reference)`), so that all rows of a table share one kernel. SW2 projections come from
+    `generator`: give every row a generator with the same seed (common random numbers) so that differences
+    between rows are not projection noise.
     Returns `{"n", "sw2", "mmd", "bandwidth"}`.
     """
     x, ref = _as_2d(samples, "samples", min_rows=2), _as_2d(reference, "reference", min_rows=2)
     _same_dim(x, ref, ("samples", "reference"))
     h = median_bandwidth(ref)
     return {"n": x.shape[0], "sw2": sliced_wasserstein(x, ref, n_projections, generator=generator),
-            "mmd": mmd(x, ref, "rbf", bandwidth=h), "bandwidth": h}
+            "mmd": mmd(x, ref, kernel, bandwidth=h), "bandwidth": h}
 
 
 @_one_thread
-def vector_floor(sampler, reference, n: int, generator: torch.Generator | None = None,
-                 n_projections: int = 256) -> dict:
-    """The noise floor of `vector_report`: the same metrics for `n` fresh exact draws against `reference`.
+def vector_floor(sampler, reference, n: int, generator: torch.Generator | None = None, n_projections: int = 256,
+                 kernel: str = "rbf", repeats: int = 5) -> dict:
+    """The noise floor of `vector_report`: the same metrics for `n` fresh exact draws against `reference`, the
+    mean over `repeats` independent draws (`sw2_std`, `mmd_std`: their spread; one draw's SW2 on a mixture
+    fluctuates by 20-40%, as the mixture weights of a finite draw do).
 
     `sampler` is an oracle with `.sample(n, generator=...)` (e.g. `GaussianMixture`) or a callable
-    `sampler(n, generator) -> [n, d]`; the draw must be independent of `reference`.
+    `sampler(n, generator) -> [n, d]`; the draws must be independent of `reference`.
+    Returns `{"n", "sw2", "sw2_std", "mmd", "mmd_std", "bandwidth", "repeats"}`.
     """
     check_positive_int(n, "n")
-    draw = sampler.sample(n, generator=generator) if hasattr(sampler, "sample") else sampler(n, generator)
-    return vector_report(draw, reference, generator=generator, n_projections=n_projections)
+    check_positive_int(repeats, "repeats")
+    reps = []
+    for _ in range(repeats):
+        draw = sampler.sample(n, generator=generator) if hasattr(sampler, "sample") else sampler(n, generator)
+        reps.append(vector_report(draw, reference, generator, n_projections, kernel))
+    out = {k: float(np.mean([r[k] for r in reps])) for k in ("sw2", "mmd")}
+    out.update({f"{k}_std": float(np.std([r[k] for r in reps])) for k in ("sw2", "mmd")})
+    return {"n": n, **out, "bandwidth": reps[0]["bandwidth"], "repeats": repeats}
 
 
 # ----------------------------------------------------------------------------------------------------------
