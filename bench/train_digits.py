@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent
 
 
 def track(label: str, config: str, sets: list[str], steps: int, every: int, n: int, evals, target: float,
-          final_evals, out: Path) -> dict:
+          final_evals, out: Path, on_eval=None) -> dict:
     """Train `config` to `steps` in chunks of `every`, evaluating `evals` after each chunk (the EMA weights)."""
     run = out / f"train_{label}"
     shutil.rmtree(run, ignore_errors=True)
@@ -61,6 +61,9 @@ def track(label: str, config: str, sets: list[str], steps: int, every: int, n: i
         if ok and reached is None:
             reached = {"step": stop, "train_seconds": round(train_s, 1)}
         history.append(row)
+        if on_eval is not None:
+            on_eval({"label": label, "config": config, "sets": sets, "target_ratio": target, "n": n,
+                     "reached": reached, "history": history})
         print(f"[{label}] step {stop:6d}  train {train_s:7.0f} s  " + "  ".join(
             f"{name}: FD {row[name]['fd']:.3f} ({row[name]['ratio']:.2f}x floor {row[name]['floor']:.3f})"
             for name, *_ in todo), flush=True)
@@ -129,22 +132,30 @@ def main(argv=None) -> int:
     result = {"machine": {"cpus": os.cpu_count(), "threads": a.threads, "platform": platform.platform(),
                           "torch": torch.__version__, "loadavg_start": load0}, "runs": []}
     result["reference"] = reference_rows()
+    name = "train_digits_quick" if a.quick else f"train_digits{a.tag}"
+
+    def write(partial=None):
+        """Write the JSON and the table so far (after every evaluation: a long run that is stopped keeps its rows)."""
+        res = dict(result, runs=result["runs"] + ([partial] if partial else []))
+        res["machine"] = dict(result["machine"], loadavg_end=os.getloadavg())
+        res["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        for suffix, text in ((".json", json.dumps(res, indent=2)), (".md", table(res))):
+            tmp = out / f".{name}{suffix}.tmp"
+            tmp.write_text(text)
+            tmp.replace(out / f"{name}{suffix}")
+        return res
+
     heun = ("heun35", "heun", None, 18)
     if "ve" not in a.skip:
         result["runs"].append(track("ve_edm", "digits_ve", sets, a.steps_ve, a.eval_every, a.n, [heun], 1.2, [],
-                                    out))
+                                    out, write))
     if "vp" not in a.skip:
         anc = ("ancestral1000", "ancestral", "timesteps", 100 if a.quick else 1000)
         result["runs"].append(track("vp_ddpm", "digits_vp", sets, a.steps_vp, a.eval_every, a.n, [heun], 1.5,
-                                    [anc], out))
+                                    [anc], out, write))
     if "unet" not in a.skip:
         result["unet"] = unet_speed(a.unet_device, a.unet_batch, a.unet_steps, a.threads)
-    result["machine"]["loadavg_end"] = os.getloadavg()
-    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    name = "train_digits_quick" if a.quick else f"train_digits{a.tag}"
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
-    (out / f"{name}.md").write_text(table(result))
-    print(table(result))
+    print(table(write()))
     return 0
 
 
