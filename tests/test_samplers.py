@@ -32,10 +32,11 @@ def smooth_case():
 
 ORDERS = [("euler", {}, 1), ("ddim", {}, 1), ("heun", {}, 2), ("dpmpp_2m", {}, 2), ("dpmpp_3m", {}, 3),
           ("exp_adams", {"order": 2}, 2), ("unipc", {"order": 1}, 2),
-          ("unipc", {"order": 2}, 3)]
+          ("unipc", {"order": 2}, 3), ("lms", {"order": 2}, 2), ("lms", {"order": 1, "corrector": True}, 2),
+          ("lms", {"order": 2, "corrector": True}, 3)]
 
 
-@pytest.mark.parametrize("name, opts, order", ORDERS, ids=[f"{n}{o.get('order', '')}" for n, o, _ in ORDERS])
+@pytest.mark.parametrize("name, opts, order", ORDERS, ids=[f"{n}{o.get('order', '')}{'c' if o.get('corrector') else ''}" for n, o, _ in ORDERS])
 def test_convergence_order(smooth_case, name, opts, order):
     """Fitted slope of log(RMS error) against log(NFE) is -order within 0.3 (issue 3)."""
     x, ref = smooth_case
@@ -124,7 +125,7 @@ def test_nfe_reported_and_conditioning_passed(name):
     S.get_sampler(name)(counted, x, grids.edm_grid(4, 0.05, 5.0), callback=calls.append,
                         model_kwargs={"label": 7}, **FAST_OPTS.get(name, {}))
     assert calls[-1]["nfe"] == counted.nfe > 0 and set(seen_kwargs) == {7}
-    expected = {"euler": 4, "ddim": 4, "dpmpp_2m": 4, "dpmpp_3m": 4, "exp_adams": 4, "unipc": 4, "ancestral": 4,
+    expected = {"euler": 4, "ddim": 4, "dpmpp_2m": 4, "dpmpp_3m": 4, "exp_adams": 4, "unipc": 4, "lms": 4, "ancestral": 4,
                 "euler_maruyama": 4, "heun": 7, "edm_stochastic": 7, "pc": 7, "langevin": 4 * 3 + 1}
     if name in expected:
         assert counted.nfe == expected[name]

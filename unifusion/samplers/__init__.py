@@ -14,20 +14,20 @@ from __future__ import annotations
 from functools import partial
 
 from .. import grids
-from .common import NFECounter, ancestral_step, count_nfe, exp_adams_weights, noise_like, to_d
+from .common import NFECounter, adams_weights, ancestral_step, count_nfe, exp_adams_weights, noise_like, to_d
 from .discrete import sample_ddim_discrete, sample_ddpm, sample_euler_maruyama_t
-from .multistep import sample_dpmpp_2m, sample_dpmpp_3m, sample_exp_adams, sample_unipc
+from .multistep import sample_dpmpp_2m, sample_dpmpp_3m, sample_exp_adams, sample_lms, sample_unipc
 from .ode import sample_dopri5, sample_euler, sample_heun
 from .stochastic import (PREDICTORS, sample_ancestral, sample_ddim, sample_edm_stochastic, sample_euler_maruyama,
                          sample_langevin, sample_pc)
 
 SAMPLERS = {
     "euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m, "dpmpp_3m": sample_dpmpp_3m,
-    "exp_adams": sample_exp_adams, "unipc": sample_unipc, "dopri5": sample_dopri5,
+    "exp_adams": sample_exp_adams, "unipc": sample_unipc, "lms": sample_lms, "dopri5": sample_dopri5,
     "ddim": sample_ddim, "ancestral": sample_ancestral, "euler_maruyama": sample_euler_maruyama, "pc": sample_pc,
     "langevin": sample_langevin, "edm_stochastic": sample_edm_stochastic,
 }
-DETERMINISTIC = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "exp_adams", "unipc", "dopri5", "ddim")
+DETERMINISTIC = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "exp_adams", "unipc", "lms", "dopri5", "ddim")
 STOCHASTIC = ("ancestral", "euler_maruyama", "pc", "langevin", "edm_stochastic")
 
 _edm = partial(grids.edm_grid, rho=7.0)
@@ -43,5 +43,5 @@ def get_sampler(name: str):
 
 
 __all__ = ["SAMPLERS", "DETERMINISTIC", "STOCHASTIC", "RECOMMENDED", "DEFAULT_SAMPLER", "get_sampler", "to_d",
-           "count_nfe", "NFECounter", "noise_like", "ancestral_step", "exp_adams_weights", "PREDICTORS",
+           "count_nfe", "NFECounter", "noise_like", "ancestral_step", "exp_adams_weights", "adams_weights", "PREDICTORS",
            *(f.__name__ for f in SAMPLERS.values()), "sample_ddpm", "sample_ddim_discrete", "sample_euler_maruyama_t"]

@@ -16,7 +16,7 @@ import torch
 from ..grids import check_sigmas
 from ..utils import check_positive_int, expand_like
 
-__all__ = ["to_d", "coef", "noise_like", "ancestral_step", "count_nfe", "NFECounter", "exp_adams_weights"]
+__all__ = ["to_d", "coef", "noise_like", "ancestral_step", "count_nfe", "NFECounter", "exp_adams_weights", "adams_weights"]
 
 
 def coef(c, x: torch.Tensor):
@@ -128,3 +128,15 @@ def exp_adams_weights(nodes, h: float) -> list[float]:
     r = np.asarray(nodes, dtype=np.float64) / h
     V = r[None, :] ** np.arange(k)[:, None]  # V[m, j] = r_j^m
     return np.linalg.solve(V, moments).tolist()
+
+
+def adams_weights(nodes, h: float) -> list[float]:
+    """Weights `w_j` of `x_next = x + sum_j w_j d_j`: the exact integral over `u in [0, h]` of the polynomial through
+    the derivatives `d_j` at nodes `u_j` (classical Adams, Hairer et al., Solving ODEs I, III.1). Solves
+    `sum_j w_j (u_j/h)^m = h / (m + 1)` for `m < len(nodes)` in float64."""
+    k = len(nodes)
+    if k == 1:
+        return [h]
+    r = np.asarray(nodes, dtype=np.float64) / h
+    V = r[None, :] ** np.arange(k)[:, None]
+    return np.linalg.solve(V, h / np.arange(1, k + 1)).tolist()

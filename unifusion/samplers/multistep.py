@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 
-from .common import _Run, check_positive_int, exp_adams_weights
+from .common import _Run, adams_weights, check_positive_int, exp_adams_weights, to_d
 
-__all__ = ["sample_dpmpp_2m", "sample_exp_adams", "sample_dpmpp_3m", "sample_unipc"]
+__all__ = ["sample_dpmpp_2m", "sample_exp_adams", "sample_dpmpp_3m", "sample_unipc", "sample_lms"]
 
 
 def sample_dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None):
@@ -53,33 +53,60 @@ def _combine(x, decay: float, weights, values):
     return out
 
 
-def _exp_multistep(run, x, order: int, corrector: bool):
-    """The shared loop of `sample_exp_adams` (corrector=False) and `sample_unipc` (corrector=True)."""
+class _Space:
+    """Where a linear multistep method interpolates: `x_next = decay x + sum_j w_j v_j`, nodes `u_j = c(sigma_j) - c(sigma)`.
+
+    "exp":  c = -log sigma (half log-SNR), v = D, decay = sigma_next / sigma, exponential weights (DPM-Solver++, DEIS,
+            UniPC in data prediction); the step to sigma = 0 is `x = D`.
+    "poly": c = sigma, v = dx/dsigma = (x - D)/sigma (eps in VE coordinates), decay = 1, polynomial weights: classical
+            Adams on the PF-ODE in sigma (k-diffusion's LMS; DEIS's eps-polynomials in sigma, Zhang & Chen 2023);
+            the step to 0 is an ordinary Adams step.
+    """
+
+    def __init__(self, kind: str):
+        self.exp = kind == "exp"
+
+    def coord(self, s: float) -> float:
+        return -math.log(s) if self.exp else s
+
+    def value(self, x, s: float, den):
+        return den if self.exp else to_d(x, s, den)
+
+    def decay(self, s: float, s_next: float) -> float:
+        return s_next / s if self.exp else 1.0
+
+    def weights(self, nodes, h: float):
+        return exp_adams_weights(nodes, h) if self.exp else adams_weights(nodes, h)
+
+
+def _linear_multistep(run, x, order: int, corrector: bool, space: _Space):
+    """The shared loop of the multistep samplers: predictor of order `order` through the last values; with
+    `corrector` (UniPC's UniC, or Adams-Moulton in "poly" space) every step, otherwise only the start-up steps, is
+    redone with the new value as one more node (no extra evaluation: the value is needed anyway)."""
     check_positive_int(order, "order")
     if order > 4:
         raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
-    logs, dens = [], []                          # log sigma and D at the visited points, newest last
+    cs, vals, ss = [], [], []                    # coordinates, values and sigmas of the visited points, newest last
     x_prev = None
     for i, s, s_next in run.steps():
         den = run.model(x, s)
-        logs.append(math.log(s))
-        dens.append(den)
-        if x_prev is not None and (corrector or len(dens) <= order):  # UniC (always, or to start up): redo the
-            # last step with the new value as one more node
-            k = min(order, len(dens) - 1)
-            base = logs[-2]
-            nodes = [base - logs[-1]] + [base - logs[-2 - j] for j in range(k)]
-            w = exp_adams_weights(nodes, base - logs[-1])
-            x = _combine(x_prev, math.exp(logs[-1] - base), w, [dens[-1]] + dens[-2:-2 - k:-1])
-        if s_next == 0.0:
+        cs.append(space.coord(s))
+        ss.append(s)
+        if x_prev is not None and (corrector or len(cs) <= order):
+            k = min(order, len(vals))
+            nodes = [cs[-1] - cs[-2]] + [cs[-2 - j] - cs[-2] for j in range(k)]
+            x = _combine(x_prev, space.decay(ss[-2], s), space.weights(nodes, cs[-1] - cs[-2]),
+                         [space.value(x, s, den)] + vals[:-k - 1:-1])
+        vals.append(space.value(x, s, den))
+        if s_next == 0.0 and space.exp:
             x_prev, x = x, den
         else:
-            k = min(order, len(dens))
-            h = logs[-1] - math.log(s_next)
-            nodes = [logs[-1] - logs[-1 - j] for j in range(k)]
-            x_prev, x = x, _combine(x, s_next / s, exp_adams_weights(nodes, h), dens[::-1][:k])
-        if len(dens) > order + 1:
-            del dens[0], logs[0]
+            k = min(order, len(vals))
+            nodes = [cs[-1 - j] - cs[-1] for j in range(k)]
+            h = (space.coord(s_next) if s_next > 0 else 0.0) - cs[-1]
+            x_prev, x = x, _combine(x, space.decay(s, s_next), space.weights(nodes, h), vals[:-k - 1:-1])
+        if len(vals) > order + 1:
+            del cs[0], vals[0], ss[0]
         run.report(i, x, s, s_next, den)
     return x
 
@@ -88,7 +115,7 @@ def sample_exp_adams(denoiser, x, sigmas, *, generator=None, callback=None, mode
                      order: int = 3):  # polynomial order; the first steps use what history there is
     """Exponential Adams-Bashforth in log-sigma of order `order` (1: DDIM / DPM-Solver++(1); 3: DPM-Solver++(3M);
     DEIS tAB with log-SNR polynomials, Zhang & Chen 2023, eq. 15). One evaluation per step."""
-    return _exp_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, corrector=False)
+    return _linear_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, False, _Space("exp"))
 
 
 def sample_dpmpp_3m(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None):
@@ -102,4 +129,15 @@ def sample_unipc(denoiser, x, sigmas, *, generator=None, callback=None, model_kw
     """UniPC (Zhao et al. 2023, Algorithm 1 with the exact-integral "B(h)" weights in data prediction): the
     exponential Adams-Bashforth predictor of order `order`, then each new evaluation `D(x_pred)` corrects the
     step just taken (exponential Adams-Moulton, order `order + 1`). One evaluation per step."""
-    return _exp_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, corrector=True)
+    return _linear_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, True, _Space("exp"))
+
+
+def sample_lms(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None,
+               order: int = 4,            # Adams-Bashforth order; the first steps use what history there is
+               corrector: bool = False):  # True: Adams-Moulton correction of every step with the new value (free)
+    """Linear multistep (Adams-Bashforth) on the PF-ODE in sigma, `dx/dsigma = (x - D)/sigma`, with the exact
+    integrals of the Lagrange polynomial through the last `order` derivatives (k-diffusion's `sample_lms`; DEIS's
+    polynomial extrapolation of eps, Zhang & Chen 2023, eq. 14, in VE coordinates). Start-up steps are corrected
+    with the next value so that the order is not capped by a first-order start; with `corrector=True` every step
+    is (predict-evaluate-correct, one evaluation per step, order `order + 1`)."""
+    return _linear_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, corrector, _Space("poly"))
