@@ -21,7 +21,8 @@ def expand_like(c: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     A 0-d or 1-element `c` broadcasts as is; a `[B]` vector gets trailing singleton dimensions.
     This is the only place that appends dimensions (k-diffusion's `append_dims`).
     """
-    c = torch.as_tensor(c, device=x.device)
+    c = torch.as_tensor(c, device=x.device) if isinstance(c, torch.Tensor) else \
+        torch.as_tensor(c, dtype=torch.float64, device=x.device)  # python floats keep full precision
     if c.ndim == 0:
         return c
     if c.ndim != 1:
