@@ -13,7 +13,7 @@ from unifusion.losses import (LOSSES, Constant, DenoisingLoss, EDMWeight, Geomet
                               LogNormalSigma, SigmaSquared, UniformTime, UniformTimesteps, build_loss)
 from unifusion.oracles import eight_gaussians
 from unifusion.parametrization import Denoiser, edm_precond
-from unifusion.processes import DDPM, EDM, VE, VP, RectifiedFlow, SubVP, VPCosine
+from unifusion.processes import DDPM, VE, VP, RectifiedFlow, SubVP, VPCosine
 
 ORACLE = eight_gaussians()
 SD = 0.5
@@ -125,7 +125,8 @@ class PlusUnitNoise(nn.Module):
 
 @pytest.mark.parametrize("sigma", [0.002, 0.05, 0.5, 5.0, 80.0])
 def test_edm_weight_equalises_unit_error_across_sigma(sigma):
-    """lambda(sigma) c_out(sigma)^2 = 1, so a unit-variance error of F costs 1 at every sigma (Karras et al. 2022, Sec. 5)."""
+    """lambda(sigma) c_out(sigma)^2 = 1, so a unit-variance error of F costs 1 at every sigma
+    (Karras et al. 2022, Sec. 5)."""
     s = torch.tensor(sigma, dtype=torch.float64)
     assert torch.allclose(EDMWeight(SD)(s, None) * edm_precond(s, SD)[1] ** 2, torch.tensor(1.0, dtype=torch.float64),
                           rtol=1e-12)

@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
-from unifusion.nets import MLP, NETS, FourierEmbedding, NoiseEmbedding, PositionalEmbedding, UNet, build_net
+from unifusion.nets import MLP, NETS, FourierEmbedding, PositionalEmbedding, UNet, build_net
 from unifusion.nets.unet import Attention
 
 

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -33,7 +34,6 @@ def _digits(split: str = "train", as_images: bool = False):
 
 
 def _options(fn, kwargs, what):
-    import inspect
     valid = [p for p in inspect.signature(fn).parameters if p not in ("name", "path", "root")]
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:

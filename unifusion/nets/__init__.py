@@ -5,6 +5,8 @@ so a YAML config can name either (`NETS`).
 """
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from .embedding import EMBEDDINGS, FourierEmbedding, NoiseEmbedding, PositionalEmbedding
@@ -21,8 +23,7 @@ def build_net(kind: str, **kwargs) -> nn.Module:
     """The network `NETS[kind](**kwargs)`; an unknown `kind` or keyword raises `ValueError` naming it."""
     if kind not in NETS:
         raise ValueError(f"net kind={kind!r} is not one of {sorted(NETS)}")
-    import inspect
-    valid = [p for p in inspect.signature(NETS[kind]).parameters]
+    valid = list(inspect.signature(NETS[kind]).parameters)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"unknown {kind} option(s) {unknown}; valid options are {valid}")

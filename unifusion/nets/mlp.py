@@ -41,9 +41,9 @@ class MLP(nn.Module):
         num_classes:   0 = unconditional; `> 0` adds a label embedding (`class_labels` `[B]` ints, -1 = no label).
         dropout:       dropout inside the blocks (0 = none).
         embedding:     "positional" or "fourier" noise features (`nets.embedding` says which suits which `noise_cond`).
-        emb_scale:     input scale of those features (`None`: 1000 positional, 16 fourier); with `emb_max_positions` the positional frequencies run from
-                       `emb_scale` to `emb_scale / emb_max_positions` (default 1000 .. 1e-4: fits integer timesteps,
-                       t in [0, 1] and `ln(sigma)/4` alike; DDPM's own choice is 1 and 1e4).
+        emb_scale:     input scale of those features (`None`: 1000 positional, 16 fourier).
+        emb_max_positions: positional frequencies run from `emb_scale` to `emb_scale / emb_max_positions` (default
+                       1000 .. 1e-4: fits integer timesteps, t in [0, 1] and `ln(sigma)/4` alike; DDPM's own: 1, 1e4).
         label_dropout: training-time probability of dropping a label to "no label" (0 = never).
     """
 

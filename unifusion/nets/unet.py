@@ -114,8 +114,9 @@ class UNet(nn.Module):
         attn_resolutions: resolutions with self-attention after each block (empty = none; the middle always has one).
         dropout:          dropout inside the residual blocks (0 = none).
         num_classes:      0 = unconditional; `> 0` adds a label embedding (`class_labels` `[B]` ints, -1 = no label).
-        embedding:        "positional" or "fourier" noise features; `emb_scale`, `emb_max_positions` their input scale and
-                          frequency range (default 1000 .. 1e-4; see `nets.embedding` for which `noise_cond` wants what).
+        embedding:        "positional" or "fourier" noise features; `emb_scale`, `emb_max_positions` their input
+                          scale and frequency range (default 1000 .. 1e-4; `nets.embedding` says which suits which
+                          `noise_cond`).
         label_dropout:    training-time probability of dropping a label to "no label" (0 = never).
     """
 
