@@ -152,9 +152,10 @@ def median_bandwidth(x, max_points: int = 1000) -> float:
     return h
 
 
-def _kernel_sum(a: torch.Tensor, b: torch.Tensor, scales: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """`sum_ij mean_s exp(-|a_i - b_j|^2 / (2 h_s^2))`, in row chunks to bound memory."""
+def _kernel_sum(a: torch.Tensor, b: torch.Tensor, scales: torch.Tensor, block: int = 4_000_000) -> torch.Tensor:
+    """`sum_ij mean_s exp(-|a_i - b_j|^2 / (2 h_s^2))`, in row chunks of at most `block` entries (32 MB)."""
     total = torch.zeros((), dtype=torch.float64)
+    chunk = max(1, block // b.shape[0])
     for i in range(0, a.shape[0], chunk):
         d2 = torch.cdist(a[i:i + chunk], b).square()
         for h in scales.tolist():
@@ -369,7 +370,7 @@ def _real_digits():
             "train_stats": gaussian_stats(f_tr), "nn_test": _nn_distance(x_te, x_tr)}
 
 
-def _nn_distance(x: torch.Tensor, ref: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def _nn_distance(x: torch.Tensor, ref: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     """Euclidean distance (float64, pixel space) of each row of `x` to its nearest row of `ref`."""
     ref = ref.double()
     return torch.cat([torch.cdist(x[i:i + chunk].double(), ref).min(1).values for i in range(0, x.shape[0], chunk)])
