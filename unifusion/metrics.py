@@ -366,6 +366,7 @@ def _real_digits():
     x_te, _ = load_digits("test")
     f_tr, p_tr = _classify(x_tr, clf)
     f_te, p_te = _classify(x_te, clf)
+    assert x_te.shape[0] == FD_COUNT, "the digits FD is taken at the test split's size"
     return {"x_train": x_tr, "x_test": x_te, "f_test": f_te, "p_test": p_te,
             "train_stats": gaussian_stats(f_tr), "nn_test": _nn_distance(x_te, x_tr)}
 
