@@ -467,7 +467,8 @@ def fd_floor(pool_feats: torch.Tensor, ref_stats, n: int, repeats: int = 10,
 
 
 @_one_thread
-def digits_report(samples, n: int | None = None, floor_repeats: int = 10, seed: int = 0) -> dict:
+def digits_report(samples, n: int | None = None, floor_repeats: int = 10, seed: int = 0,
+                  generator: torch.Generator | None = None) -> dict:
     """All digits metrics of the first `n` samples (default: all), each with its noise floor at the same count.
 
     Floors are the same metric for real unseen digits, the test split, against the training split:
@@ -480,6 +481,8 @@ def digits_report(samples, n: int | None = None, floor_repeats: int = 10, seed: 
     * confident fraction and nearest-neighbour ratio floors: `n` test images resampled (without replacement up
       to 360, with replacement above; unbiased for these statistics), averaged over `floor_repeats` draws from
       `seed`; the copy-fraction floor is `1/361`.
+    The floor resamples come from `generator` (None: a fresh generator seeded with `seed`, so that repeated
+    reports of one run share their floors).
     """
     x = _digits_pixels(samples)
     if n is None:
@@ -496,7 +499,7 @@ def digits_report(samples, n: int | None = None, floor_repeats: int = 10, seed: 
     n_test = nn_t.shape[0]
     train_stats = real["train_stats"]
     conf_of = lambda probs: float((probs.max(1).values > 0.9).double().mean())
-    g = torch.Generator().manual_seed(seed)
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     fd, fd_chunk_std = _fd_matched(f, train_stats)
     floor, floor_std = fd_floor(real["f_test"], train_stats, min(n, n_test), floor_repeats, g)
     all_floor, all_floor_std = fd_floor(real["f_test"], train_stats, n, floor_repeats, g)
