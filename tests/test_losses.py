@@ -13,6 +13,7 @@ from unifusion.losses import (LOSSES, Constant, DenoisingLoss, EDMWeight, Geomet
                               LogNormalSigma, SigmaSquared, UniformTime, UniformTimesteps, build_loss)
 from unifusion.oracles import eight_gaussians
 from unifusion.parametrization import Denoiser, edm_precond
+from unifusion.utils import expand_like
 from unifusion.processes import DDPM, VE, VP, RectifiedFlow, SubVP, VPCosine
 
 ORACLE = eight_gaussians()
@@ -58,13 +59,14 @@ CASES = [
     ("score_sde", SubVP(), "score", {}),
     ("score_sde", VE(), "score", {}),
     ("score_sde", VP(), "score", {"likelihood": True}),
+    ("vdm", VP(), "eps", {"t_min": 0.05}),  # the ELBO weight grows like 1/sigma^2: keep the variance testable
     ("edm", None, "edm", {}),
     ("eps", VPCosine(), "eps", {}),
     ("x0", VP(), "x0", {}),
     ("v", VP(), "v", {}),
     ("mse", RectifiedFlow(), "flow", {}),
 ]
-IDS = [f"{c[0]}-{c[1].name if c[1] else 'vecoords'}-{c[2]}{'-lik' if c[3] else ''}" for c in CASES]
+IDS = [f"{c[0]}-{c[1].name if c[1] else 'vecoords'}-{c[2]}" + "".join(f"-{k}" for k in c[3]) for c in CASES]
 
 
 def _losses(loss, den, x0, seed):
@@ -178,6 +180,36 @@ def test_dsm_weighting_makes_score_loss_an_eps_loss():
     assert torch.allclose(dsm, simple, rtol=1e-8)
 
 
+def test_vdm_elbo_is_half_the_likelihood_weighted_dsm():
+    """-1/2 dlambda/dt |eps_hat - eps|^2 (VDM eq. 17) = 1/2 g^2 |s_hat - s|^2 (Song, Durkan et al. 2021) per example,
+    for the eps and score views of the same model; on VP, -dlambda/dt = beta / sigma^2 (checked by autodiff)."""
+    process = VP()
+    x0 = ORACLE.sample(256, torch.Generator().manual_seed(13))
+    t = torch.linspace(0.01, 1.0, 256, dtype=torch.float64)
+    eps_net = exact_denoiser(process, "eps", lambda m: Perturbed(m))
+    from unifusion.parametrization import ProcessModel
+    score_net = Denoiser(ProcessModel(eps_net, process, "score"), process, "score")
+    vdm = _losses(DenoisingLoss(Fixed(t), build_loss("vdm", process).weight, "eps", reduce="sum"), eps_net, x0, 14)
+    dsm = _losses(DenoisingLoss(Fixed(t), LikelihoodWeight(), "score", reduce="sum"), score_net, x0, 14)
+    assert torch.allclose(vdm, 0.5 * dsm, rtol=1e-7)
+    tt = t.clone().requires_grad_(True)
+    (dlam,) = torch.autograd.grad(process.log_snr(tt).sum(), tt)
+    assert torch.allclose(build_loss("vdm", process).weight(t, process), -0.5 * dlam, rtol=1e-10)
+
+
+def test_losses_on_images_equal_losses_on_flattened_vectors():
+    """Shapes do not matter to a loss: a pointwise network on [B, 1, 8, 8] and on [B, 64] gives the same values."""
+    class Pointwise(nn.Module):
+        def forward(self, x, c, **kw):
+            return torch.tanh(x) * (1 + 0.001 * expand_like(c, x))
+    x0 = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(15), dtype=torch.float64) * 2 - 1
+    for name, process, target in [("ddpm", DDPM(), "eps"), ("edm", None, "edm"), ("v", VP(), "v")]:
+        den = Denoiser(Pointwise(), process, target)
+        loss = build_loss(name, process)
+        img, vec = _losses(loss, den, x0, 16), _losses(loss, den, x0.flatten(1), 16)
+        assert img.shape == (16,) and torch.allclose(img, vec, rtol=1e-12)
+
+
 def test_likelihood_weight_is_g_squared():
     """g(t)^2 of the process (Song, Durkan et al. 2021): VE gives 2 sigma^2 ln(s_max/s_min), VP gives beta(t)."""
     t = torch.linspace(0.05, 1.0, 20, dtype=torch.float64)
@@ -257,4 +289,4 @@ def test_bad_input_names_the_value():
         build_loss("v", VP())(exact_denoiser(VP(), "v"), torch.zeros(4))
     with pytest.raises(ValueError, match="noise='gauss' is not one of"):
         build_loss("x0", VP(), noise="gauss")
-    assert set(LOSSES) >= {"ddpm", "ncsn", "score_sde", "edm", "x0", "v", "eps", "mse"}
+    assert set(LOSSES) >= {"ddpm", "ncsn", "score_sde", "vdm", "edm", "x0", "v", "eps", "mse"}

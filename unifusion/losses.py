@@ -17,6 +17,8 @@ Named losses (`LOSSES`, `build_loss(name, process, **kwargs)`):
 * "score_sde" continuous-time DSM for VP / sub-VP / VE, t ~ U[t_min, t_max], `lambda = sigma(t)^2`, or the
               likelihood weighting `lambda = g(t)^2` with `likelihood=True` (Song et al. 2021, eq. 7;
               Song, Durkan et al. 2021, "Maximum likelihood training of score-based diffusion models", Thm. 1).
+* "vdm"       the continuous-time VDM diffusion loss, eps-MSE weighted by `-1/2 d log-SNR/dt` and summed over
+              dimensions: the diffusion term of the ELBO (Kingma et al. 2021, eq. 17).
 * "edm"       log-normal sigma (P_mean -1.2, P_std 1.2), `lambda = (sigma^2 + sd^2)/(sigma sd)^2`, on the
               preconditioned network (Karras et al. 2022, eq. 8 and Table 1).
 * "x0", "v", "eps", "mse": the generic target-MSE for a network predicting that target (Salimans & Ho 2022,
@@ -38,7 +40,7 @@ from .utils import check_choice, check_positive_int, expand_like
 
 __all__ = [
     "UniformTimesteps", "UniformTime", "LogNormalSigma", "GeometricSigmas", "NOISE_SAMPLERS",
-    "Constant", "SigmaSquared", "LikelihoodWeight", "EDMWeight", "WEIGHTINGS",
+    "Constant", "SigmaSquared", "LikelihoodWeight", "EDMWeight", "ELBOWeight", "WEIGHTINGS",
     "DenoisingLoss", "LOSSES", "build_loss",
 ]
 
@@ -198,7 +200,21 @@ class EDMWeight:
         return f"EDMWeight(sigma_data={self.sigma_data:g})"
 
 
-WEIGHTINGS = {"constant": Constant, "sigma2": SigmaSquared, "likelihood": LikelihoodWeight, "edm": EDMWeight}
+class ELBOWeight:
+    """`lambda = -1/2 d log-SNR/dt = g(t)^2 / (2 sigma(t)^2)`: on an eps network with `reduce="sum"` this is VDM's
+    continuous-time diffusion loss `-1/2 E_t[SNR'(t)/SNR(t) |eps - eps_hat|^2]` (Kingma et al. 2021, eq. 17),
+    the diffusion term of the ELBO in nats."""
+
+    def __call__(self, t, process):
+        _, g2 = _need(process, "ELBOWeight")._sde_coeffs(t)
+        return g2 / (2 * process._coefficients(t).sigma ** 2)
+
+    def __repr__(self):
+        return "ELBOWeight()"
+
+
+WEIGHTINGS = {"constant": Constant, "sigma2": SigmaSquared, "likelihood": LikelihoodWeight, "edm": EDMWeight,
+              "elbo": ELBOWeight}
 
 
 # ---- the loss -----------------------------------------------------------------------------------------------
@@ -294,6 +310,13 @@ def score_sde_loss(process: NoiseProcess, likelihood: bool = False, t_min: float
     return DenoisingLoss(UniformTime(t_min, t_max), weight, "score", reduce=reduce, name="score_sde")
 
 
+def vdm_loss(process: NoiseProcess, t_min: float | None = None, t_max: float | None = None,
+             reduce: str = "sum") -> DenoisingLoss:
+    """VDM's continuous-time diffusion loss (Kingma et al. 2021, eq. 17) on an eps network, t ~ U[t_min, t_max]:
+    `E_t[-1/2 dlambda/dt |eps - eps_hat|^2]`, summed over dimensions (nats per example) by default."""
+    return DenoisingLoss(UniformTime(t_min, t_max), ELBOWeight(), "eps", reduce=reduce, name="vdm")
+
+
 def edm_loss(process: NoiseProcess | None = None, p_mean: float = -1.2, p_std: float = 1.2,
              sigma_data: float = 0.5, reduce: str = "mean") -> DenoisingLoss:
     """EDM loss `E lambda(sigma) |D(x0 + sigma eps, sigma) - x0|^2`, `ln sigma ~ N(p_mean, p_std^2)`,
@@ -325,7 +348,7 @@ def _target_loss(target):
 
 
 LOSSES = {
-    "ddpm": ddpm_loss, "ncsn": ncsn_loss, "score_sde": score_sde_loss, "edm": edm_loss,
+    "ddpm": ddpm_loss, "ncsn": ncsn_loss, "score_sde": score_sde_loss, "vdm": vdm_loss, "edm": edm_loss,
     "eps": _target_loss("eps"), "x0": _target_loss("x0"), "v": _target_loss("v"), "mse": _target_loss(None),
 }
 
