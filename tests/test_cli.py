@@ -52,6 +52,10 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
     assert "valid keys" in _error(capsys, ["train", "toy_ve", "--set", "train.lrr=1"])
     assert "must be an integer" in _error(capsys, ["train", "toy_ve", "--set", "train.steps=1.5"])
     assert "does not exist" in _error(capsys, ["train", str(tmp_path / "nope.yaml")])
+    assert "valid keys in 'process'" in _error(capsys, ["train", "toy_vp", *TINY, "--set", "process.nope=1"])
+    assert "'process.beta_min' must be a number" in _error(capsys, ["train", "toy_vp", *TINY,
+                                                                    "--set", "process.beta_min=abc"])
+    assert "'net.hidden' must be an integer" in _error(capsys, ["train", "toy_vp", *TINY, "--set", "net.hidden=1.5"])
     assert "does not exist" in _error(capsys, ["sample", str(tmp_path / "nope")])
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.array([[0.0, np.nan], [1.0, 2.0]], dtype=np.float32))

@@ -45,6 +45,33 @@ def _section(cfg: dict, name: str, head: str) -> tuple[str, dict]:
     return sec.pop(head), sec
 
 
+def _build(section: str, cls, make, kwargs: dict, *args):
+    """`make(*args, **kwargs)` with `kwargs` checked against `cls`'s signature first: an unknown key is named with
+    the valid ones, a value whose type does not match a numeric / boolean / string default is named with the type
+    expected; a `TypeError` inside the builder becomes a one-line `ValueError` naming the section."""
+    import inspect
+    from .config import _type_ok
+
+    if cls is not None:
+        params = inspect.signature(cls).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            valid = [k for k, p in params.items() if k not in ("self", "process") and p.kind is not p.VAR_POSITIONAL]
+            unknown = sorted(set(kwargs) - set(valid))
+            if unknown:
+                raise ValueError(f"unknown config key '{section}.{unknown[0]}'; valid keys in {section!r} are "
+                                 f"{sorted(valid)}")
+        for k, v in kwargs.items():
+            d = params[k].default if k in params else None
+            if isinstance(d, (bool, int, float, str)):
+                ok, what = _type_ok(d, v)
+                if not ok:
+                    raise ValueError(f"config key '{section}.{k}' must be {what}, got {v!r}")
+    try:
+        return make(*args, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad option in config section {section!r}: {str(e).splitlines()[0]}") from None
+
+
 def build_data(cfg: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(data, labels)` of the config's `data` section; labels only when the net is class-conditional."""
     from ..data import get_dataset
@@ -65,8 +92,10 @@ def build_denoiser(cfg: dict, data_shape) -> Denoiser:
     from ..nets import NETS, build_net
     import inspect
 
+    from ..processes import PROCESSES
+
     pname, pkw = _section(cfg, "process", "name")
-    process = get_process(pname, **pkw)
+    process = _build("process", PROCESSES.get(pname), get_process, pkw, pname)
     kind, nkw = _section(cfg, "net", "kind")
     if kind in NETS:
         params = inspect.signature(NETS[kind]).parameters
@@ -77,7 +106,7 @@ def build_denoiser(cfg: dict, data_shape) -> Denoiser:
         for k, v in auto.items():
             if k in params and k not in nkw and v is not None:
                 nkw[k] = v
-    net = build_net(kind, **nkw)
+    net = _build("net", NETS.get(kind), build_net, nkw, kind)
     m = cfg["model"]
     return Denoiser(net, process, m["target"], m["sigma_data"], m["noise_cond"], m["time_scale"])
 
@@ -95,7 +124,7 @@ def build_run(cfg: dict):
     lname, lkw = _section(cfg, "loss", "name")
     if lname in LOSSES and "sigma_data" in inspect.signature(LOSSES[lname]).parameters:
         lkw.setdefault("sigma_data", cfg["model"]["sigma_data"])
-    loss = build_loss(lname, denoiser.process, **lkw)
+    loss = _build("loss", LOSSES.get(lname), build_loss, lkw, lname, denoiser.process)
     return DiffusionTask(denoiser, loss), data, labels
 
 
