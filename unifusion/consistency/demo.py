@@ -23,7 +23,7 @@ def demo_rows(ctx) -> list[dict]:
     """Distil the demo's VE model and return its 1-step and 2-step rows (keys of `unifusion.demo.ROW_KEYS`)."""
     steps = 10 if ctx.quick else DEMO_STEPS
     cfg = distill_config(teacher=ctx.checkpoints["VE"], sets=[
-        f"seed={ctx.seed}", f"train.steps={steps}", "train.progress=false", "train.threads=1", "train.lr=2e-4",
+        f"seed={ctx.seed}", f"train.steps={steps}", "train.progress=false", "train.threads=1", "train.lr=5e-4",
         "train.batch_size=256", "train.warmup=0", "train.ckpt_every=0", f"train.log_every={max(1, steps // 10)}",
         "consistency.N=18", "consistency.mu=0.95"])
     out = ctx.out / "model_cd"
