@@ -1,0 +1,209 @@
+"""Noise processes: closed forms against numeric integration, autodiff and high-precision arithmetic."""
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unifusion.processes import DDPM, EDM, PROCESSES, VE, VP, RectifiedFlow, SubVP, VPCosine, get_process
+
+ALL = [DDPM(), VP(), VPCosine(), SubVP(), VE(), EDM(), RectifiedFlow()]
+IDS = [p.name for p in ALL]
+
+
+def interior(p, n=64):
+    """A float64 grid strictly inside (t_min, t_max)."""
+    return torch.linspace(p.t_min, p.t_max, n + 2, dtype=torch.float64)[1:-1]
+
+
+# ---- forward SDE simulated by Euler-Maruyama matches the closed-form marginal ------------------------
+# (t_a, t_b): a stretch of each process that is not stiff, so 4000 EM steps have small bias.
+SDE_SPANS = {"ddpm": (0.0, 600.0), "vp": (1e-5, 0.6), "vp-cosine": (0.0, 0.8), "subvp": (1e-5, 0.6),
+             "ve": (0.0, 0.6), "edm": (0.002, 3.0), "rf": (0.0, 0.8)}
+
+
+@pytest.mark.parametrize("p", ALL, ids=IDS)
+def test_forward_sde_matches_marginal(p):
+    """Start from the exact marginal at t_a, integrate dx = f x dt + g dw; mean/var must match alpha x0, sigma^2."""
+    ta, tb = SDE_SPANS[p.name]
+    m, n_steps, x0 = 40000, 4000, 1.5
+    g = torch.Generator().manual_seed(0)
+    ts = torch.linspace(ta, tb, n_steps + 1, dtype=torch.float64)
+    x = p.marginal_sample(torch.full((m,), x0, dtype=torch.float64), torch.tensor(ta, dtype=torch.float64),
+                          torch.randn(m, generator=g, dtype=torch.float64))
+    f, g2 = p.sde_coeffs(ts)
+    for i in range(n_steps):
+        dt = ts[i + 1] - ts[i]
+        x = x + f[i] * x * dt + torch.sqrt(g2[i] * dt) * torch.randn(m, generator=g, dtype=torch.float64)
+    mean, var = float(x.mean()), float(x.var())
+    a, s = float(p.alpha(tb)), float(p.sigma(tb))
+    # statistical bound: 5 standard errors; discretisation bias of EM in the mean/variance: O(dt), allow 1%.
+    se_mean, se_var = s / math.sqrt(m), s ** 2 * math.sqrt(2.0 / (m - 1))
+    assert abs(mean - a * x0) < 5 * se_mean + 1e-2 * abs(a * x0), (mean, a * x0)
+    assert abs(var - s ** 2) < 5 * se_var + 1e-2 * s ** 2, (var, s ** 2)
+
+
+# ---- SDE coefficients: closed form == autodiff, derivatives == finite differences --------------------
+@pytest.mark.parametrize("p", ALL, ids=IDS)
+def test_sde_coeffs_closed_form_matches_autodiff(p):
+    t = interior(p)
+    if isinstance(p, DDPM):  # stay off the kinks at integer timesteps
+        t = torch.floor(t) + 0.37
+    f, g2 = p.sde_coeffs(t)
+    fa, g2a = p.sde_coeffs_autodiff(t)
+    torch.testing.assert_close(f, fa, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g2, g2a, rtol=1e-10, atol=1e-12)
+    assert (g2 > 0).all()
+
+
+@pytest.mark.parametrize("p", ALL, ids=IDS)
+def test_coefficient_derivatives_match_finite_differences(p):
+    t = interior(p, 16)
+    if isinstance(p, DDPM):
+        t = torch.floor(t) + 0.5
+    h = 1e-6 * (p.t_max - p.t_min)
+    c = p.coefficients(t)
+    torch.testing.assert_close(c.d_alpha, (p.alpha(t + h) - p.alpha(t - h)) / (2 * h), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(c.d_sigma, (p.sigma(t + h) - p.sigma(t - h)) / (2 * h), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("p", [VP(), VPCosine(), DDPM()], ids=["vp", "vp-cosine", "ddpm"])
+def test_variance_preserving(p):
+    t = torch.linspace(p.t_min, p.t_max, 101, dtype=torch.float64)
+    torch.testing.assert_close(p.alpha(t) ** 2 + p.sigma(t) ** 2, torch.ones_like(t), rtol=0, atol=1e-14)
+    f, g2 = p.sde_coeffs(t)
+    torch.testing.assert_close(g2, -2 * f, rtol=1e-12, atol=0)  # VP: g^2 = beta = -2 f
+
+
+# ---- inverses ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("p", ALL, ids=IDS)
+@settings(max_examples=60, deadline=None)
+@given(u=st.floats(1e-6, 1 - 1e-6))
+def test_t_from_log_snr_inverts_log_snr(p, u):
+    t = torch.tensor(p.t_min + u * (p.t_max - p.t_min), dtype=torch.float64)
+    assert abs(float(p.t_from_log_snr(p.log_snr(t)) - t)) <= 1e-9 * max(1.0, p.t_max)
+    assert abs(float(p.t_from_sigma_ve(p.sigma_ve(t)) - t)) <= 1e-9 * max(1.0, p.t_max)
+
+
+@pytest.mark.parametrize("p", ALL, ids=IDS)
+def test_log_snr_strictly_decreasing(p):
+    l = p.log_snr(interior(p, 500))
+    assert (l[1:] < l[:-1]).all()
+
+
+def test_ddpm_integer_timesteps_are_the_discrete_schedule():
+    p = DDPM()
+    betas = np.linspace(1e-4, 0.02, 1000)
+    abar = np.cumprod(1 - betas)
+    t = torch.arange(1000, dtype=torch.float64)
+    np.testing.assert_allclose(p.alpha(t).numpy() ** 2, abar, rtol=1e-12)
+    np.testing.assert_allclose(p.sigma(t).numpy() ** 2, 1 - abar, rtol=1e-12)
+    # halfway between two timesteps, log sigma~ is the average (the documented interpolation)
+    mid = torch.tensor([10.5, 500.5], dtype=torch.float64)
+    expected = 0.5 * (p.sigma_ve(torch.floor(mid)).log() + p.sigma_ve(torch.ceil(mid)).log())
+    torch.testing.assert_close(p.sigma_ve(mid).log(), expected, rtol=1e-13, atol=0)
+
+
+def test_ddpm_scaled_linear_schedule():
+    p = DDPM(0.00085, 0.012, schedule="scaled_linear")
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
+    np.testing.assert_allclose(p.alpha(999.0).item() ** 2, np.prod(1 - betas), rtol=1e-12)
+
+
+# ---- stability at both ends: compare with 50-digit arithmetic ----------------------------------------
+def _mp_reference(p, t):
+    """alpha, sigma from the table's formulas (call inside `mpmath.workdps(50)`)."""
+    t = mpmath.mpf(t)
+    if isinstance(p, SubVP) or isinstance(p, VP):
+        la = -t ** 2 * (p.beta_max - p.beta_min) / 4 - t * p.beta_min / 2
+        a = mpmath.exp(la)
+        s = (1 - a ** 2) if isinstance(p, SubVP) else mpmath.sqrt(1 - a ** 2)
+        return a, s
+    if isinstance(p, VPCosine):
+        s = mpmath.mpf(p.s)
+        f = lambda u: mpmath.cos((u + s) / (1 + s) * mpmath.pi / 2)
+        a = f(t) / f(0)
+        return a, mpmath.sqrt(1 - a ** 2)
+    if isinstance(p, VE):
+        return mpmath.mpf(1), p.s_min * (mpmath.mpf(p.s_max) / p.s_min) ** t
+    if isinstance(p, EDM):
+        return mpmath.mpf(1), t
+    if isinstance(p, RectifiedFlow):
+        return 1 - t, t
+    raise AssertionError(p)
+
+
+@pytest.mark.parametrize("p", [VP(), SubVP(), VPCosine(), VE(), EDM(), RectifiedFlow()],
+                         ids=["vp", "subvp", "vp-cosine", "ve", "edm", "rf"])
+def test_ends_are_accurate_to_full_precision(p):
+    span = p.t_max - p.t_min
+    for t in [p.t_min + 1e-9 * span, p.t_min + 1e-4 * span, 0.5 * (p.t_min + p.t_max), p.t_max - 1e-4 * span, p.t_max]:
+        if t <= 0:
+            continue
+        with mpmath.workdps(50):
+            a, s = _mp_reference(p, t)
+            ref_log_snr = float(2 * mpmath.log(a / s))
+        tt = torch.tensor(t, dtype=torch.float64)
+        assert abs(float(p.alpha(tt)) / float(a) - 1) < 1e-13, ("alpha", t)
+        assert abs(float(p.sigma(tt)) / float(s) - 1) < 1e-12, ("sigma", t)
+        assert abs(float(p.log_snr(tt)) - ref_log_snr) < 1e-11 * max(1, abs(ref_log_snr)), ("log_snr", t)
+
+
+# ---- sampling, prior --------------------------------------------------------------------------------
+@pytest.mark.parametrize("p", ALL, ids=IDS)
+def test_marginal_sample_broadcasts_per_example_t(p):
+    x0 = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    eps = torch.randn_like(x0)
+    t = interior(p, 5)
+    xt = p.marginal_sample(x0, t, eps)
+    for i in range(5):
+        torch.testing.assert_close(xt[i], p.alpha(t[i]) * x0[i] + p.sigma(t[i]) * eps[i])
+
+
+@pytest.mark.parametrize("p", ALL, ids=IDS)
+def test_prior(p):
+    g = torch.Generator().manual_seed(1)
+    x = p.prior_sample((20000, 2), generator=g, dtype=torch.float64)
+    assert abs(float(x.std()) / p.prior_std - 1) < 5 * math.sqrt(1 / 40000) + 1e-3
+    ref = torch.distributions.Normal(0.0, p.prior_std).log_prob(x[:10]).sum(1)
+    torch.testing.assert_close(p.prior_log_prob(x[:10]), ref)
+    x2 = p.prior_sample((20000, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close(x2, x)  # the generator decides
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("p", ALL, ids=IDS)
+def test_bad_input_names_the_argument(p):
+    with pytest.raises(ValueError, match="t must lie in"):
+        p.alpha(p.t_max + 0.1 * (p.t_max - p.t_min) + 1)
+    with pytest.raises(ValueError, match="t must lie in"):
+        p.sigma(torch.tensor([p.t_min - 1.0]))
+    with pytest.raises(ValueError, match="t contains NaN"):
+        p.log_snr(torch.tensor([float("nan")], dtype=torch.float64))
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        p.t_from_sigma_ve(torch.tensor([-1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="sigma must lie in"):
+        p.t_from_sigma_ve(torch.tensor([1e9], dtype=torch.float64))
+    with pytest.raises(ValueError, match="same shape"):
+        p.marginal_sample(torch.zeros(2, 3), p.t_max, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="x0 contains NaN"):
+        p.marginal_sample(torch.full((2, 3), float("nan")), p.t_max, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="shape"):
+        p.prior_sample((2, -1))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="beta_min"):
+        VP(beta_min=-1.0)
+    with pytest.raises(ValueError, match="sigma_min"):
+        VE(sigma_min=10.0, sigma_max=1.0)
+    with pytest.raises(ValueError, match="num_timesteps"):
+        DDPM(num_timesteps=1)
+    with pytest.raises(ValueError, match="schedule"):
+        DDPM(schedule="cosine")
+    with pytest.raises(ValueError, match="process='nope' is not one of"):
+        get_process("nope")
+    assert set(PROCESSES) == {"ddpm", "vp", "vp-cosine", "subvp", "ve", "edm", "rf"}
