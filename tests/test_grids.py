@@ -70,3 +70,19 @@ def test_bad_arguments():
         grids.edm_grid(0)
     with pytest.raises(ValueError, match="per-example"):
         grids.check_sigmas(torch.ones(3, 4).cumsum(0).flip(0), batch=5)
+
+
+@pytest.mark.parametrize("sampler", sorted(grids.TUNED))
+def test_tuned_grid_shape_and_bounds(sampler):
+    for n in (1, 2, 3, 5, 7, 10, 20, 35, 50, 100):
+        s = grids.tuned_grid(n, 0.002, 80.0, sampler=sampler)
+        assert s.shape == (n + 1,) and s[0].item() == 80.0 and s[-1] == 0
+        grids.check_sigmas(s)
+        assert s[-2] >= 0.002
+    for n, (hi, lo, rho) in grids.TUNED[sampler].items():  # the tuned n are reproduced exactly
+        s = grids.tuned_grid(n, 0.002, 80.0, sampler=sampler)
+        assert s[1].item() == pytest.approx(hi) and s[-2].item() == pytest.approx(lo)
+    narrow = grids.tuned_grid(10, 0.5, 2.0, sampler=sampler)  # clipped into the caller's range
+    assert narrow[0].item() == 2.0 and narrow[-2].item() >= 0.5 and (narrow[1:-1] < 2.0).all()
+    with pytest.raises(ValueError, match="sampler"):
+        grids.tuned_grid(10, sampler="nope")

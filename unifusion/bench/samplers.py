@@ -31,7 +31,7 @@ from .. import samplers as S
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 NFES = (5, 10, 20, 50)
-OURS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc")  # on the EDM grid; the default also on its own grid
+OURS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "lms")  # on the EDM grid; the tuned ones also on their own
 STOCH = {"ancestral": {}, "ddim_eta0.5": {"eta": 0.5}, "euler_maruyama": {}, "pc": {"snr": 0.16},
          "edm_stochastic": {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 10.0}, "langevin": {"step_lr": 2e-4}}
 
@@ -270,7 +270,7 @@ def run(starts: int = 2000, nfes=NFES, peers: bool = False, stochastic: bool = T
             log(f"[{oname}] {sampler:>16s} {grid:>11s} NFE {nfe:3d}: rms {row['rms']:.4f} median {row['median']:.4f}"
                 f" mode-change {row['mode_change']:.3f}")
         for nfe_t in nfes:
-            for name, grid in [(n, "edm") for n in OURS] + [(S.DEFAULT_SAMPLER, "recommended")]:
+            for name, grid in [(n, "edm") for n in OURS] + [(n, "recommended") for n in grids.TUNED]:
                 out, nfe = run_ours(name, oracle, x, nfe_t, grid)
                 record(name, grid, nfe_t, out, nfe, "unifusion")
             for pname, (fn, levels) in peer_table.items():

@@ -125,7 +125,7 @@ def sample_dpmpp_3m(denoiser, x, sigmas, *, generator=None, callback=None, model
 
 
 def sample_unipc(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None,
-                 order: int = 3):  # predictor order; the corrector adds one
+                 order: int = 2):  # predictor order; the corrector adds one
     """UniPC (Zhao et al. 2023, Algorithm 1 with the exact-integral "B(h)" weights in data prediction): the
     exponential Adams-Bashforth predictor of order `order`, then each new evaluation `D(x_pred)` corrects the
     step just taken (exponential Adams-Moulton, order `order + 1`). One evaluation per step."""
@@ -133,8 +133,8 @@ def sample_unipc(denoiser, x, sigmas, *, generator=None, callback=None, model_kw
 
 
 def sample_lms(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None,
-               order: int = 4,            # Adams-Bashforth order; the first steps use what history there is
-               corrector: bool = False):  # True: Adams-Moulton correction of every step with the new value (free)
+               order: int = 3,            # Adams-Bashforth order; the first steps use what history there is
+               corrector: bool = True):  # True: Adams-Moulton correction of every step with the new value (free)
     """Linear multistep (Adams-Bashforth) on the PF-ODE in sigma, `dx/dsigma = (x - D)/sigma`, with the exact
     integrals of the Lagrange polynomial through the last `order` derivatives (k-diffusion's `sample_lms`; DEIS's
     polynomial extrapolation of eps, Zhang & Chen 2023, eq. 14, in VE coordinates). Start-up steps are corrected
