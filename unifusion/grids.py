@@ -62,7 +62,11 @@ def edm_grid(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: flo
         raise ValueError(f"rho must be > 0, got {rho!r}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return _finish((hi + ramp * (lo - hi)) ** rho, zero)
+    s = (hi + ramp * (lo - hi)) ** rho
+    s[0] = sigma_max          # the ends exactly, not through the rho-th root and back
+    if n > 1:
+        s[-1] = sigma_min
+    return _finish(s, zero)
 
 
 def geometric_grid(n: int, sigma_min: float = 0.01, sigma_max: float = 50.0, *, zero: bool = False) -> torch.Tensor:
