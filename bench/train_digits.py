@@ -36,17 +36,27 @@ ROOT = Path(__file__).resolve().parent
 
 
 def track(label: str, config: str, sets: list[str], steps: int, every: int, n: int, evals, target: float,
-          final_evals, out: Path, on_eval=None) -> dict:
-    """Train `config` to `steps` in chunks of `every`, evaluating `evals` after each chunk (the EMA weights)."""
+          final_evals, out: Path, on_eval=None, resume: bool = False) -> dict:
+    """Train `config` to `steps` in chunks of `every`, evaluating `evals` after each chunk (the EMA weights).
+    `resume`: continue an interrupted run's checkpoint (its training time so far is summed from its log)."""
     run = out / f"train_{label}"
-    shutil.rmtree(run, ignore_errors=True)
     cfg = load_config(config, [f"out={run}", "train.progress=false", *sets])
-    history, train_s, reached = [], 0.0, None
-    stops = list(range(every, steps, every)) + [steps]
+    history, train_s, reached, done = [], 0.0, None, 0
+    if resume and (run / "checkpoint.safetensors").exists():
+        done = load_model(run).checkpoint_step
+        logs = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln.strip()]
+        prev = 0
+        for r in logs:
+            if "steps_per_s" in r and r["step"] <= done:
+                train_s += (r["step"] - prev) / r["steps_per_s"]
+                prev = r["step"]
+    else:
+        shutil.rmtree(run, ignore_errors=True)
+    stops = [s for s in list(range(every, steps, every)) + [steps] if s >= done]
     for i, stop in enumerate(stops):
         cfg["train"]["steps"] = stop
         t0 = time.perf_counter()
-        res = train_from_config(cfg, resume=i > 0)
+        res = train_from_config(cfg, resume=done > 0 or i > 0)
         train_s += time.perf_counter() - t0
         model = load_model(run)
         row = {"step": stop, "train_seconds": round(train_s, 1), "loss": res.loss}
@@ -118,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--unet-steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "results"))
+    p.add_argument("--resume", action="store_true", help="continue the runs' checkpoints in --out")
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. _ve when runs are split)")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -148,11 +159,11 @@ def main(argv=None) -> int:
     heun = ("heun35", "heun", None, 18)
     if "ve" not in a.skip:
         result["runs"].append(track("ve_edm", "digits_ve", sets, a.steps_ve, a.eval_every, a.n, [heun], 1.2, [],
-                                    out, write))
+                                    out, write, a.resume))
     if "vp" not in a.skip:
         anc = ("ancestral1000", "ancestral", "timesteps", 100 if a.quick else 1000)
         result["runs"].append(track("vp_ddpm", "digits_vp", sets, a.steps_vp, a.eval_every, a.n, [heun], 1.5,
-                                    [anc], out, write))
+                                    [anc], out, write, a.resume))
     if "unet" not in a.skip:
         result["unet"] = unet_speed(a.unet_device, a.unet_batch, a.unet_steps, a.threads)
     print(table(write()))
