@@ -1,0 +1,45 @@
+"""The sampler benchmark end to end on a few starts: outputs written, reference independently confirmed."""
+import json
+import math
+
+import pytest
+import torch
+
+from unifusion import grids
+from unifusion import samplers as S
+from unifusion.bench import samplers as B
+
+
+def test_reference_agrees_with_our_dopri5_and_tighter_solve():
+    oracle = B.sharp_2d()
+    x = 80 * torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref, nfe = B.pf_ode_reference(oracle, x)
+    tight, _ = B.pf_ode_reference(oracle, x, rtol=1e-12)
+    assert B.endpoint_errors(ref, tight, oracle)["rms"] < 1e-8 and nfe > 100
+    ours = S.sample_dopri5(oracle, x, grids.grid_from_list([80.0, 1e-4, 0.0]), rtol=1e-7, atol=1e-9)
+    err = B.endpoint_errors(ours, ref, oracle)
+    assert err["rms"] < 1e-4 and err["mode_change"] == 0.0
+
+
+def test_metrics():
+    oracle = B.sharp_2d()
+    a = oracle.sample(500, generator=torch.Generator().manual_seed(1))
+    assert B.endpoint_errors(a, a, oracle) == {"rms": 0.0, "median": 0.0, "mode_change": 0.0}
+    shifted = a + torch.tensor([1.0, 0.0], dtype=torch.float64)  # every point one component to the right
+    e = B.endpoint_errors(shifted, a, oracle)
+    assert e["mode_change"] > 0.7 and math.isclose(e["median"], e["rms"], rel_tol=1e-9)
+    b = oracle.sample(500, generator=torch.Generator().manual_seed(2))
+    assert B.sliced_w2(a, b) < 0.2 < B.sliced_w2(a, 3 * b)
+
+
+def test_bench_main_quick(tmp_path):
+    assert B.main(["--quick", "--starts", "16", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "samplers.json").read_text())
+    names = {(r["sampler"], r["grid"]) for r in res["deterministic"]}
+    assert ("unipc", "recommended") in names and ("euler", "edm") in names
+    assert all(r["nfe"] <= r["nfe_target"] for r in res["deterministic"] if r["nfe_target"])
+    md = (tmp_path / "samplers.md").read_text()
+    assert "| sampler | grid |" in md and (tmp_path / "samplers.png").stat().st_size > 1000
+    with pytest.raises(SystemExit) as bad:  # bad input: one-line error, exit status 2
+        B.main(["--starts", "3", "--out", str(tmp_path / "never")])
+    assert bad.value.code == 2 and not (tmp_path / "never").exists()
