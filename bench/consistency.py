@@ -64,6 +64,20 @@ def _write_markdown(data: dict) -> None:
     _atomic_write(RESULTS / "consistency.md", "\n".join(lines))
 
 
+def _logged_seconds(run: Path) -> float | None:
+    """Training wall time of a run folder from its `log.jsonl`: the sum of (steps in window) / steps_per_s."""
+    log = run / "log.jsonl"
+    if not log.exists():
+        return None
+    total, last = 0.0, 0
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        if "steps_per_s" in rec:
+            total += (rec["step"] - last) / rec["steps_per_s"]
+            last = rec["step"]
+    return total
+
+
 def _pick_two_step(score, candidates) -> float:
     """The intermediate level of 2-step sampling with the lowest `score(sigma)` (on validation draws)."""
     vals = {float(s): score(float(s)) for s in candidates}
@@ -226,9 +240,9 @@ def run_digits(args) -> dict:
         distill_from_config(cfg, out=out)
         models["CD"] = (out, time.perf_counter() - t0)
     else:
-        models["CD"] = (Path(args.cd), None)
+        models["CD"] = (Path(args.cd), _logged_seconds(Path(args.cd)))
     if args.ct is not None:
-        models["CT"] = (Path(args.ct), None)
+        models["CT"] = (Path(args.ct), _logged_seconds(Path(args.ct)))
 
     g = lambda s: torch.Generator().manual_seed(s)
     for name, (path, secs) in models.items():
@@ -262,7 +276,8 @@ def run_digits(args) -> dict:
                      f"{two['fd']:.3f} = **{two['fd'] / teacher_fd:.2f}x**"
                      + (f" (target <= 1.2x: {'met' if two['fd'] <= 1.2 * teacher_fd else 'NOT met'})"
                         if name == "CD" else "")
-                     + (f"; distillation wall time {secs:.0f} s" if secs else "") + f"; `{path}`.")
+                     + (f"; training wall time {secs:.0f} s ({one['train_steps']} steps)" if secs else "")
+                     + f"; `{path}`.")
     table += ["", "| method | NFE | FD | x teacher Heun-35 | confident |", "|---|---:|---:|---:|---:|"]
     table += [f"| {r['method']} | {r['nfe']} | {r['fd']:.3f} | {r['fd'] / teacher_fd:.2f} | {r['confident']:.3f} |"
               for r in rows]
