@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parent
 
 
 def track(label: str, config: str, sets: list[str], steps: int, every: int, n: int, evals, target: float,
-          final_evals, out: Path, on_eval=None, resume: bool = False) -> dict:
+          final_evals, runs: Path, on_eval=None, resume: bool = False) -> dict:
     """Train `config` to `steps` in chunks of `every`, evaluating `evals` after each chunk (the EMA weights).
     `resume`: continue an interrupted run's checkpoint (its training time so far is summed from its log)."""
-    run = out / f"train_{label}"
+    run = runs / f"train_{label}"
     cfg = load_config(config, [f"out={run}", "train.progress=false", *sets])
     history, train_s, reached, done = [], 0.0, None, 0
     if resume and (run / "checkpoint.safetensors").exists():
@@ -128,7 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--unet-steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "results"))
-    p.add_argument("--resume", action="store_true", help="continue the runs' checkpoints in --out")
+    p.add_argument("--runs", default="runs/bench_train_digits", help="run folders (checkpoints, logs)")
+    p.add_argument("--resume", action="store_true", help="continue the runs' checkpoints in --runs")
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. _ve when runs are split)")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
     heun = ("heun35", "heun", None, 18)
     if "ve" not in a.skip:
         result["runs"].append(track("ve_edm", "digits_ve", sets, a.steps_ve, a.eval_every, a.n, [heun], 1.2, [],
-                                    out, write, a.resume))
+                                    Path(a.runs), write, a.resume))
     if "vp" not in a.skip:
         anc = ("ancestral1000", "ancestral", "timesteps", 100 if a.quick else 1000)
         result["runs"].append(track("vp_ddpm", "digits_vp", sets, a.steps_vp, a.eval_every, a.n, [heun], 1.5,
