@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     if "vp" not in a.skip:
         anc = ("ancestral1000", "ancestral", "timesteps", 100 if a.quick else 1000)
         result["runs"].append(track("vp_ddpm", "digits_vp", sets, a.steps_vp, a.eval_every, a.n, [heun], 1.5,
-                                    [anc], out, write, a.resume))
+                                    [anc], Path(a.runs), write, a.resume))
     if "unet" not in a.skip:
         result["unet"] = unet_speed(a.unet_device, a.unet_batch, a.unet_steps, a.threads)
     print(table(write()))
