@@ -139,6 +139,7 @@ def main(argv=None) -> int:
     if a.quick:
         a.steps_ve = a.steps_vp = a.eval_every = 100
         a.n, a.unet_steps, a.unet_batch = 400, 1, 2
+        a.runs += "_quick"
         sets += ["net.hidden=64", "net.depth=2"]
     t0, load0 = time.perf_counter(), os.getloadavg()
     result = {"machine": {"cpus": os.cpu_count(), "threads": a.threads, "platform": platform.platform(),
