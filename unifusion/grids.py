@@ -129,11 +129,11 @@ def sigmas_from_timesteps(process: NoiseProcess, timesteps, *, zero: bool = True
 
 
 # n -> (sigma_hi, sigma_lo, rho), fitted by Nelder-Mead per n on 5 training mixtures (three 2-D, a 64-D and a 32-D,
-# none of them a benchmark oracle; 300 starts each) to minimise 0.7 log RMS + 0.3 log median relative endpoint error;
+# none of them a benchmark oracle; 1000 starts each) to minimise 0.7 log RMS + 0.3 log median relative endpoint error;
 # see docs/samplers.md. The values assume data of about unit scale (as normalised images or the toy sets).
 TUNED = {
-    "unipc": {5: (6.12, 0.201, 58.4), 10: (7.91, 0.0443, 36.1), 20: (9.72, 0.0206, 12.6)},
-    "lms": {5: (7.03, 0.162, 68.0), 10: (15.05, 0.0274, 11.7), 20: (29.03, 0.0513, 15.3)},
+    "unipc": {5: (6.276, 0.2073, 153.0), 10: (6.573, 0.0368, 180.3), 20: (8.706, 0.0226, 6.458)},
+    "lms": {5: (6.894, 0.1583, 257.6), 10: (17.98, 0.0332, 32.78), 20: (29.45, 0.0298, 15.79)},
 }
 
 
