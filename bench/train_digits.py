@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parent
 
 
 def track(label: str, config: str, sets: list[str], steps: int, every: int, n: int, evals, target: float,
-          final_evals, runs: Path, on_eval=None, resume: bool = False) -> dict:
+          final_evals, runs: Path, on_eval=None, resume: bool = False, previous=()) -> dict:
     """Train `config` to `steps` in chunks of `every`, evaluating `evals` after each chunk (the EMA weights).
-    `resume`: continue an interrupted run's checkpoint (its training time so far is summed from its log)."""
+    `resume`: continue an interrupted run's checkpoint (its training time so far is summed from its log);
+    `previous`: that run's earlier result rows (kept for the steps before the checkpoint)."""
     run = runs / f"train_{label}"
     cfg = load_config(config, [f"out={run}", "train.progress=false", *sets])
     history, train_s, reached, done = [], 0.0, None, 0
@@ -52,7 +53,9 @@ def track(label: str, config: str, sets: list[str], steps: int, every: int, n: i
                 prev = r["step"]
     else:
         shutil.rmtree(run, ignore_errors=True)
-    stops = [s for s in list(range(every, steps, every)) + [steps] if s >= done]
+    history = [r for r in previous if r["step"] <= done]
+    seen = {r["step"] for r in history}
+    stops = [s for s in list(range(every, steps, every)) + [steps] if s > done or (s == done and s not in seen)]
     for i, stop in enumerate(stops):
         cfg["train"]["steps"] = stop
         t0 = time.perf_counter()
@@ -67,16 +70,17 @@ def track(label: str, config: str, sets: list[str], steps: int, every: int, n: i
             row[name] = {"nfe": info["nfe"], "fd": rep["fd"], "floor": rep["fd_floor"], "ratio": rep["fd_ratio"],
                          "confident": rep["confident_fraction"], "nn_ratio": rep["nn_ratio"],
                          "sample_seconds": round(info["seconds"], 1)}
-        ok = all(row[name]["ratio"] <= target for name, *_ in evals)
-        if ok and reached is None:
-            reached = {"step": stop, "train_seconds": round(train_s, 1)}
         history.append(row)
+        hits = [r for r in history if all(r[name]["ratio"] <= target for name, *_ in evals)]
+        reached = {"step": hits[0]["step"], "train_seconds": hits[0]["train_seconds"]} if hits else None
         if on_eval is not None:
             on_eval({"label": label, "config": config, "sets": sets, "target_ratio": target, "n": n,
                      "reached": reached, "history": history})
         print(f"[{label}] step {stop:6d}  train {train_s:7.0f} s  " + "  ".join(
             f"{name}: FD {row[name]['fd']:.3f} ({row[name]['ratio']:.2f}x floor {row[name]['floor']:.3f})"
             for name, *_ in todo), flush=True)
+    hits = [r for r in history if all(r[name]["ratio"] <= target for name, *_ in evals)]
+    reached = {"step": hits[0]["step"], "train_seconds": hits[0]["train_seconds"]} if hits else None
     return {"label": label, "config": config, "sets": sets, "target_ratio": target, "n": n,
             "reached": reached, "history": history}
 
@@ -158,14 +162,17 @@ def main(argv=None) -> int:
             tmp.replace(out / f"{name}{suffix}")
         return res
 
+    old = {}
+    if a.resume and (out / f"{name}.json").exists():
+        old = {r["label"]: r["history"] for r in json.loads((out / f"{name}.json").read_text())["runs"]}
     heun = ("heun35", "heun", None, 18)
     if "ve" not in a.skip:
         result["runs"].append(track("ve_edm", "digits_ve", sets, a.steps_ve, a.eval_every, a.n, [heun], 1.2, [],
-                                    Path(a.runs), write, a.resume))
+                                    Path(a.runs), write, a.resume, old.get("ve_edm", ())))
     if "vp" not in a.skip:
         anc = ("ancestral1000", "ancestral", "timesteps", 100 if a.quick else 1000)
         result["runs"].append(track("vp_ddpm", "digits_vp", sets, a.steps_vp, a.eval_every, a.n, [heun], 1.5,
-                                    [anc], Path(a.runs), write, a.resume))
+                                    [anc], Path(a.runs), write, a.resume, old.get("vp_ddpm", ())))
     if "unet" not in a.skip:
         result["unet"] = unet_speed(a.unet_device, a.unet_batch, a.unet_steps, a.threads)
     print(table(write()))
