@@ -213,20 +213,26 @@ def run_digits(args) -> dict:
 
     floor = None
 
-    def add(method, nfe, x, extra=None):
+    def add(method, nfe, make, extra=None):
+        """FD of `make(seed)` samples, mean and std over `args.seeds` seeds (sampling noise, not training noise)."""
         nonlocal floor
-        rep = fd(x)
-        floor = rep["fd_floor"]
-        rows.append(dict({"method": method, "nfe": nfe, "fd": rep["fd"], "fd_floor": rep["fd_floor"],
-                          "confident": rep["confident_fraction"]}, **(extra or {})))
-        print(f"  {method:<40} NFE {nfe:>3}  FD {rep['fd']:.3f}", flush=True)
-        return rep["fd"]
+        reps = [fd(make(seed)) for seed in range(args.seeds)]
+        vals = torch.tensor([r["fd"] for r in reps], dtype=torch.float64)
+        floor = reps[0]["fd_floor"]
+        rows.append(dict({"method": method, "nfe": nfe, "fd": float(vals.mean()),
+                          "fd_std": float(vals.std()) if len(reps) > 1 else 0.0, "fd_values": vals.tolist(),
+                          "fd_floor": floor, "confident": sum(r["confident_fraction"] for r in reps) / len(reps)},
+                         **(extra or {})))
+        print(f"  {method:<40} NFE {nfe:>3}  FD {rows[-1]['fd']:.3f} +- {rows[-1]['fd_std']:.3f}", flush=True)
+        return rows[-1]["fd"]
 
     for sampler, steps in (("heun", 18), ("euler", 1), ("euler", 2), ("euler", 4), ("heun", 2), ("heun", 3),
                            ("heun", 5), ("heun", 10)):
-        x, info = generate(teacher, n, (64,), sampler=sampler, steps=steps, seed=0)
-        v = add(f"teacher {sampler}", info["nfe"], x)
-        curves.setdefault(f"teacher {sampler}", []).append((info["nfe"], v))
+        nfe = generate(teacher, 1, (64,), sampler=sampler, steps=steps, seed=0)[1]["nfe"]
+        v = add(f"teacher {sampler}", nfe,
+                lambda s, sampler=sampler, steps=steps: generate(teacher, n, (64,), sampler=sampler, steps=steps,
+                                                                 seed=s)[0])
+        curves.setdefault(f"teacher {sampler}", []).append((nfe, v))
     teacher_fd = rows[0]["fd"]
 
     models = {}
@@ -251,12 +257,11 @@ def run_digits(args) -> dict:
         cands = torch.logspace(math.log10(0.1), math.log10(10.0), 9).tolist()
         s2 = _pick_two_step(lambda s: fd(sample_consistency(f, z(7), [f.sigma_max, s], generator=g(8)))["fd"], cands)
         ex = {"checkpoint": str(path), "distill_seconds": secs, "train_steps": f.checkpoint_step}
-        curve = [(1, add(f"{name} 1 step", 1, sample_consistency(f, z(0), [f.sigma_max], generator=g(1)), ex))]
-        curve.append((2, add(f"{name} 2 steps, sigma_1={s2:.3g}", 2,
-                             sample_consistency(f, z(0), [f.sigma_max, s2], generator=g(1)), ex)))
+        run = lambda sig, f=f, z=z: (lambda s: sample_consistency(f, z(1000 + s), sig, generator=g(2000 + s)))
+        curve = [(1, add(f"{name} 1 step", 1, run([f.sigma_max]), ex))]
+        curve.append((2, add(f"{name} 2 steps, sigma_1={s2:.3g}", 2, run([f.sigma_max, s2]), ex)))
         for k in (2, 3, 4):
-            sig = consistency_sigmas(k, f.sigma_min, f.sigma_max)
-            v = add(f"{name} {k} steps, Karras levels", k, sample_consistency(f, z(0), sig, generator=g(1)), ex)
+            v = add(f"{name} {k} steps, Karras levels", k, run(consistency_sigmas(k, f.sigma_min, f.sigma_max)), ex)
             if k > 2:
                 curve.append((k, v))
         curves[name] = curve
@@ -265,22 +270,23 @@ def run_digits(args) -> dict:
     fig = save_metric_vs_steps(curves, RESULTS / "consistency.digits.png", floor=floor, ylabel="digits FD",
                                xlabel="NFE (network evaluations)", logy=True, title="digits: consistency vs teacher")
     table = [f"## Digits: CD from the EDM model, CT from data ({n} samples, FD in the digits classifier's features)", "",
-             f"Teacher: `{args.teacher}` (step {teacher.checkpoint_step}); its Heun-35 FD **{teacher_fd:.3f}**; "
-             f"FD noise floor at n={n}: {floor:.3f}.", ""]
+             f"Teacher: `{args.teacher}` (step {teacher.checkpoint_step}); its Heun-35 FD **{teacher_fd:.3f}** "
+             f"+- {rows[0]['fd_std']:.3f}; FD noise floor at n={n}: {floor:.3f}. FD: mean +- std over {args.seeds} "
+             f"sampling seeds; the 2-step level sigma_1 is picked on a separate validation draw.", ""]
     for name, (path, secs) in models.items():
         one = next(r for r in rows if r["method"] == f"{name} 1 step")
-        two = min((r for r in rows if r["method"].startswith(f"{name} 2 steps")), key=lambda r: r["fd"])
+        two = next(r for r in rows if r["method"].startswith(f"{name} 2 steps, sigma_1="))
         lim1 = 1.5 if name == "CD" else 2.5
-        table.append(f"- {name}: 1 step {one['fd']:.3f} = **{one['fd'] / teacher_fd:.2f}x** teacher "
+        table.append(f"- {name}: 1 step {one['fd']:.3f} +- {one['fd_std']:.3f} = **{one['fd'] / teacher_fd:.2f}x** teacher "
                      f"(target <= {lim1}x: {'met' if one['fd'] <= lim1 * teacher_fd else 'NOT met'}); 2 steps "
-                     f"{two['fd']:.3f} = **{two['fd'] / teacher_fd:.2f}x**"
+                     f"{two['fd']:.3f} +- {two['fd_std']:.3f} = **{two['fd'] / teacher_fd:.2f}x** ({two['method'].split(', ')[-1]})"
                      + (f" (target <= 1.2x: {'met' if two['fd'] <= 1.2 * teacher_fd else 'NOT met'})"
                         if name == "CD" else "")
                      + (f"; training wall time {secs:.0f} s ({one['train_steps']} steps)" if secs else "")
                      + f"; `{path}`.")
     table += ["", "| method | NFE | FD | x teacher Heun-35 | confident |", "|---|---:|---:|---:|---:|"]
-    table += [f"| {r['method']} | {r['nfe']} | {r['fd']:.3f} | {r['fd'] / teacher_fd:.2f} | {r['confident']:.3f} |"
-              for r in rows]
+    table += [f"| {r['method']} | {r['nfe']} | {r['fd']:.3f} +- {r['fd_std']:.3f} | {r['fd'] / teacher_fd:.2f} "
+              f"| {r['confident']:.3f} |" for r in rows]
     table += ["", f"![FD vs NFE]({fig.name})"]
     return {"command": "python bench/consistency.py digits " + " ".join(sys.argv[2:]), "n": n, "rows": rows,
             "teacher": str(args.teacher), "teacher_fd": teacher_fd, "fd_floor": floor, "table": table,
@@ -312,6 +318,7 @@ def main(argv=None) -> int:
     d.add_argument("--N", type=int, default=18)
     d.add_argument("--mu", type=float, default=0.95)
     d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--seeds", type=int, default=3, help="sampling seeds per row (FD mean and std)")
     args = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = run_toy(args) if args.part == "toy" else run_digits(args)
