@@ -132,8 +132,10 @@ def sigmas_from_timesteps(process: NoiseProcess, timesteps, *, zero: bool = True
 # none of them a benchmark oracle; 1000 starts each) to minimise 0.7 log RMS + 0.3 log median relative endpoint error;
 # see docs/samplers.md. The values assume data of about unit scale (as normalised images or the toy sets).
 TUNED = {
-    "unipc": {5: (6.276, 0.2073, 153.0), 10: (6.573, 0.0368, 180.3), 20: (8.706, 0.0226, 6.458)},
-    "lms": {5: (6.894, 0.1583, 257.6), 10: (17.98, 0.0332, 32.78), 20: (29.45, 0.0298, 15.79)},
+    "unipc": {5: (6.276, 0.2073, 153.0), 10: (6.573, 0.0368, 180.3), 20: (8.706, 0.0226, 6.458),
+              50: (19.00, 0.0065, 15.51)},
+    "lms": {5: (6.894, 0.1583, 257.6), 10: (17.98, 0.0332, 32.78), 20: (29.45, 0.0298, 15.79),
+            50: (46.38, 0.0223, 43.14)},
 }
 
 

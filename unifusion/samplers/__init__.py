@@ -33,9 +33,9 @@ STOCHASTIC = ("ancestral", "euler_maruyama", "pc", "langevin", "edm_stochastic")
 _edm = partial(grids.edm_grid, rho=7.0)
 RECOMMENDED = {name: _edm for name in SAMPLERS}
 RECOMMENDED["langevin"] = partial(grids.geometric_grid, zero=True)  # NCSN levels, then a final denoising step
-RECOMMENDED["unipc"] = partial(grids.tuned_grid, sampler="unipc")  # the winner (docs/samplers.md)
-RECOMMENDED["lms"] = partial(grids.tuned_grid, sampler="lms")
-DEFAULT_SAMPLER = "unipc"
+RECOMMENDED["unipc"] = partial(grids.tuned_grid, sampler="unipc")
+RECOMMENDED["lms"] = partial(grids.tuned_grid, sampler="lms")  # the winner on the training mixtures (docs/samplers.md)
+DEFAULT_SAMPLER = "lms"
 
 
 def get_sampler(name: str):
