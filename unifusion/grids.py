@@ -150,11 +150,12 @@ def tuned_grid(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, sam
     if n == 1:
         return _finish(torch.tensor([float(sigma_max)], dtype=torch.float64), zero)
     table = sorted(TUNED[sampler].items())
-    ns = [k for k, _ in table]
-    w = min(max((math.log(n) - math.log(ns[0])) / (math.log(ns[-1]) - math.log(ns[0])), 0.0), 1.0) * (len(ns) - 1)
-    j = min(int(w), len(ns) - 2)
-    f = w - j
-    hi, lo, rho = (math.exp((1 - f) * math.log(a) + f * math.log(b)) for a, b in zip(table[j][1], table[j + 1][1]))
+    ln = min(max(math.log(n), math.log(table[0][0])), math.log(table[-1][0]))
+    j = max(i for i in range(len(table) - 1) if math.log(table[i][0]) <= ln) if len(table) > 1 else 0
+    lo_n, hi_n = math.log(table[j][0]), math.log(table[min(j + 1, len(table) - 1)][0])
+    f = (ln - lo_n) / (hi_n - lo_n) if hi_n > lo_n else 0.0
+    hi, lo, rho = (math.exp((1 - f) * math.log(a) + f * math.log(b))
+                   for a, b in zip(table[j][1], table[min(j + 1, len(table) - 1)][1]))
     hi = min(hi, sigma_max * 0.999)
     lo = min(max(lo, sigma_min), hi * 0.999)
     rest = edm_grid(n - 1, lo, hi, rho, zero=False) if n > 2 else torch.tensor([hi], dtype=torch.float64)
