@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import grids
-from ..oracles import GaussianMixture, eight_gaussians, mixture_64d
+from ..oracles import GaussianMixture, eight_gaussians, grid_gaussians, mixture_64d
 from .. import samplers as S
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -38,9 +38,7 @@ STOCH = {"ancestral": {}, "ddim_eta0.5": {"eta": 0.5}, "euler_maruyama": {}, "pc
 
 def sharp_2d() -> GaussianMixture:
     """The sharp 2-D mixture: 25 equal components on a 5 x 5 grid, spacing 1, std 0.05 (`oracles.grid_gaussians()`)."""
-    g = torch.arange(5, dtype=torch.float64) - 2.0
-    means = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
-    return GaussianMixture(torch.ones(25), means, torch.full((25,), 0.05 ** 2))
+    return grid_gaussians(5, spacing=1.0, std=0.05)
 
 
 def oracles() -> dict:
