@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ..integrate import dopri5
 from ..utils import expand_like
 from .common import _Run, coef, to_d
 
@@ -51,50 +52,27 @@ def sample_heun(denoiser, x, sigmas, *, generator=None, callback=None, model_kwa
     return x
 
 
-# Dormand & Prince (1980) 5(4) tableau, with the first-same-as-last property.
-_DP_A = [[], [1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
-         [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
-         [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
-         [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]]
-_DP_C = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
-_DP_E = [71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40]  # b5 - b4
-
-
 def sample_dopri5(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None,
                   rtol: float = 1e-3,     # relative tolerance of the local error
                   atol: float = 1e-4,     # absolute tolerance of the local error
                   h_init: float = 0.1,    # first step in log-sigma (shrunk if rejected)
                   max_steps: int = 10000):  # accepted + rejected steps before giving up (ValueError)
-    """Adaptive Dormand-Prince 5(4) (Dormand & Prince 1980; Hairer et al., Solving ODEs I, II.5) on the PF-ODE in
+    """Adaptive Dormand-Prince 5(4) (Dormand & Prince 1980; `unifusion.integrate.dopri5`) on the PF-ODE in
     `u = log sigma`, `dx/du = x - D(x, sigma)`, from `sigmas[0]` to the last positive entry of `sigmas` (the
-    intermediate entries are ignored). The error norm is the RMS over each example's entries of
-    `err / (atol + rtol max(|x|, |x_new|))`, maximised over the batch (one step size for the batch). A final 0 in
-    `sigmas` is reached by an Euler step from the last sigma, `x = D(x, sigma_min)`, which reuses the last stage
-    (first-same-as-last), so it costs no evaluation. NFE = 6 per attempted step + 1 (the callback's `nfe`)."""
-    if not (rtol > 0 and atol >= 0):
-        raise ValueError(f"need rtol > 0 and atol >= 0, got rtol={rtol!r}, atol={atol!r}")
+    intermediate entries are ignored). One step size for the batch. A final 0 in `sigmas` is reached by an Euler
+    step from the last sigma, `x = D(x, sigma_min)`, which reuses the last stage (first-same-as-last), so it costs
+    no evaluation. NFE = 6 per attempted step + 1 (the callback's `nfe`)."""
     run = _Run(denoiser, x, sigmas, callback, model_kwargs)
-    u, u_end = math.log(run.values[0]), math.log(run.values[-1] if run.values[-1] > 0 else run.values[-2])
-    f = lambda y, v: y - run.model(y, math.exp(v))
-    dims = tuple(range(1, x.ndim))
-    k = [f(x, u)] + [None] * 6
-    h, i = -abs(h_init), 0
-    while u > u_end and i < max_steps:
-        h = max(h, u_end - u)
-        for j in range(1, 7):
-            y = x + h * sum(a * kk for a, kk in zip(_DP_A[j], k) if a != 0.0)
-            k[j] = f(y, u + _DP_C[j] * h)
-        err = h * sum(e * kk for e, kk in zip(_DP_E, k) if e != 0.0)
-        scale = atol + rtol * torch.maximum(x.abs(), y.abs())
-        norm = float((err / scale).pow(2).mean(dims).sqrt().max()) if x.numel() else 0.0
-        if norm <= 1.0:
-            x, u, k[0] = y, u + h, k[6]
-            run.report(i, x, math.exp(u - h), math.exp(u), x - k[0])
-        i += 1
-        h *= min(5.0, max(0.2, 0.9 * (norm if norm > 0 else 1e-10) ** -0.2))
-    if u > u_end:
-        raise ValueError(f"dopri5 did not reach sigma={math.exp(u_end):.4g} in max_steps={max_steps} steps")
+    u0, u1 = math.log(run.values[0]), math.log(run.values[-1] if run.values[-1] > 0 else run.values[-2])
+    accepted = []  # accepted steps so far (the callback's `i`)
+
+    def on_step(y, u_prev, u, k):
+        run.report(len(accepted), y, math.exp(u_prev), math.exp(u), y - k)
+        accepted.append(u)
+
+    x, k, _ = dopri5(lambda y, u: y - run.model(y, math.exp(u)), x, u0, u1, rtol=rtol, atol=atol,
+                     h_init=h_init, max_steps=max_steps, on_step=on_step)
     if run.values[-1] == 0.0:
-        x = x - k[0]  # Euler to sigma = 0: x - sigma dx/dsigma = D(x, sigma_min)
-        run.report(i, x, math.exp(u), 0.0, x)
+        x = x - k  # Euler to sigma = 0: x - sigma dx/dsigma = D(x, sigma_min)
+        run.report(len(accepted), x, math.exp(u1), 0.0, x)
     return x
