@@ -58,9 +58,8 @@ def _update_json(section: str, payload: dict) -> dict:
 def _write_markdown(data: dict) -> None:
     lines = ["# Consistency models: benchmark results", "",
              "Written by `bench/consistency.py`; the numbers and the commands are in `consistency.json`.", ""]
-    for section in ("toy", "digits"):
-        if section in data:
-            lines += data[section]["table"] + [""]
+    for section in sorted(data, key=lambda k: (k != "toy", k != "digits", k)):
+        lines += data[section]["table"] + [""]
     _atomic_write(RESULTS / "consistency.md", "\n".join(lines))
 
 
