@@ -13,6 +13,7 @@ Every user error prints one line and exits with code 2. `load_consistency` (re-e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .task import DISTILL_DEFAULTS, distill_config, distill_from_config, load_consistency
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
         print(f"unifusion distill: error: {msg}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:      # torchrun: one summary, from the main process
+        return 0
     print(f"trained {res.step} steps ({cfg['consistency']['mode'].upper()}), last loss {res.loss:.5g}; "
           f"checkpoint: {res.checkpoint}\nsample: unifusion sample {res.checkpoint.parent if res.checkpoint else ''} "
           f"--sampler consistency --steps 1")
