@@ -1,4 +1,6 @@
 """Output conversions, EDM preconditioning and the Denoiser wrapper: round trips and exact oracles."""
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -139,6 +141,9 @@ def test_denoiser_noise_conditioning_and_dtypes():
     torch.testing.assert_close(seen["c"].double(), s.log() / 4, rtol=1e-6, atol=1e-7)
     P.Denoiser(net, p, "x0")(x, 2.0)  # a scalar sigma broadcasts over the batch
     assert seen["c"].shape == (4,)
+    edm = P.Denoiser(lambda x_in, c: seen.update(c=c) or torch.zeros_like(x_in), None, "edm")
+    edm(x.double(), 0.002)  # a python float sigma is not rounded through float32
+    assert float(seen["c"][0]) == math.log(0.002) / 4
 
 
 def test_denoiser_bad_arguments():

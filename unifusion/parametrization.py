@@ -42,7 +42,8 @@ def _b(c, x):
 
 def _per_example(c, x) -> torch.Tensor:
     """A scalar or `[B]` noise level / time as a float64 `[B]` vector on `x`'s device."""
-    c = torch.as_tensor(c, device=x.device).to(torch.float64)
+    c = c.to(device=x.device, dtype=torch.float64) if isinstance(c, torch.Tensor) else \
+        torch.as_tensor(c, dtype=torch.float64, device=x.device)  # python floats keep full precision
     return c.expand(x.shape[0]) if c.ndim == 0 else c
 
 
