@@ -197,7 +197,18 @@ def table(result: dict) -> str:
                                  f"| {v['fd']:.3f} | {v['floor']:.3f} | {v['ratio']:.2f} | {run['target_ratio']} "
                                  f"| {v['confident']:.3f} | {v['nn_ratio']:.2f} |")
         r = run["reached"]
-        lines.append(f"| {run['label']} | target {'reached at step %d after %.0f s of training' % (r['step'], r['train_seconds']) if r else 'not reached'} | | | | | | | | | |")
+        names = sorted({k for row in run["history"] for k, v in row.items() if isinstance(v, dict)})
+        tracked = [k for k in names if all(k in row for row in run["history"])]
+        lines.append(f"| {run['label']} | {', '.join(tracked)} target {run['target_ratio']}x floor "
+                     f"{'first reached at step %d after %.0f s of training' % (r['step'], r['train_seconds']) if r else 'not reached'} "
+                     f"| | | | | | | | | |")
+        for k in names:
+            if k not in tracked:
+                last = [row for row in run["history"] if k in row][-1]
+                ok = last[k]["ratio"] <= run["target_ratio"]
+                lines.append(f"| {run['label']} | {k} (final checkpoint only) target {run['target_ratio']}x floor: "
+                             f"{'reached' if ok else 'not reached'} at step {last['step']} ({last[k]['ratio']:.2f}x) "
+                             f"| | | | | | | | | |")
     if "unet" in result:
         u = result["unet"]
         lines += ["", f"CIFAR-10-sized U-Net ({u['params_M']}M parameters), random data, batch {u['batch']}, "
