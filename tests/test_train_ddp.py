@@ -11,11 +11,16 @@ SETS = ["train.steps=8", "train.batch_size=64", "train.progress=false", "net.hid
         "net.emb_dim=16", "data.n=256", "train.log_every=4", "train.ema_decays=[0.9]", "train.threads=1"]
 
 
-def _run(args, env_extra=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def _run(args, retries=1):
+    """Run `python args...`; one retry covers a rendezvous port taken by another process in the meantime."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for attempt in range(retries + 1):
+        proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+        if proc.returncode == 0:
+            return proc
+        if "address already in use" not in (proc.stderr + proc.stdout).lower():
+            break
+    raise AssertionError(f"exit code {proc.returncode}:\n{proc.stderr[-3000:]}\n{proc.stdout[-2000:]}")
 
 
 def _sets(*extra):
