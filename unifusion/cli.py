@@ -171,8 +171,8 @@ def _cmd_eval(args) -> int:
         rep = metrics.vector_report(flat[:n], ref, generator=g)
         floor = metrics.vector_floor(lambda m, gen: toy_2d(data, m, gen), ref, n, generator=g)
         rep = {"samples": rep, "floor": floor}
-        rows = [(k, rep["samples"][k], rep["floor"].get(k, float("nan"))) for k in rep["samples"] if k not in ("n", "bandwidth")
-                if isinstance(rep["samples"][k], (int, float))]
+        rows = [(k, v, floor.get(k, float("nan"))) for k, v in rep["samples"].items()
+                if k not in ("n", "bandwidth") and isinstance(v, (int, float))]
     print(f"{'metric':42s} {'samples':>10s} {'floor':>10s}")
     for name, v, fl in rows:
         print(f"{name:42s} {v:10.4g} {fl:10.4g}")
