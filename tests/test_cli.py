@@ -106,3 +106,17 @@ def test_python_dash_m():
     proc = subprocess.run([sys.executable, "-m", "unifusion", "train", "toy_ve", "--set", "train.nope=1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "train.nope" in proc.stderr
+
+
+def test_eval_of_a_digits_checkpoint_prints_the_floor(tmp_path, capsys):
+    run = tmp_path / "digits"
+    assert main(["train", "digits_ve", "--out", str(run), "--set", "train.steps=3", "--set", "net.hidden=16",
+                 "--set", "net.depth=1", "--set", "train.progress=false", "--set", "train.threads=1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--n", "100", "--sampler", "euler", "--steps", "3",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "Frechet distance" in out and "floor" in out and "confident fraction" in out
+    import json
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["n"] == 100 and rep["fd"] > rep["fd_floor"] > 0   # an untrained model is far above the floor
