@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, help="torch CPU threads (default: the run's train.threads)")
     e.set_defaults(func=_cmd_eval)
 
-    d = sub.add_parser("demo", help="train VP and VE models on digits and compare samplers (about 5 minutes)")
+    d = sub.add_parser("demo", help="train VP and VE models on digits and compare samplers (about 2 minutes on 2 idle cores)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--quick", action="store_true", help="a tiny run for tests (seconds)")
     d.add_argument("--seed", type=int, default=0)
