@@ -14,7 +14,7 @@ from unifusion.consistency import (ConsistencyFunction, cd_loss, consistency_sca
                                    lognormal_index_probs, pseudo_huber, sample_consistency)
 from unifusion.oracles import GaussianMixture, eight_gaussians
 from unifusion.parametrization import Denoiser, edm_precond
-from unifusion.processes import VP, EDM
+from unifusion.processes import VP
 
 S_MIN, S_MAX = 0.002, 80.0
 

@@ -1,6 +1,4 @@
 """Exact oracles: score = grad log p, denoiser = posterior mean (Monte Carlo), densities normalise."""
-import math
-
 import pytest
 import torch
 

@@ -161,7 +161,7 @@ def _cmd_eval(args) -> int:
                 ("confident fraction (p > 0.9)", rep["confident_fraction"], rep["confident_fraction_floor"]),
                 ("nearest-neighbour ratio", rep["nn_ratio"], rep["nn_ratio_floor"])]
     else:
-        from .data import TOYS, toy_oracle
+        from .data import TOYS
         if data not in TOYS:
             raise _UserError(f"eval needs --data digits (64-d samples) or a 2-D toy in {sorted(TOYS)}, got {data!r}")
         from .data import toy_2d

@@ -374,7 +374,7 @@ def _atomic_write(path: Path, write) -> None:
 
 def markdown(results: dict) -> str:
     cfg = results["config"]
-    lines = [f"# Sampler benchmark (exact Gaussian-mixture oracles)", "",
+    lines = ["# Sampler benchmark (exact Gaussian-mixture oracles)", "",
              f"sigma {cfg['sigma_max']} -> {cfg['sigma_min']} -> 0, {cfg['starts']} starts, float64, torch "
              f"{cfg['torch']}. Error per point = |x - x_ref| / RMS|x_ref|; rms / median over points; "
              f"mode = fraction of points ending in another component. Default sampler: `{cfg['default_sampler']}` "

@@ -255,26 +255,12 @@ def distill_config(base: dict | None = None, teacher=None, sets=()) -> dict:
 
 def distill_from_config(cfg: dict, resume: bool = False, out=None):
     """Build the run of a distill config and train it with `unifusion.train.fit` (same checkpoints, resume, EMA,
-    progress and DDP as `unifusion train`); writes `config.yaml`, `log.jsonl`, `checkpoint.safetensors` under `out`
-    (default `cfg['out']`). Returns `fit`'s `FitResult`."""
-    import yaml
+    progress and DDP as `unifusion train`, through `unifusion.train.task.run_config`); writes `config.yaml`,
+    `log.jsonl`, `checkpoint.safetensors` under `out` (default `cfg['out']`). Returns `fit`'s `FitResult`."""
+    from ..train.task import run_config
 
-    from ..train import CHECKPOINT_NAME, fit
-    from ..train.task import train_config
+    def meta(task):
+        f = task.f
+        return {"sigma_min": f.sigma_min, "sigma_max": f.sigma_max, "sigma_data": f.sigma_data, "kind": "consistency"}
 
-    cfg = copy.deepcopy(cfg)
-    if out is not None:
-        cfg["out"] = str(out)
-    task, data, labels = build_consistency_run(cfg)
-    out = Path(cfg["out"])
-    if not resume and (out / CHECKPOINT_NAME).exists():
-        raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    tmp.replace(out / "config.yaml")
-    f = task.f
-    meta = {"data_shape": list(data.shape[1:]), "sigma_min": f.sigma_min, "sigma_max": f.sigma_max,
-            "sigma_data": f.sigma_data, "kind": "consistency"}
-    return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg, meta=meta,
-               resume=resume)
+    return run_config(cfg, build_consistency_run, resume=resume, out=out, extra_meta=meta)

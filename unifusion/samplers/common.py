@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..grids import check_sigmas
-from ..utils import check_positive_int, expand_like
+from ..utils import expand_like
 
 __all__ = ["to_d", "coef", "noise_like", "ancestral_step", "count_nfe", "NFECounter", "exp_adams_weights", "adams_weights"]
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 
-from .common import _Run, adams_weights, check_positive_int, exp_adams_weights, to_d
+from ..utils import check_positive_int
+from .common import _Run, adams_weights, exp_adams_weights, to_d
 
 __all__ = ["sample_dpmpp_2m", "sample_exp_adams", "sample_dpmpp_3m", "sample_unipc", "sample_lms"]
 

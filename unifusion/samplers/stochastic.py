@@ -13,7 +13,8 @@ import math
 
 import torch
 
-from .common import _Run, ancestral_step, check_positive_int, noise_like, to_d
+from ..utils import check_positive_int
+from .common import _Run, ancestral_step, noise_like, to_d
 
 __all__ = ["sample_ddim", "sample_ancestral", "sample_euler_maruyama", "sample_pc", "sample_langevin",
            "sample_edm_stochastic", "PREDICTORS"]

@@ -20,7 +20,8 @@ from .checkpoint import CheckpointError, read_checkpoint
 from .config import check_config, merge, DEFAULTS
 from .loop import CHECKPOINT_NAME, FitResult, TrainConfig, fit
 
-__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_run", "train_from_config", "load_model"]
+__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_run", "run_config", "train_from_config",
+           "load_model"]
 
 
 class DiffusionTask:
@@ -134,21 +135,32 @@ def train_config(cfg: dict) -> TrainConfig:
     return TrainConfig(**t)
 
 
-def train_from_config(cfg: dict, resume: bool = False, out=None) -> FitResult:
-    """Build the run of `cfg` and `fit` it; writes `config.yaml`, `log.jsonl` and `checkpoint.safetensors` under
-    `out` (default `cfg['out']`)."""
+def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None) -> FitResult:
+    """Build a run with `build(cfg) -> (task, data, labels)` and `fit` it: the one set-up shared by
+    `unifusion train` (`train_from_config`) and `unifusion distill`. Refuses to overwrite a checkpoint unless
+    `resume`; rank 0 writes `config.yaml` atomically; the checkpoint's meta holds the data shape plus
+    `extra_meta(task)`. `out` overrides `cfg['out']`."""
     cfg = copy.deepcopy(cfg)
     if out is not None:
         cfg["out"] = str(out)
-    task, data, labels = build_run(cfg)
+    task, data, labels = build(cfg)
     out = Path(cfg["out"])
     if not resume and (out / CHECKPOINT_NAME).exists():
         raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
     if int(os.environ.get("RANK", "0")) == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg,
-               meta={"data_shape": list(data.shape[1:])}, resume=resume)
+        tmp = out / ".config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        tmp.replace(out / "config.yaml")
+    meta = {"data_shape": list(data.shape[1:]), **(extra_meta(task) if extra_meta is not None else {})}
+    return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg, meta=meta,
+               resume=resume)
+
+
+def train_from_config(cfg: dict, resume: bool = False, out=None) -> FitResult:
+    """Build the run of `cfg` and `fit` it; writes `config.yaml`, `log.jsonl` and `checkpoint.safetensors` under
+    `out` (default `cfg['out']`)."""
+    return run_config(cfg, build_run, resume=resume, out=out)
 
 
 def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
