@@ -40,6 +40,10 @@ def test_train_sample_eval(tmp_path, capsys):
     assert main(["sample", str(run), "--sampler", "euler_maruyama", "--grid", "geometric", "--steps", "5",
                  "--n", "20"]) == 0
     assert (run / "samples_euler_maruyama_5nfe.npz").exists()
+    assert main(["sample", str(run), "--sampler", "euler", "--sigmas", "40,2,0.1", "--n", "10"]) == 0
+    assert (run / "samples_euler_3nfe.npz").exists()  # the user's 3 levels (a final 0 is appended): 3 NFE
+    assert "sigmas" in _error(capsys, ["sample", str(run), "--sigmas", "1,5"])  # not descending
+    assert "--sigmas must be comma-separated numbers" in _error(capsys, ["sample", str(run), "--sigmas", "80,x"])
     assert main(["eval", str(tmp_path / "s.npz"), "--data", "eight_gaussians"]) == 0
     assert "sw2" in capsys.readouterr().out
     # resume continues to a larger step count

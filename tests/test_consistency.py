@@ -309,6 +309,8 @@ def test_distill_cli_trains_resumes_bit_exactly_and_samples(toy_teacher, tmp_pat
     assert shape == (2,) and torch.equal(f(x, f.sigma_min), x)
     assert unifusion_main(["sample", str(a), "--sampler", "consistency", "--steps", "2", "--n", "20"]) == 0
     assert (a / "samples_consistency_2nfe.npz").exists()
+    assert unifusion_main(["sample", str(a), "--sampler", "consistency", "--sigmas", "80,0.56,0.1", "--n", "20"]) == 0
+    assert (a / "samples_consistency_3nfe.npz").exists()  # the user's levels, one evaluation each
 
 
 def test_distill_cli_consistency_training_and_errors(toy_teacher, tmp_path, capsys):

@@ -81,6 +81,16 @@ def _save_samples(samples, out: Path, info: dict, data_shape) -> list[Path]:
     return [out, png]
 
 
+def _sigmas_arg(args):
+    """`--sigmas 80,0.56`: a user's descending list of noise levels, checked by `grids.grid_from_list`."""
+    from .grids import grid_from_list
+    try:
+        values = [float(v) for v in args.sigmas.split(",") if v.strip()]
+    except ValueError:
+        raise _UserError(f"--sigmas must be comma-separated numbers, got {args.sigmas!r}") from None
+    return grid_from_list(values)
+
+
 def _cmd_sample(args) -> int:
     from .train.generate import generate
 
@@ -90,11 +100,12 @@ def _cmd_sample(args) -> int:
         from .consistency import consistency_sigmas, sample_consistency
         import torch, time
         g = torch.Generator().manual_seed(args.seed or 0)
-        sig = consistency_sigmas(args.steps or 1, f.sigma_min, f.sigma_max)
+        sig = _sigmas_arg(args) if args.sigmas else consistency_sigmas(args.steps or 1, f.sigma_min, f.sigma_max)
         t0 = time.perf_counter()
         args.n = args.n or 64
         x = sample_consistency(f, sig[0].item() * torch.randn((args.n, *shape), generator=g), sig, generator=g)
-        info = {"sampler": "consistency", "steps": args.steps or 1, "nfe": args.steps or 1,
+        steps = len(sig) - int(float(sig[-1]) == 0.0)
+        info = {"sampler": "consistency", "steps": steps, "nfe": steps,
                 "seconds": time.perf_counter() - t0}
         samples = x.detach().cpu()
     else:
@@ -105,7 +116,8 @@ def _cmd_sample(args) -> int:
         if not args.raw and sc.get("ema") is False:
             d = load_model(args.checkpoint, ema=False)
         samples, info = generate(d, args.n or sc.get("n") or 64, d.data_shape,
-                                 sampler=args.sampler or sc.get("sampler"), grid=args.grid or sc.get("grid"),
+                                 sampler=args.sampler or sc.get("sampler"),
+                                 grid=_sigmas_arg(args) if args.sigmas else args.grid or sc.get("grid"),
                                  steps=args.steps or sc.get("steps") or 18,
                                  seed=args.seed if args.seed is not None else sc.get("seed", 0),
                                  batch_size=args.batch_size or sc.get("batch_size") or 1000,
@@ -210,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, help="number of samples (default: the run's sample.n)")
     s.add_argument("--seed", type=int, help="default: the run's sample.seed")
     s.add_argument("--batch-size", type=int, help="samples per batch (default: the run's sample.batch_size)")
+    s.add_argument("--sigmas", help="an explicit descending list of noise levels, e.g. 80,0.56 (overrides --grid "
+                                     "and --steps; for consistency: the K sampling levels)")
     s.add_argument("--sigma-min", type=float, help="lowest noise level (default: the process's)")
     s.add_argument("--sigma-max", type=float, help="highest noise level (default: the process's)")
     s.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
