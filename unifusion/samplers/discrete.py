@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from ..parametrization import x0_from_eps
 from ..processes import DDPM, NoiseProcess
 from ..utils import as_float_tensor
 from .common import ancestral_step, noise_like
@@ -69,7 +70,7 @@ def sample_ddim_discrete(model, process: NoiseProcess, x, timesteps, *, generato
     alphas, sigmas = c.alpha.tolist() + [1.0], c.sigma.tolist() + [0.0]
     for i, t in enumerate(ts):
         eps = _eps(model, x, t, kw)
-        x0 = (x - sigmas[i] * eps) / alphas[i]
+        x0 = x0_from_eps(x, eps, alphas[i], sigmas[i])
         _, up = ancestral_step(sigmas[i] / alphas[i], sigmas[i + 1] / alphas[i + 1], eta)
         cz = alphas[i + 1] * up
         x = alphas[i + 1] * x0 + math.sqrt(max(0.0, sigmas[i + 1] ** 2 - cz ** 2)) * eps
