@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from .parametrization import target_from_x0
+from .parametrization import eps_from_score, target_from_x0
 from .processes import NoiseProcess
 from .utils import as_float_tensor, check_choice, check_finite, check_nonnegative, check_positive_int
 
@@ -83,7 +83,7 @@ class _ExactProcessModel(nn.Module):
         if self.target == "score":
             return score
         if self.target == "eps":
-            return (-c.sigma[:, None] * score).to(x_t.dtype)
+            return eps_from_score(score, c.sigma).to(x_t.dtype)
         return target_from_x0(self.target, x_t, x0, *c)
 
 
