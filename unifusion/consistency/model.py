@@ -26,7 +26,7 @@ from torch import nn
 
 from ..parametrization import Denoiser, _b, edm_precond
 from ..grids import check_sigmas, edm_grid
-from ..utils import as_float_tensor, check_positive_int, expand_like
+from ..utils import as_float_tensor, check_positive_int
 
 __all__ = ["consistency_scalings", "ConsistencyFunction", "karras_sigmas", "consistency_sigmas",
            "sample_consistency"]
@@ -142,7 +142,7 @@ def sample_consistency(f: ConsistencyFunction, x: torch.Tensor, sigmas, *, gener
         if i > 0:
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype,
                             device=generator.device if generator is not None else x.device).to(x.device)
-            x = x + expand_like((sigmas[i] ** 2 - f.sigma_min ** 2).sqrt(), x).to(x.dtype) * z
+            x = x + _b((sigmas[i] ** 2 - f.sigma_min ** 2).sqrt(), x) * z
         x = f(x, sigmas[i], **kw)
         if callback is not None:
             nxt = sigmas[i + 1] if i + 1 < sigmas.shape[0] else torch.zeros_like(sigmas[i])
