@@ -24,16 +24,10 @@ import torch
 from ..parametrization import _b
 from ..samplers import sample_euler, sample_heun
 from ..utils import check_choice, check_positive_int
-from .model import ConsistencyFunction
+from .model import ConsistencyFunction, _randn_like
 
 __all__ = ["l2", "l1", "pseudo_huber", "DISTANCES", "get_distance", "ema_update", "teacher_step",
            "cd_loss", "ict_num_scales", "lognormal_index_probs", "ct_loss"]
-
-
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """`N(0, I)` noise shaped like `x`, drawn on the generator's device, returned on `x`'s."""
-    dev = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
 
 
 def _flat(x, y):

@@ -32,6 +32,12 @@ __all__ = ["consistency_scalings", "ConsistencyFunction", "karras_sigmas", "cons
            "sample_consistency"]
 
 
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """`N(0, I)` noise shaped like `x`, drawn on the generator's device, returned on `x`'s."""
+    dev = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
+
+
 def _levels(sigma, x: torch.Tensor) -> torch.Tensor:
     """A number or `[B]` noise level as a float64 `[B]` vector on `x`'s device (python floats go straight to float64,
     so `sigma_min` given as a float hits the boundary exactly)."""
@@ -140,8 +146,7 @@ def sample_consistency(f: ConsistencyFunction, x: torch.Tensor, sigmas, *, gener
     sigmas, kw = _check_grid(sigmas, f, x), dict(model_kwargs or {})
     for i in range(sigmas.shape[0]):
         if i > 0:
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype,
-                            device=generator.device if generator is not None else x.device).to(x.device)
+            z = _randn_like(x, generator)
             x = x + _b((sigmas[i] ** 2 - f.sigma_min ** 2).sqrt(), x) * z
         x = f(x, sigmas[i], **kw)
         if callback is not None:
