@@ -355,8 +355,7 @@ LOSSES = {
 
 def build_loss(name: str, process: NoiseProcess | None = None, **kwargs) -> DenoisingLoss:
     """The loss `LOSSES[name](process, **kwargs)`; an unknown name or keyword raises `ValueError` naming it."""
-    if name not in LOSSES:
-        raise ValueError(f"loss={name!r} is not one of {sorted(LOSSES)}")
+    check_choice(name, "loss", LOSSES)
     make = LOSSES[name]
     params = inspect.signature(make).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):

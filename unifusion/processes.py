@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .utils import as_float_tensor, check_finite, check_in_range, check_nonnegative, expand_like
+from .utils import as_float_tensor, check_choice, check_finite, check_in_range, check_nonnegative, expand_like
 
 __all__ = [
     "NoiseProcess", "Coefficients", "DDPM", "VP", "VPCosine", "SubVP", "VE", "EDM", "RectifiedFlow",
@@ -469,6 +469,5 @@ PROCESSES: dict[str, type[NoiseProcess]] = {
 
 def get_process(name: str, **kwargs) -> NoiseProcess:
     """A process by its registry name (`PROCESSES` keys) with constructor keyword arguments."""
-    if name not in PROCESSES:
-        raise ValueError(f"process={name!r} is not one of {sorted(PROCESSES)}")
+    check_choice(name, "process", PROCESSES)
     return PROCESSES[name](**kwargs)

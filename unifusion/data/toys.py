@@ -12,7 +12,7 @@ import math
 import torch
 
 from ..oracles import eight_gaussians, grid_gaussians
-from ..utils import check_positive_int
+from ..utils import check_choice, check_positive_int
 
 __all__ = ["toy_2d", "TOYS", "toy_oracle"]
 
@@ -57,8 +57,7 @@ _ORACLES = {"eight_gaussians": eight_gaussians, "grid": grid_gaussians}
 
 def toy_2d(name: str, n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
     """`n` points `[n, 2]` of the toy `name` (one of `TOYS`), drawn with `generator`."""
-    if name not in TOYS:
-        raise ValueError(f"toy={name!r} is not one of {sorted(TOYS)}")
+    check_choice(name, "toy", TOYS)
     check_positive_int(n, "n")
     return TOYS[name](n, generator).to(dtype)
 

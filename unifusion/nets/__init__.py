@@ -9,6 +9,7 @@ import inspect
 
 from torch import nn
 
+from ..utils import check_choice
 from .embedding import EMBEDDINGS, FourierEmbedding, NoiseEmbedding, PositionalEmbedding
 from .mlp import MLP
 from .unet import UNet
@@ -21,8 +22,7 @@ NETS = {"mlp": MLP, "unet": UNet}
 
 def build_net(kind: str, **kwargs) -> nn.Module:
     """The network `NETS[kind](**kwargs)`; an unknown `kind` or keyword raises `ValueError` naming it."""
-    if kind not in NETS:
-        raise ValueError(f"net kind={kind!r} is not one of {sorted(NETS)}")
+    check_choice(kind, "net kind", NETS)
     valid = list(inspect.signature(NETS[kind]).parameters)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:

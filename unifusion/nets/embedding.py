@@ -24,6 +24,8 @@ import math
 import torch
 from torch import nn
 
+from ..utils import check_choice
+
 __all__ = ["PositionalEmbedding", "FourierEmbedding", "NoiseEmbedding", "EMBEDDINGS"]
 
 
@@ -83,8 +85,7 @@ class NoiseEmbedding(nn.Module):
     def __init__(self, emb_dim: int, out_dim: int, kind: str = "positional", scale: float | None = None,
                  num_classes: int = 0, label_dropout: float = 0.0, max_positions: float = 1e7):
         super().__init__()
-        if kind not in EMBEDDINGS:
-            raise ValueError(f"embedding={kind!r} is not one of {sorted(EMBEDDINGS)}")
+        check_choice(kind, "embedding", EMBEDDINGS)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
         if not (0.0 <= label_dropout < 1.0):

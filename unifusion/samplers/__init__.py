@@ -14,6 +14,7 @@ from __future__ import annotations
 from functools import partial
 
 from .. import grids
+from ..utils import check_choice
 from .common import NFECounter, adams_weights, ancestral_step, count_nfe, exp_adams_weights, noise_like, to_d
 from .discrete import sample_ddim_discrete, sample_ddpm, sample_euler_maruyama_t
 from .multistep import sample_dpmpp_2m, sample_dpmpp_3m, sample_exp_adams, sample_lms, sample_unipc
@@ -40,8 +41,7 @@ DEFAULT_SAMPLER = "lms"
 
 def get_sampler(name: str):
     """The sampler function registered as `name` in `SAMPLERS`."""
-    if name not in SAMPLERS:
-        raise ValueError(f"sampler={name!r} is not one of {sorted(SAMPLERS)}")
+    check_choice(name, "sampler", SAMPLERS)
     return SAMPLERS[name]
 
 

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ..utils import check_positive_int
+from ..utils import check_choice, check_positive_int
 from .common import _Run, ancestral_step, noise_like, to_d
 
 __all__ = ["sample_ddim", "sample_ancestral", "sample_euler_maruyama", "sample_pc", "sample_langevin",
@@ -96,8 +96,7 @@ def sample_pc(denoiser, x, sigmas, *, generator=None, callback=None, model_kwarg
               n_corrector: int = 1):                 # Langevin steps at each level before the predictor
     """Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3): at each level `n_corrector` Langevin
     corrector steps, then one predictor step. NFE = (n_corrector + 1) per level, 1 on the step to 0."""
-    if predictor not in PREDICTORS:
-        raise ValueError(f"predictor={predictor!r} is not one of {sorted(PREDICTORS)}")
+    check_choice(predictor, "predictor", PREDICTORS)
     if not (snr > 0):
         raise ValueError(f"snr must be > 0, got {snr!r}")
     check_positive_int(n_corrector, "n_corrector")

@@ -11,6 +11,7 @@ import time
 import torch
 
 from .. import grids
+from ..utils import check_choice, check_positive_int
 
 __all__ = ["GRIDS", "make_grid", "generate"]
 
@@ -45,12 +46,10 @@ def make_grid(process, sampler: str, grid, steps: int, sigma_min: float, sigma_m
 
     if grid is not None and not isinstance(grid, str):
         return grids.grid_from_list(grid, zero=True)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    check_positive_int(steps, "steps")
     if grid is None:
         return RECOMMENDED[sampler](steps, sigma_min, sigma_max)
-    if grid not in GRIDS:
-        raise ValueError(f"grid={grid!r} is not one of {sorted(GRIDS)}")
+    check_choice(grid, "grid", GRIDS)
     if process is None and grid in ("uniform_t", "timesteps", "ddim"):
         raise ValueError(f"grid {grid!r} needs the model's process")
     return GRIDS[grid](process, steps, sigma_min, sigma_max)
@@ -67,8 +66,7 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
 
     name = sampler or DEFAULT_SAMPLER
     fn = get_sampler(name)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    check_positive_int(n, "n")
     process = getattr(denoiser, "process", None)
     lo = sigma_min if sigma_min is not None else (process.sigma_ve_min if process is not None else 0.002)
     hi = sigma_max if sigma_max is not None else (process.sigma_ve_max if process is not None else 80.0)

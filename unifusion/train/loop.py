@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..utils import check_choice, check_positive_int
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from .ema import EMA
@@ -66,9 +67,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         for name in ("steps", "batch_size", "grad_accum"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"train.{name} must be an integer >= 1, got {v!r}")
+            check_positive_int(getattr(self, name), f"train.{name}")
         for name in ("warmup", "log_every", "ckpt_every", "threads"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -83,8 +82,7 @@ class TrainConfig:
         for d in self.ema_decays:
             if not (0 < d < 1):
                 raise ValueError(f"train.ema_decays must lie in (0, 1), got {list(self.ema_decays)!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"train.precision={self.precision!r} is not one of ['auto', 'bf16', 'fp16', 'fp32']")
+        check_choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
         return self
 
 
