@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils import check_finite
+
 __all__ = ["load_npz", "ImageFolder", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -23,8 +25,7 @@ def _finite_float(a: np.ndarray, what: str) -> torch.Tensor:
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
         raise ValueError(f"{what} has dtype {a.dtype}; a numeric array is required")
     x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{what} contains {'NaN' if torch.isnan(x).any() else 'Inf'}; finite values are required")
+    check_finite(x, what)
     if x.ndim < 1 or x.shape[0] < 1:
         raise ValueError(f"{what} must have shape [N, ...] with N >= 1, got {tuple(x.shape)}")
     return x if x.ndim > 1 else x[:, None]
