@@ -34,9 +34,9 @@ import math
 
 import torch
 
-from .parametrization import Denoiser, _b, edm_precond, score_from_eps, target_from_x0, x0_from_target
+from .parametrization import Denoiser, edm_precond, score_from_eps, target_from_x0, x0_from_target
 from .processes import NoiseProcess
-from .utils import check_choice, check_positive_int
+from .utils import check_choice, check_positive_int, coef
 
 __all__ = [
     "UniformTimesteps", "UniformTime", "LogNormalSigma", "GeometricSigmas", "NOISE_SAMPLERS",
@@ -260,14 +260,14 @@ class DenoisingLoss:
         else:
             c = process._coefficients(t)
             alpha, sigma = c.alpha, c.sigma
-        x_t = _b(alpha, x0) * x0 + _b(sigma, x0) * eps
+        x_t = coef(alpha, x0) * x0 + coef(sigma, x0) * eps
         out = denoiser.raw(x_t, t, **cond).to(x0.dtype)
         if edm:
             c_skip, c_out, _, _ = edm_precond(sigma, denoiser.sigma_data)
             if self.space == "x0":
-                err = _b(c_skip, x0) * x_t + _b(c_out, x0) * out - x0
+                err = coef(c_skip, x0) * x_t + coef(c_out, x0) * out - x0
             else:  # F's own target: (x0 - c_skip x) / c_out
-                err = out - (x0 - _b(c_skip, x0) * x_t) / _b(c_out, x0)
+                err = out - (x0 - coef(c_skip, x0) * x_t) / coef(c_out, x0)
         elif self.space == "x0":
             err = x0_from_target(denoiser.target, x_t, out, *c) - x0
         elif denoiser.target == "eps":

@@ -13,7 +13,7 @@ This module owns
 * `ProcessModel`: the way back, a VE-coordinate denoiser viewed as an eps / x0 / v / score / flow
   predictor at `(x_t, t)` of any process.
 
-Per-example `alpha`, `sigma` of shape `[B]` broadcast through `utils.expand_like`.
+Per-example `alpha`, `sigma` of shape `[B]` broadcast through `utils.coef` (`utils.expand_like` cast to the data dtype).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .processes import NoiseProcess
-from .utils import check_choice, expand_like
+from .utils import check_choice, coef
 
 __all__ = [
     "x0_from_eps", "eps_from_x0", "score_from_eps", "eps_from_score", "score_from_x0", "x0_from_score",
@@ -33,11 +33,6 @@ __all__ = [
 ]
 
 TARGETS = ("eps", "x0", "score", "v", "flow", "edm")
-
-
-def _b(c, x):
-    """Per-example coefficient `c` broadcast to `x`'s shape, in `x`'s dtype."""
-    return expand_like(c, x).to(x.dtype)
 
 
 def _per_example(c, x) -> torch.Tensor:
@@ -50,64 +45,64 @@ def _per_example(c, x) -> torch.Tensor:
 # ---- exact conversions at (x_t, alpha, sigma) -------------------------------------------------------
 def x0_from_eps(x_t, eps, alpha, sigma):
     """`x0 = (x_t - sigma eps) / alpha` (Ho et al. 2020, eq. 15)."""
-    return (x_t - _b(sigma, x_t) * eps) / _b(alpha, x_t)
+    return (x_t - coef(sigma, x_t) * eps) / coef(alpha, x_t)
 
 
 def eps_from_x0(x_t, x0, alpha, sigma):
     """`eps = (x_t - alpha x0) / sigma`."""
-    return (x_t - _b(alpha, x_t) * x0) / _b(sigma, x_t)
+    return (x_t - coef(alpha, x_t) * x0) / coef(sigma, x_t)
 
 
 def score_from_eps(eps, sigma):
     """`grad log p_t = -eps / sigma` (Song et al. 2021, App. B; VDM eq. 35)."""
-    return -eps / _b(sigma, eps)
+    return -eps / coef(sigma, eps)
 
 
 def eps_from_score(score, sigma):
     """`eps = -sigma * score`."""
-    return -_b(sigma, score) * score
+    return -coef(sigma, score) * score
 
 
 def score_from_x0(x_t, x0, alpha, sigma):
     """Tweedie: `grad log p_t = (alpha x0 - x_t) / sigma^2` (Efron 2011; Karras et al. 2022, eq. 3)."""
-    return (_b(alpha, x_t) * x0 - x_t) / _b(sigma, x_t) ** 2
+    return (coef(alpha, x_t) * x0 - x_t) / coef(sigma, x_t) ** 2
 
 
 def x0_from_score(x_t, score, alpha, sigma):
     """Tweedie: `x0 = (x_t + sigma^2 score) / alpha`."""
-    return (x_t + _b(sigma, x_t) ** 2 * score) / _b(alpha, x_t)
+    return (x_t + coef(sigma, x_t) ** 2 * score) / coef(alpha, x_t)
 
 
 def v_from_x0(x_t, x0, alpha, sigma):
     """`v = alpha eps - sigma x0` (Salimans & Ho 2022, eq. 8), with eps from `(x_t, x0)`."""
-    return _b(alpha, x_t) * eps_from_x0(x_t, x0, alpha, sigma) - _b(sigma, x_t) * x0
+    return coef(alpha, x_t) * eps_from_x0(x_t, x0, alpha, sigma) - coef(sigma, x_t) * x0
 
 
 def x0_from_v(x_t, v, alpha, sigma):
     """`x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2)`; for VP this is Salimans & Ho's `alpha x_t - sigma v`."""
-    a, s = _b(alpha, x_t), _b(sigma, x_t)
+    a, s = coef(alpha, x_t), coef(sigma, x_t)
     return (a * x_t - s * v) / (a ** 2 + s ** 2)
 
 
 def eps_from_v(x_t, v, alpha, sigma):
     """`eps = (sigma x_t + alpha v) / (alpha^2 + sigma^2)`."""
-    a, s = _b(alpha, x_t), _b(sigma, x_t)
+    a, s = coef(alpha, x_t), coef(sigma, x_t)
     return (s * x_t + a * v) / (a ** 2 + s ** 2)
 
 
 def v_from_eps(x_t, eps, alpha, sigma):
     """`v = alpha eps - sigma x0` with x0 from `(x_t, eps)`."""
-    return _b(alpha, x_t) * eps - _b(sigma, x_t) * x0_from_eps(x_t, eps, alpha, sigma)
+    return coef(alpha, x_t) * eps - coef(sigma, x_t) * x0_from_eps(x_t, eps, alpha, sigma)
 
 
 def flow_from_x0(x_t, x0, alpha, sigma, d_alpha, d_sigma):
     """Flow velocity `u = alpha' x0 + sigma' eps` (Lipman et al. 2022, eq. 15); `u = eps - x0` for rectified flow."""
-    return _b(d_alpha, x_t) * x0 + _b(d_sigma, x_t) * eps_from_x0(x_t, x0, alpha, sigma)
+    return coef(d_alpha, x_t) * x0 + coef(d_sigma, x_t) * eps_from_x0(x_t, x0, alpha, sigma)
 
 
 def x0_from_flow(x_t, u, alpha, sigma, d_alpha, d_sigma):
     """Invert `flow_from_x0`: `x0 = (sigma u - sigma' x_t) / (alpha' sigma - sigma' alpha)`."""
-    a, s, da, ds = (_b(c, x_t) for c in (alpha, sigma, d_alpha, d_sigma))
+    a, s, da, ds = (coef(c, x_t) for c in (alpha, sigma, d_alpha, d_sigma))
     return (s * u - ds * x_t) / (da * s - ds * a)
 
 
@@ -198,11 +193,11 @@ class Denoiser(nn.Module):
         s = _per_example(sigma, x)
         if self.target == "edm":
             c_skip, c_out, c_in, c_noise = edm_precond(s, self.sigma_data)
-            out = self.net(_b(c_in, x) * x, c_noise.to(x.dtype), **cond)
-            return _b(c_skip, x) * x + _b(c_out, x) * out.to(x.dtype)
+            out = self.net(coef(c_in, x) * x, c_noise.to(x.dtype), **cond)
+            return coef(c_skip, x) * x + coef(c_out, x) * out.to(x.dtype)
         t = self.process._t_from_sigma_ve(s)
         c = self.process._coefficients(t)
-        x_t = _b(c.alpha, x) * x
+        x_t = coef(c.alpha, x) * x
         out = self.net(x_t, self._cond(t).to(x.dtype), **cond).to(x.dtype)
         return x0_from_target(self.target, x_t, out, *c)
 
@@ -212,7 +207,7 @@ class Denoiser(nn.Module):
         t = _per_example(t, x_t)
         if self.target == "edm":
             _, _, c_in, c_noise = edm_precond(t, self.sigma_data)
-            return self.net(_b(c_in, x_t) * x_t, c_noise.to(x_t.dtype), **cond)
+            return self.net(coef(c_in, x_t) * x_t, c_noise.to(x_t.dtype), **cond)
         return self.net(x_t, self._cond(t).to(x_t.dtype), **cond)
 
     def predict(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
@@ -221,7 +216,7 @@ class Denoiser(nn.Module):
             raise ValueError("predict(x_t, t) needs a process; this Denoiser works in VE coordinates only")
         t = _per_example(t, x_t)
         alpha = torch.exp(self.process._log_alpha(t))
-        return self(x_t / _b(alpha, x_t), self.process._sigma_ve(t), **cond)
+        return self(x_t / coef(alpha, x_t), self.process._sigma_ve(t), **cond)
 
 
 class ProcessModel(nn.Module):
@@ -238,5 +233,5 @@ class ProcessModel(nn.Module):
     def forward(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
         t = _per_example(t, x_t)
         c = self.process._coefficients(t)
-        x0 = self.denoiser(x_t / _b(c.alpha, x_t), self.process._sigma_ve(t), **cond)
+        x0 = self.denoiser(x_t / coef(c.alpha, x_t), self.process._sigma_ve(t), **cond)
         return target_from_x0(self.target, x_t, x0, *c)

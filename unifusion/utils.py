@@ -10,7 +10,7 @@ import math
 import torch
 
 __all__ = [
-    "expand_like", "as_float_tensor", "check_finite", "check_nonnegative", "check_in_range",
+    "expand_like", "coef", "as_float_tensor", "check_finite", "check_nonnegative", "check_in_range",
     "check_positive_int", "check_choice", "default_dtype_of",
 ]
 
@@ -31,6 +31,15 @@ def expand_like(c: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"per-example scalars of shape {tuple(c.shape)} do not match a batch of shape {tuple(x.shape)}")
     return c.reshape(c.shape + (1,) * (x.ndim - 1))
+
+
+def coef(c, x: torch.Tensor):
+    """A coefficient ready to multiply `x`: a python float as is (full precision), a 0-d or per-example `[B]`
+    tensor broadcast by `expand_like` and cast to `x`'s dtype (coefficients are computed in float64 and cast
+    only here, at the multiplication)."""
+    if isinstance(c, float):
+        return c
+    return expand_like(c, x).to(x.dtype)
 
 
 def default_dtype_of(*xs) -> torch.dtype:

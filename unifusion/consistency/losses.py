@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ..parametrization import _b
+from ..utils import coef
 from ..samplers import sample_euler, sample_heun
 from ..utils import check_choice, check_positive_int
 from .model import ConsistencyFunction, _randn_like
@@ -109,7 +109,7 @@ def cd_loss(f: ConsistencyFunction, f_target: ConsistencyFunction, teacher: Call
     n = torch.randint(sigmas.shape[0] - 1, (B,), generator=generator, device=dev).to(sigmas.device)
     s_cur, s_next = sigmas[n], sigmas[n + 1]
     z = _randn_like(x0, generator)
-    x_next = x0 + _b(s_next, x0) * z
+    x_next = x0 + coef(s_next, x0) * z
     with torch.no_grad():
         x_cur = teacher_step(teacher, x_next, s_next, s_cur, solver, kw)
         target = f_target(x_cur, s_cur, **kw)
@@ -151,6 +151,6 @@ def ct_loss(f: ConsistencyFunction, x0: torch.Tensor, sigmas: torch.Tensor, *,
     s_cur, s_next = sigmas[i], sigmas[i + 1]
     z = _randn_like(x0, generator)
     with torch.no_grad():
-        target = f(x0 + _b(s_cur, x0) * z, s_cur, **kw)
-    out = f(x0 + _b(s_next, x0) * z, s_next, **kw)
+        target = f(x0 + coef(s_cur, x0) * z, s_cur, **kw)
+    out = f(x0 + coef(s_next, x0) * z, s_next, **kw)
     return distance(out, target) / (s_next - s_cur).to(x0.dtype)

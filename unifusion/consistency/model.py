@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..parametrization import Denoiser, _b, edm_precond
+from ..parametrization import Denoiser, edm_precond
+from ..utils import coef
 from ..grids import check_sigmas, edm_grid
 from ..utils import as_float_tensor, check_positive_int
 
@@ -89,8 +90,8 @@ class ConsistencyFunction(nn.Module):
         s = _levels(sigma, x)
         c_skip, c_out = consistency_scalings(s, self.sigma_min, self.sigma_data)
         c_skip_d, c_out_d, _, _ = edm_precond(s, self.sigma_data)
-        F = (self.denoiser(x, s, **cond) - _b(c_skip_d, x) * x) / _b(c_out_d, x)
-        return _b(c_skip, x) * x + _b(c_out, x) * F
+        F = (self.denoiser(x, s, **cond) - coef(c_skip_d, x) * x) / coef(c_out_d, x)
+        return coef(c_skip, x) * x + coef(c_out, x) * F
 
     def extra_repr(self) -> str:
         return f"sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g}, sigma_data={self.sigma_data:g}"
@@ -147,7 +148,7 @@ def sample_consistency(f: ConsistencyFunction, x: torch.Tensor, sigmas, *, gener
     for i in range(sigmas.shape[0]):
         if i > 0:
             z = _randn_like(x, generator)
-            x = x + _b((sigmas[i] ** 2 - f.sigma_min ** 2).sqrt(), x) * z
+            x = x + coef((sigmas[i] ** 2 - f.sigma_min ** 2).sqrt(), x) * z
         x = f(x, sigmas[i], **kw)
         if callback is not None:
             nxt = sigmas[i + 1] if i + 1 < sigmas.shape[0] else torch.zeros_like(sigmas[i])

@@ -14,16 +14,9 @@ import numpy as np
 import torch
 
 from ..grids import check_sigmas
-from ..utils import expand_like
+from ..utils import coef
 
 __all__ = ["to_d", "coef", "noise_like", "ancestral_step", "count_nfe", "NFECounter", "exp_adams_weights", "adams_weights"]
-
-
-def coef(c, x: torch.Tensor):
-    """A float64 coefficient (python float, 0-d or per-example `[B]` tensor) ready to multiply `x`."""
-    if isinstance(c, float):
-        return c
-    return expand_like(c, x).to(x.dtype)
 
 
 def to_d(x: torch.Tensor, sigma, denoised: torch.Tensor) -> torch.Tensor:
