@@ -22,7 +22,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,26 +31,22 @@ import torch
 from unifusion.consistency import ConsistencyFunction, consistency_sigmas, sample_consistency
 from unifusion.consistency.task import ConsistencyTask
 from unifusion.grids import edm_grid
+from unifusion.utils import atomic_write
 from unifusion.metrics import sliced_wasserstein
 from unifusion.oracles import eight_gaussians
-from unifusion.samplers import count_nfe, sample_euler, sample_heun
+from unifusion.samplers import sample_euler, sample_heun
 from unifusion.train import TrainConfig, fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 S_MIN, S_MAX = 0.002, 80.0
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
 
 def _update_json(section: str, payload: dict) -> dict:
     path = RESULTS / "consistency.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data[section] = payload
-    _atomic_write(path, json.dumps(data, indent=2))
+    atomic_write(path, json.dumps(data, indent=2))
     return data
 
 
@@ -60,7 +55,7 @@ def _write_markdown(data: dict) -> None:
              "Written by `bench/consistency.py`; the numbers and the commands are in `consistency.json`.", ""]
     for section in sorted(data, key=lambda k: (k != "toy", k != "digits", k)):
         lines += data[section]["table"] + [""]
-    _atomic_write(RESULTS / "consistency.md", "\n".join(lines))
+    atomic_write(RESULTS / "consistency.md", "\n".join(lines))
 
 
 def _logged_seconds(run: Path) -> float | None:

@@ -30,6 +30,7 @@ import torch
 from unifusion.metrics import digits_report
 from unifusion.train import TrainConfig, fit, load_config, load_model, train_from_config
 from unifusion.train.generate import generate
+from unifusion.utils import atomic_write
 from unifusion.train.task import DiffusionTask, build_denoiser
 
 ROOT = Path(__file__).resolve().parent
@@ -157,9 +158,7 @@ def main(argv=None) -> int:
         res["machine"] = dict(result["machine"], loadavg_end=os.getloadavg())
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)
         for suffix, text in ((".json", json.dumps(res, indent=2)), (".md", table(res))):
-            tmp = out / f".{name}{suffix}.tmp"
-            tmp.write_text(text)
-            tmp.replace(out / f"{name}{suffix}")
+            atomic_write(out / f"{name}{suffix}", text)
         return res
 
     old = {}

@@ -12,33 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from unifusion.data.digits import load_digits
 from unifusion.metrics import CLASSIFIER_PATH, DigitsClassifier
+from unifusion.utils import atomic_write
 
 DEFAULTS = dict(steps=3000, batch=128, lr=2e-3, weight_decay=1e-2, noise=0.3, shift=1, seed=0)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def augment(x: torch.Tensor, g: torch.Generator, noise: float, shift: int) -> torch.Tensor:
@@ -97,11 +80,11 @@ def main(argv=None) -> int:
     model, acc_tr, acc_te = train(**cfg)
     out = Path(args.out)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out.with_suffix(".safetensors"), lambda tmp: save_file(state, tmp))
+    atomic_write(out.with_suffix(".safetensors"), lambda tmp: save_file(state, str(tmp)))
     meta = {"arch": {"hidden": model.body[0].out_features, "n_features": model.head.in_features, "n_classes": 10},
             "train": cfg, "train_accuracy": acc_tr, "test_accuracy": acc_te, "torch": torch.__version__,
             "data": "sklearn digits, unifusion.data.digits split (1437 train / 360 test), pixels x/8 - 1"}
-    _atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+    atomic_write(out.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
     print(f"train accuracy {acc_tr:.4f}  test accuracy {acc_te:.4f}  -> {out.with_suffix('.safetensors')}")
     return 0
 

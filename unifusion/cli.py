@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from .utils import atomic_write
+
 __all__ = ["main", "build_parser"]
 
 
@@ -69,12 +71,8 @@ def _consistency_sample(args):
 def _save_samples(samples, out: Path, info: dict, data_shape) -> list[Path]:
     """`out` (.npz with `samples` and the run info as JSON) plus a PNG picture next to it."""
     import numpy as np
-    import os
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, samples=samples.numpy(), info=np.array(json.dumps(info)))
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: np.savez(tmp, samples=samples.numpy(), info=np.array(json.dumps(info))))
     png = out.with_suffix(".png")
     from .train.pictures import save_picture
     save_picture(samples, png, data_shape, title=f"{info.get('sampler')} ({info.get('nfe')} NFE)")

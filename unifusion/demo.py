@@ -28,6 +28,8 @@ from typing import Callable
 
 import torch
 
+from .utils import atomic_write
+
 __all__ = ["main", "DemoContext", "register_rows", "ROW_KEYS", "demo_configs"]
 
 ROW_KEYS = ("model", "sampler", "role", "nfe", "fd", "confident", "seconds", "picture")
@@ -228,9 +230,7 @@ def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = No
     if ctx.notes:
         lines += ["Notes:", *[f"- {s}" for s in ctx.notes], ""]
     report = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(report)
+    atomic_write(report, "\n".join(lines))
     print("\n".join(lines[8:8 + len(rows) + 2]))
     print(f"report: {report}")
     return report

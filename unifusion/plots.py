@@ -18,8 +18,6 @@ rename), so a crash never leaves a half-written PNG behind.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -28,6 +26,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
+from .utils import atomic_write
 
 __all__ = ["make_grid", "save_image_grid", "save_scatter", "save_trajectories", "save_schedules", "save_error_vs_nfe",
            "save_metric_vs_steps", "FORMATS"]
@@ -55,20 +55,8 @@ def _check_path(path) -> Path:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    """Write `fig` to `path` through a temp file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=DPI)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `fig` to `path` through a temp file in the same folder and an atomic rename (`utils.atomic_write`)."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=DPI))
 
 
 def _array(x, name: str) -> np.ndarray:

@@ -6,11 +6,14 @@ broadcast (`expand_like`) and the `ValueError` that names a bad argument (`check
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
+from typing import Callable
 
 import torch
 
 __all__ = [
-    "expand_like", "coef", "as_float_tensor", "check_finite", "check_nonnegative", "check_in_range",
+    "expand_like", "coef", "atomic_write", "as_float_tensor", "check_finite", "check_nonnegative", "check_in_range",
     "check_positive_int", "check_choice", "default_dtype_of",
 ]
 
@@ -40,6 +43,29 @@ def coef(c, x: torch.Tensor):
     if isinstance(c, float):
         return c
     return expand_like(c, x).to(x.dtype)
+
+
+def atomic_write(path, write: Callable[[Path], object] | str, *, fsync: bool = False) -> Path:
+    """Write `path` so that it is either complete or untouched: `write(tmp)` (or the text `write`) goes to a
+    temporary file in the same folder, keeping `path`'s extension (numpy and matplotlib pick formats by it),
+    which is then renamed over `path`; on any failure the temporary file is removed and `path` keeps its old
+    content. `fsync=True` flushes the data to disk before the rename (checkpoints)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        if isinstance(write, str):
+            tmp.write_text(write)
+        else:
+            write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def default_dtype_of(*xs) -> torch.dtype:

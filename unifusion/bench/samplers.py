@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from .. import grids
+from ..utils import atomic_write
 from ..oracles import GaussianMixture, eight_gaussians, grid_gaussians, mixture_64d
 from .. import samplers as S
 
@@ -359,17 +358,6 @@ def tune_grid(sampler: str, ns=(5, 10, 20, 50), starts: int = 1000, opts=None, l
 
 
 # ---- outputs -------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def markdown(results: dict) -> str:
@@ -463,7 +451,7 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -494,8 +482,8 @@ def main(argv=None) -> int:
         return 2
     results["config"]["seconds"] = time.perf_counter() - t0
     out = Path(args.out)
-    _atomic_write(out / "samplers.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
-    _atomic_write(out / "samplers.md", lambda tmp: Path(tmp).write_text(markdown(results)))
+    atomic_write(out / "samplers.json", json.dumps(results, indent=1))
+    atomic_write(out / "samplers.md", markdown(results))
     plot(results, out / "samplers.png")
     print(f"wrote {out}/samplers.md, .json, .png in {results['config']['seconds']:.0f} s")
     return 0

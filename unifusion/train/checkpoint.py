@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from ..utils import atomic_write
 
 __all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "read_checkpoint", "tensor_digest"]
 
@@ -36,19 +37,6 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, fsync it, then rename over `path`; on any failure remove the temporary file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     """Write `tensors` and the JSON-serialisable `meta` atomically to `path` (plus `path.with_suffix('.json')`).
 
@@ -62,8 +50,8 @@ def save_checkpoint(path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     text = json.dumps(meta, sort_keys=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"unifusion": text}))
-        _atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True)))
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"unifusion": text}), fsync=True)
+        atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True), fsync=True)
     except OSError as e:
         kept = f"; the previous checkpoint {path} is intact" if path.exists() else ""
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}{kept}") from None

@@ -16,6 +16,7 @@ import yaml
 
 from ..parametrization import Denoiser
 from ..processes import get_process
+from ..utils import atomic_write
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import check_config, merge, DEFAULTS
 from .loop import CHECKPOINT_NAME, FitResult, TrainConfig, fit
@@ -148,10 +149,7 @@ def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None
     if not resume and (out / CHECKPOINT_NAME).exists():
         raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
     if int(os.environ.get("RANK", "0")) == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".config.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        tmp.replace(out / "config.yaml")
+        atomic_write(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     meta = {"data_shape": list(data.shape[1:]), **(extra_meta(task) if extra_meta is not None else {})}
     return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg, meta=meta,
                resume=resume)
