@@ -99,24 +99,26 @@ def reference_rows() -> dict:
     return out
 
 
-def unet_speed(device: str, batch: int, steps: int, threads: int) -> dict:
-    """Optimiser steps/s of the CIFAR-10-sized U-Net on random data (one warm-up step excluded)."""
+def unet_speed(device: str, batch: int, steps: int, threads: int, precision: str = "auto") -> dict:
+    """Optimiser steps/s of the CIFAR-10-sized U-Net on random data (one warm-up step excluded); `precision` as
+    `train.precision` ("auto": bf16 autocast on a GPU, fp32 on the CPU)."""
     cfg = load_config("cifar10_unet", [f"train.threads={threads}"])
     den = build_denoiser(cfg, (3, 32, 32))
     from unifusion.losses import build_loss
     task = DiffusionTask(den, build_loss("ddpm", den.process))
     data = torch.rand(4 * batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     tc = TrainConfig(steps=steps + 1, batch_size=batch, log_every=1, progress=False, ema_decays=(0.9999,),
-                     device=device, precision="auto", threads=threads)
+                     device=device, precision=precision, threads=threads)
     res = fit(task, data, train=tc)
     rates = [r["steps_per_s"] for r in res.history[1:]]
     sps = len(rates) / sum(1 / r for r in rates)
     params = sum(p.numel() for p in den.net.parameters())
-    return {"device": device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() and device != "cpu" else None,
+    on_gpu = torch.cuda.is_available() and device != "cpu"
+    used = {"auto": "bf16" if on_gpu else "fp32"}.get(precision, precision)
+    return {"device": "cuda" if on_gpu else "cpu", "gpu": torch.cuda.get_device_name() if on_gpu else None,
             "batch": batch, "params_M": round(params / 1e6, 2), "steps_per_s": sps, "images_per_s": sps * batch,
-            "precision": "bf16 autocast" if torch.cuda.is_available() and device != "cpu" else "fp32",
-            "threads": threads}
+            "precision": f"{used} autocast" if used in ("bf16", "fp16") else "fp32", "threads": threads,
+            "peak_memory_GiB": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if on_gpu else None}
 
 
 def main(argv=None) -> int:
@@ -131,6 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--unet-device", default="cpu")
     p.add_argument("--unet-batch", type=int, default=8)
     p.add_argument("--unet-steps", type=int, default=3)
+    p.add_argument("--unet-precision", default=["auto"], nargs="+", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="one U-Net measurement per precision (auto: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "results"))
     p.add_argument("--runs", default="runs/bench_train_digits", help="run folders (checkpoints, logs)")
@@ -173,7 +177,8 @@ def main(argv=None) -> int:
         result["runs"].append(track("vp_ddpm", "digits_vp", sets, a.steps_vp, a.eval_every, a.n, [heun], 1.5,
                                     [anc], Path(a.runs), write, a.resume, old.get("vp_ddpm", ())))
     if "unet" not in a.skip:
-        result["unet"] = unet_speed(a.unet_device, a.unet_batch, a.unet_steps, a.threads)
+        result["unet"] = [unet_speed(a.unet_device, a.unet_batch, a.unet_steps, a.threads, prec)
+                          for prec in a.unet_precision]
     print(table(write()))
     return 0
 
@@ -208,11 +213,11 @@ def table(result: dict) -> str:
                 lines.append(f"| {run['label']} | {k} (final checkpoint only) target {run['target_ratio']}x floor: "
                              f"{'reached' if ok else 'not reached'} at step {last['step']} ({last[k]['ratio']:.2f}x) "
                              f"| | | | | | | | | |")
-    if "unet" in result:
-        u = result["unet"]
+    for u in result.get("unet", []):
+        mem = f", peak {u['peak_memory_GiB']} GiB" if u.get("peak_memory_GiB") else ""
         lines += ["", f"CIFAR-10-sized U-Net ({u['params_M']}M parameters), random data, batch {u['batch']}, "
                       f"{u['device']}{' ' + u['gpu'] if u['gpu'] else ''}, {u['precision']}, {u['threads']} thread(s): "
-                      f"{u['steps_per_s']:.3f} steps/s = {u['images_per_s']:.2f} images/s."]
+                      f"{u['steps_per_s']:.3f} steps/s = {u['images_per_s']:.2f} images/s{mem}."]
     return "\n".join(lines) + "\n"
 
 

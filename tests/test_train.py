@@ -25,7 +25,8 @@ def one_thread():
 def toy_cfg(out, *sets):
     return load_config("toy_ve", [f"out={out}", "train.steps=20", "train.batch_size=64", "train.progress=false",
                                   "net.hidden=32", "net.depth=2", "net.emb_dim=16", "data.n=256",
-                                  "train.log_every=5", "train.warmup=4", "train.ema_decays=[0.9, 0.99]", *sets])
+                                  "train.log_every=5", "train.warmup=4", "train.ema_decays=[0.9, 0.99]", "train.device=cpu",
+                                  *sets])
 
 
 def test_resume_is_bit_exact(tmp_path):
@@ -195,3 +196,25 @@ def _denoiser_error(den, oracle):
             x = oracle.sample(512, generator=g) + s * torch.randn(512, 2, generator=g, dtype=torch.float64)
             errs.append(((den(x.float(), s).double() - oracle(x, s)) ** 2).sum(1).mean().item())
     return sum(errs) / len(errs)
+
+
+def test_warmup_stable_decay_schedule_and_its_resume(tmp_path):
+    """The lr schedule is warm-up, constant, linear decay to 0; a decay may be added when resuming a checkpoint of the
+    constant phase (the steps taken keep their lr) and then equals a run that had the decay from the start."""
+    tc = TrainConfig(lr=1.0, warmup=4, decay_start=10, decay_end=20)
+    assert [tc.lr_at(s) for s in (0, 3, 9, 10, 15, 19, 25)] == [0.25, 1.0, 1.0, 1.0, 0.5, 0.1, 0.0]
+    with pytest.raises(ValueError, match="decay_start"):
+        TrainConfig(decay_start=20, decay_end=10).validate()
+    decay = ["train.decay_start=10", "train.decay_end=30"]
+    full = train_from_config(toy_cfg(tmp_path / "a", *decay))
+    train_from_config(toy_cfg(tmp_path / "b", "train.steps=10"))                  # no decay in its config
+    resumed = train_from_config(toy_cfg(tmp_path / "b", *decay), resume=True)
+    ta, _ = read_checkpoint(full.checkpoint)
+    tb, _ = read_checkpoint(resumed.checkpoint)
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+    lrs = [json.loads(ln)["lr"] for ln in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([2e-3, 2e-3, 1.6e-3, 1.1e-3])                   # logged at steps 5, 10, 15, 20
+    with pytest.raises(CheckpointError, match="of step 7,"):                      # the 7th step already ran at the full lr
+        train_from_config(toy_cfg(tmp_path / "b", "train.steps=30", "train.decay_start=5", "train.decay_end=30"),
+                          resume=True)

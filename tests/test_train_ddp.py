@@ -8,7 +8,8 @@ import torch
 from unifusion.train import load_config, read_checkpoint, train_from_config
 
 SETS = ["train.steps=8", "train.batch_size=64", "train.progress=false", "net.hidden=32", "net.depth=2",
-        "net.emb_dim=16", "data.n=256", "train.log_every=4", "train.ema_decays=[0.9]", "train.threads=1"]
+        "net.emb_dim=16", "data.n=256", "train.log_every=4", "train.ema_decays=[0.9]", "train.threads=1",
+        "train.device=cpu"]  # gloo on the CPU, also on a machine with a GPU
 
 
 def _run(args, retries=1):

@@ -36,7 +36,7 @@ import torch
 
 from .parametrization import Denoiser, edm_precond, score_from_eps, target_from_x0, x0_from_target
 from .processes import NoiseProcess
-from .utils import check_choice, check_positive_int, coef
+from .utils import check_choice, check_positive_int, coef, generator_device, randn_like
 
 __all__ = [
     "UniformTimesteps", "UniformTime", "LogNormalSigma", "GeometricSigmas", "NOISE_SAMPLERS",
@@ -47,11 +47,6 @@ __all__ = [
 
 # ---- noise-level samplers: (n, process, generator, device) -> process time t, float64 [n] -----------------
 # `process=None` means VE coordinates, where t is sigma (the EDM target, Karras et al. 2022).
-
-def _gen_device(generator):
-    """Random numbers are drawn where the generator lives (CPU unless a CUDA generator is passed), then moved."""
-    return generator.device if generator is not None else None
-
 
 def _need(process, who):
     if process is None:
@@ -66,7 +61,7 @@ class UniformTimesteps:
         N = getattr(_need(process, "UniformTimesteps"), "num_timesteps", None)
         if N is None:
             raise ValueError(f"UniformTimesteps needs a discrete process with num_timesteps, got {process!r}")
-        return torch.randint(N, (n,), generator=generator, device=_gen_device(generator)).to(device, torch.float64)
+        return torch.randint(N, (n,), generator=generator, device=generator_device(generator)).to(device, torch.float64)
 
     def __repr__(self):
         return "UniformTimesteps()"
@@ -85,7 +80,7 @@ class UniformTime:
         if not (p.t_min <= lo < hi <= p.t_max):
             raise ValueError(f"UniformTime needs {p.t_min:g} <= t_min < t_max <= {p.t_max:g} for {p!r}, "
                              f"got [{lo!r}, {hi!r}]")
-        u = torch.rand(n, generator=generator, dtype=torch.float64, device=_gen_device(generator))
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=generator_device(generator))
         return (lo + (hi - lo) * u).to(device)
 
     def __repr__(self):
@@ -108,7 +103,7 @@ class LogNormalSigma:
         self.p_mean, self.p_std = float(p_mean), float(p_std)
 
     def __call__(self, n, process, generator=None, device=None):
-        z = torch.randn(n, generator=generator, dtype=torch.float64, device=_gen_device(generator))
+        z = torch.randn(n, generator=generator, dtype=torch.float64, device=generator_device(generator))
         return _t_of_sigma((self.p_mean + self.p_std * z).exp(), process).to(device)
 
     def __repr__(self):
@@ -132,8 +127,8 @@ class GeometricSigmas:
         return torch.logspace(math.log10(hi), math.log10(lo), self.num_scales, dtype=torch.float64)
 
     def __call__(self, n, process, generator=None, device=None):
-        s = self.sigmas(process).to(_gen_device(generator))
-        i = torch.randint(self.num_scales, (n,), generator=generator, device=_gen_device(generator))
+        s = self.sigmas(process).to(generator_device(generator))
+        i = torch.randint(self.num_scales, (n,), generator=generator, device=generator_device(generator))
         return _t_of_sigma(s[i], process).to(device)
 
     def __repr__(self):
@@ -252,8 +247,7 @@ class DenoisingLoss:
         edm = denoiser.target == "edm"
         process = None if edm else denoiser.process
         t = self.noise(x0.shape[0], process, generator, x0.device)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
-                          device=_gen_device(generator) or x0.device).to(x0.device)
+        eps = randn_like(x0, generator)
         cond = {} if class_labels is None else {"class_labels": class_labels}
         if edm:
             alpha, sigma = torch.ones_like(t), t

@@ -68,6 +68,18 @@ def atomic_write(path, write: Callable[[Path], object] | str, *, fsync: bool = F
     return path
 
 
+def generator_device(generator: torch.Generator | None, default=None):
+    """The device a random draw from `generator` is made on: the generator's own (`default` for None, the global
+    RNG). Drawing there and then moving makes a CPU generator give the same numbers for CPU and CUDA tensors."""
+    return generator.device if generator is not None else default
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """`N(0, I)` noise shaped like `x` in its dtype, drawn on `generator`'s device, returned on `x`'s."""
+    dev = generator_device(generator, x.device)
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
+
+
 def default_dtype_of(*xs) -> torch.dtype:
     """float64 unless one of `xs` is a floating tensor, whose dtype then wins (coefficients stay float64)."""
     for x in xs:

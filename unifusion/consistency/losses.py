@@ -24,7 +24,8 @@ import torch
 from ..utils import coef
 from ..samplers import sample_euler, sample_heun
 from ..utils import check_choice, check_positive_int
-from .model import ConsistencyFunction, _randn_like
+from ..utils import randn_like
+from .model import ConsistencyFunction
 
 __all__ = ["l2", "l1", "pseudo_huber", "DISTANCES", "get_distance", "ema_update", "teacher_step",
            "cd_loss", "ict_num_scales", "lognormal_index_probs", "ct_loss"]
@@ -108,7 +109,7 @@ def cd_loss(f: ConsistencyFunction, f_target: ConsistencyFunction, teacher: Call
     dev = generator.device if generator is not None else sigmas.device
     n = torch.randint(sigmas.shape[0] - 1, (B,), generator=generator, device=dev).to(sigmas.device)
     s_cur, s_next = sigmas[n], sigmas[n + 1]
-    z = _randn_like(x0, generator)
+    z = randn_like(x0, generator)
     x_next = x0 + coef(s_next, x0) * z
     with torch.no_grad():
         x_cur = teacher_step(teacher, x_next, s_next, s_cur, solver, kw)
@@ -149,7 +150,7 @@ def ct_loss(f: ConsistencyFunction, x0: torch.Tensor, sigmas: torch.Tensor, *,
     dev = generator.device if generator is not None else sigmas.device
     i = torch.multinomial(probs.to(dev), x0.shape[0], replacement=True, generator=generator).to(sigmas.device)
     s_cur, s_next = sigmas[i], sigmas[i + 1]
-    z = _randn_like(x0, generator)
+    z = randn_like(x0, generator)
     with torch.no_grad():
         target = f(x0 + coef(s_cur, x0) * z, s_cur, **kw)
     out = f(x0 + coef(s_next, x0) * z, s_next, **kw)

@@ -25,18 +25,11 @@ import torch
 from torch import nn
 
 from ..parametrization import Denoiser, edm_precond
-from ..utils import coef
 from ..grids import check_sigmas, edm_grid
-from ..utils import as_float_tensor, check_positive_int
+from ..utils import as_float_tensor, check_positive_int, coef, randn_like
 
 __all__ = ["consistency_scalings", "ConsistencyFunction", "karras_sigmas", "consistency_sigmas",
            "sample_consistency"]
-
-
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """`N(0, I)` noise shaped like `x`, drawn on the generator's device, returned on `x`'s."""
-    dev = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
 
 
 def _levels(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +140,7 @@ def sample_consistency(f: ConsistencyFunction, x: torch.Tensor, sigmas, *, gener
     sigmas, kw = _check_grid(sigmas, f, x), dict(model_kwargs or {})
     for i in range(sigmas.shape[0]):
         if i > 0:
-            z = _randn_like(x, generator)
+            z = randn_like(x, generator)
             x = x + coef((sigmas[i] ** 2 - f.sigma_min ** 2).sqrt(), x) * z
         x = f(x, sigmas[i], **kw)
         if callback is not None:

@@ -15,7 +15,7 @@ from functools import partial
 
 from .. import grids
 from ..utils import check_choice
-from .common import NFECounter, adams_weights, ancestral_step, count_nfe, exp_adams_weights, noise_like, to_d
+from .common import NFECounter, adams_weights, ancestral_step, count_nfe, exp_adams_weights, to_d
 from .discrete import sample_ddim_discrete, sample_ddpm, sample_euler_maruyama_t
 from .multistep import sample_dpmpp_2m, sample_dpmpp_3m, sample_exp_adams, sample_lms, sample_unipc
 from .ode import sample_dopri5, sample_euler, sample_heun
@@ -46,5 +46,5 @@ def get_sampler(name: str):
 
 
 __all__ = ["SAMPLERS", "DETERMINISTIC", "STOCHASTIC", "RECOMMENDED", "DEFAULT_SAMPLER", "get_sampler", "to_d",
-           "count_nfe", "NFECounter", "noise_like", "ancestral_step", "exp_adams_weights", "adams_weights", "PREDICTORS",
+           "count_nfe", "NFECounter", "ancestral_step", "exp_adams_weights", "adams_weights", "PREDICTORS",
            *(f.__name__ for f in SAMPLERS.values()), "sample_ddpm", "sample_ddim_discrete", "sample_euler_maruyama_t"]

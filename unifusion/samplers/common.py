@@ -16,18 +16,13 @@ import torch
 from ..grids import check_sigmas
 from ..utils import coef
 
-__all__ = ["to_d", "coef", "noise_like", "ancestral_step", "count_nfe", "NFECounter", "exp_adams_weights", "adams_weights"]
+__all__ = ["to_d", "coef", "ancestral_step", "count_nfe", "NFECounter", "exp_adams_weights", "adams_weights"]
 
 
 def to_d(x: torch.Tensor, sigma, denoised: torch.Tensor) -> torch.Tensor:
     """PF-ODE derivative in VE coordinates, `dx/dsigma = (x - D(x, sigma)) / sigma` (Karras et al. 2022, eq. 3 with
     `s(t) = 1`, `sigma(t) = t`; DESIGN.md). `sigma`: a float, a 0-d or a per-example `[B]` tensor."""
     return (x - denoised) / coef(sigma, x)
-
-
-def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like `x`, drawn from `generator`."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:

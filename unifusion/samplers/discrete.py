@@ -20,8 +20,8 @@ import torch
 
 from ..parametrization import x0_from_eps
 from ..processes import DDPM, NoiseProcess
-from ..utils import as_float_tensor
-from .common import ancestral_step, noise_like
+from ..utils import as_float_tensor, randn_like
+from .common import ancestral_step
 
 __all__ = ["sample_ddpm", "sample_ddim_discrete", "sample_euler_maruyama_t"]
 
@@ -51,7 +51,7 @@ def sample_ddpm(model, process: DDPM, x, *, generator=None, callback=None, model
         nfe += 1
         x = (x - (betas[t] / math.sqrt(1 - abar[t])) * eps) / math.sqrt(1 - betas[t])
         if t > 0:
-            x = x + math.sqrt(betas[t] * (1 - abar[t - 1]) / (1 - abar[t])) * noise_like(x, generator)
+            x = x + math.sqrt(betas[t] * (1 - abar[t - 1]) / (1 - abar[t])) * randn_like(x, generator)
         if callback is not None:
             callback({"i": process.num_timesteps - 1 - t, "x": x, "t": t, "nfe": nfe})
     return x
@@ -75,7 +75,7 @@ def sample_ddim_discrete(model, process: NoiseProcess, x, timesteps, *, generato
         cz = alphas[i + 1] * up
         x = alphas[i + 1] * x0 + math.sqrt(max(0.0, sigmas[i + 1] ** 2 - cz ** 2)) * eps
         if cz > 0:
-            x = x + cz * noise_like(x, generator)
+            x = x + cz * randn_like(x, generator)
         if callback is not None:
             callback({"i": i, "x": x, "t": t, "denoised": x0, "nfe": i + 1})
     return x
@@ -97,7 +97,7 @@ def sample_euler_maruyama_t(model, process: NoiseProcess, x, ts, *, generator=No
         score = -_eps(model, x, ts[i], kw) / sig[i]
         x = x - (f[i] * x - g2[i] * score) * dt
         if i < len(ts) - 2:
-            x = x + math.sqrt(g2[i] * dt) * noise_like(x, generator)
+            x = x + math.sqrt(g2[i] * dt) * randn_like(x, generator)
         if callback is not None:
             callback({"i": i, "x": x, "t": ts[i], "nfe": i + 1})
     return x

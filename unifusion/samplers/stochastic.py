@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from ..utils import check_choice, check_positive_int
-from .common import _Run, ancestral_step, noise_like, to_d
+from ..utils import check_choice, check_positive_int, randn_like
+from .common import _Run, ancestral_step, to_d
 
 __all__ = ["sample_ddim", "sample_ancestral", "sample_euler_maruyama", "sample_pc", "sample_langevin",
            "sample_edm_stochastic", "PREDICTORS"]
@@ -25,19 +25,19 @@ def ddim_step(x, den, s, s_next, generator, eta=1.0):
     """DDIM (Song et al. 2021, eq. 12) in VE coordinates: `x_next = D + sigma_down (x - D)/sigma + sigma_up z`."""
     down, up = ancestral_step(s, s_next, eta)
     x = den + (down / s) * (x - den)
-    return x + up * noise_like(x, generator) if up > 0 else x
+    return x + up * randn_like(x, generator) if up > 0 else x
 
 
 def euler_maruyama_step(x, den, s, s_next, generator):
     """Euler-Maruyama on the reverse SDE: `x + 2 (sigma - sigma_next) (D - x)/sigma + sqrt(2 sigma (sigma - sigma_next)) z`."""
     dt = s - s_next
-    return x + (2 * dt) * (den - x) / s + math.sqrt(2 * s * dt) * noise_like(x, generator)
+    return x + (2 * dt) * (den - x) / s + math.sqrt(2 * s * dt) * randn_like(x, generator)
 
 
 def reverse_diffusion_step(x, den, s, s_next, generator):
     """Score SDE's reverse-diffusion predictor (Song et al. 2021, eq. 46): `x + (s^2 - s_next^2) score + sqrt(s^2 - s_next^2) z`."""
     v = s * s - s_next * s_next
-    return x + (v / (s * s)) * (den - x) + math.sqrt(v) * noise_like(x, generator)
+    return x + (v / (s * s)) * (den - x) + math.sqrt(v) * randn_like(x, generator)
 
 
 def euler_step(x, den, s, s_next, generator):
@@ -84,7 +84,7 @@ def langevin_step(x, den, s, generator, snr):
     `eps = 2 (snr |z| / |score|)^2`, the norms averaged over the batch as in the authors' code (per-example ratios
     blow up where the score vanishes in low dimension)."""
     score = (den - x) / (s * s)
-    z = noise_like(x, generator)
+    z = randn_like(x, generator)
     ratio = z.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean().clamp_min(1e-30)
     eps = 2 * (snr * ratio) ** 2
     return x + eps * score + torch.sqrt(2 * eps) * z
@@ -125,7 +125,7 @@ def sample_langevin(denoiser, x, sigmas, *, generator=None, callback=None, model
         a = step_lr * (s / levels[-1]) ** 2
         for _ in range(n_steps_each):
             den = run.model(x, s)
-            x = x + (a / 2) * (den - x) / (s * s) + math.sqrt(a) * noise_like(x, generator)
+            x = x + (a / 2) * (den - x) / (s * s) + math.sqrt(a) * randn_like(x, generator)
         run.report(i, x, s, levels[i + 1] if i + 1 < len(levels) else run.values[-1], den)
     if run.values[-1] == 0.0:
         den = run.model(x, levels[-1])
@@ -151,7 +151,7 @@ def sample_edm_stochastic(denoiser, x, sigmas, *, generator=None, callback=None,
         gamma = gamma_max if s_tmin <= s <= s_tmax else 0.0
         s_hat = s * (1 + gamma)
         if gamma > 0:
-            x = x + math.sqrt(s_hat ** 2 - s ** 2) * s_noise * noise_like(x, generator)
+            x = x + math.sqrt(s_hat ** 2 - s ** 2) * s_noise * randn_like(x, generator)
         den = run.model(x, s_hat)
         d = to_d(x, s_hat, den)
         x_next = x + d * (s_next - s_hat)

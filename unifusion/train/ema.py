@@ -41,16 +41,15 @@ class EMA:
 
     @torch.no_grad()
     def update(self, n: int) -> None:
-        """Fold the current weights into every average (call once after optimiser step `n`)."""
+        """Fold the current weights into every average (call once after optimiser step `n`); one fused `lerp` over
+        all parameters per decay (a per-tensor loop costs a kernel launch per tensor on a GPU)."""
+        src = [p.detach() for m in self.modules.values() for p in m.parameters()]
+        src_b = [b for m in self.modules.values() for b in m.buffers()]
         for i, shadow in enumerate(self.shadows):
-            d = self.decay_at(i, n)
-            for name, m in self.modules.items():
-                src = dict(m.named_parameters())
-                for pname, p in shadow[name].named_parameters():
-                    p.lerp_(src[pname].detach().to(p.dtype), 1.0 - d)
-                src_b = dict(m.named_buffers())
-                for bname, b in shadow[name].named_buffers():
-                    b.copy_(src_b[bname])
+            dst = [p for name in self.modules for p in shadow[name].parameters()]
+            torch._foreach_lerp_(dst, [s.to(p.dtype) for s, p in zip(src, dst)], 1.0 - self.decay_at(i, n))
+            for b, s in zip((b for name in self.modules for b in shadow[name].buffers()), src_b):
+                b.copy_(s)
 
     def averaged(self, i: int = 0) -> dict[str, nn.Module]:
         """The averaged modules of decay index `i`."""

@@ -54,6 +54,8 @@ class TrainConfig:
     weight_decay: float = 0.0               # AdamW decoupled weight decay (0: none)
     betas: tuple = (0.9, 0.999)             # AdamW betas
     warmup: int = 0                         # linear learning-rate warm-up steps (0: none)
+    decay_start: int = 0                    # step where a linear decay of the lr to 0 begins (0: constant lr)
+    decay_end: int = 0                      # step where that decay reaches 0 (warm-up, stable, decay: "WSD")
     grad_clip: float = 1.0                  # max global gradient norm (0: no clipping)
     ema_decays: tuple = (0.999,)            # one weight average per decay (empty: no EMA)
     ema_warmup: bool = True                 # decay min(d, (1+n)/(10+n)) at update n
@@ -68,7 +70,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         for name in ("steps", "batch_size", "grad_accum"):
             check_positive_int(getattr(self, name), f"train.{name}")
-        for name in ("warmup", "log_every", "ckpt_every", "threads"):
+        for name in ("warmup", "log_every", "ckpt_every", "threads", "decay_start", "decay_end"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"train.{name} must be an integer >= 0, got {v!r}")
@@ -82,8 +84,20 @@ class TrainConfig:
         for d in self.ema_decays:
             if not (0 < d < 1):
                 raise ValueError(f"train.ema_decays must lie in (0, 1), got {list(self.ema_decays)!r}")
+        if (self.decay_start or self.decay_end) and not self.decay_start < self.decay_end:
+            raise ValueError(f"train.decay_start must be < train.decay_end (or both 0), got {self.decay_start} "
+                             f"and {self.decay_end}")
         check_choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
         return self
+
+    def lr_at(self, s: int) -> float:
+        """The learning rate of step `s` (0-based): linear warm-up, constant, then an optional linear decay to 0
+        between `decay_start` and `decay_end` (the warm-up-stable-decay schedule; a run can be extended by a
+        decay resumed from a stable-phase checkpoint)."""
+        lr = self.lr * min(1.0, (s + 1) / self.warmup) if self.warmup else self.lr
+        if self.decay_end and s >= self.decay_start:
+            lr *= max(0.0, (self.decay_end - s) / (self.decay_end - self.decay_start))
+        return lr
 
 
 @dataclass
@@ -151,6 +165,7 @@ def _precision(name: str, device: torch.device) -> torch.dtype | None:
 
 _RESUMABLE = {"train.steps", "train.log_every", "train.ckpt_every", "train.progress", "train.device",
               "train.tensorboard", "train.threads", "out"}
+_SCHEDULE = {"train.decay_start", "train.decay_end"}   # resumable while the steps already taken keep their lr
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -161,6 +176,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+def _schedule(train: dict) -> TrainConfig:
+    """The learning-rate schedule of a stored `train` section (keys a checkpoint lacks take their defaults)."""
+    keys = ("lr", "warmup", "decay_start", "decay_end")
+    return TrainConfig(**{k: train[k] for k in keys if k in train})
 
 
 def config_difference(a: dict, b: dict, ignore=_RESUMABLE) -> list[str]:
@@ -218,7 +239,8 @@ def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: 
     model = wrapper
     if dist.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(wrapper, device_ids=[dev] if dev.type == "cuda" else None)
-    opt = torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+    opt = torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay,
+                            fused=dev.type == "cuda" or None)  # one kernel for all parameters on a GPU
     ema = EMA(task.modules, train.ema_decays, train.ema_warmup) if train.ema_decays else None
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
 
@@ -258,7 +280,7 @@ def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: 
     wrapper.train()
     try:
         for s in range(start, train.steps):
-            lr = train.lr * min(1.0, (s + 1) / train.warmup) if train.warmup else train.lr
+            lr = train.lr_at(s)
             for g in opt.param_groups:
                 g["lr"] = lr
             idx = order(s)
@@ -325,7 +347,15 @@ def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: 
 def _load_state(path: Path, task, opt, ema, scaler, config: dict, n_micro: int) -> int:
     """Restore modules, EMA, optimiser, scaler and task state from `path`; return the step to continue from."""
     tensors, info = read_checkpoint(path)
-    diff = config_difference(info.get("config", {}), config)
+    diff = config_difference(info.get("config", {}), config, _RESUMABLE | _SCHEDULE)
+    old_train, new_train = info.get("config", {}).get("train"), config.get("train")
+    if not diff and isinstance(old_train, dict) and isinstance(new_train, dict):
+        old_lr, new_lr = _schedule(old_train), _schedule(new_train)
+        changed = [s for s in range(int(info["step"])) if old_lr.lr_at(s) != new_lr.lr_at(s)]
+        if changed:
+            raise CheckpointError(f"checkpoint {path}: train.decay_start/decay_end change the learning rate of step "
+                                  f"{changed[0] + 1}, which it already took; a decay may only start at or after step "
+                                  f"{info['step']}")
     if diff:
         raise CheckpointError(f"checkpoint {path} comes from another config (differs in: {', '.join(diff[:8])}); "
                               f"use another `out` folder or the same config")

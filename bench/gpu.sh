@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 4, as one script for a lent GPU (no install: the machine's python3 has torch and every
+# dependency). Writes into ${OUT:-bench/results/gpu}: the GPU tests' log and the CIFAR-sized U-Net's img/s table.
+#   OUT=/tmp/gpu bash bench/gpu.sh
+set -uo pipefail
+out=${OUT:-bench/results/gpu}
+mkdir -p "$out"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+nvidia-smi -L | tee "$out/gpu_machine.txt"
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$out/gpu_machine.txt"
+# GPU tests (tests/test_gpu.py: autocast training learns, resume, samplers on CUDA == CPU)
+timeout 240 python3 -m pytest tests/test_gpu.py -p no:cacheprovider -x 2>&1 | tee "$out/gpu_tests.log" | tail -5
+# CIFAR-10-sized U-Net: bf16 autocast (the default on a GPU) and fp32 for the ratio, batch 128 (the config's)
+timeout 240 python3 bench/train_digits.py --skip ve --skip vp --unet-device cuda --unet-batch 128 --unet-steps 30 \
+    --unet-precision bf16 fp32 --out "$out" --tag _unet_gpu 2>&1 | tail -4

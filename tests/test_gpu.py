@@ -1,0 +1,68 @@
+"""The GPU paths (skipped without CUDA; run on a lent GPU): bf16 / fp16 autocast training still learns the exact
+denoiser, resume on the GPU, GPU checkpoints load on the CPU, and every sampler gives the CPU's endpoints for a
+model on the GPU (float64 grids, noise drawn from a CPU generator so both devices see the same draws)."""
+import pytest
+import torch
+
+from unifusion import grids
+from unifusion import samplers as S
+from unifusion.losses import build_loss
+from unifusion.oracles import GaussianMixture
+from unifusion.train import TrainConfig, fit, load_config, load_model, read_checkpoint, train_from_config
+from unifusion.train.task import DiffusionTask, build_denoiser
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+from test_train import _denoiser_error, toy_cfg  # noqa: E402  (the CPU tests' fixtures and error measure)
+from test_samplers import FAST_OPTS  # noqa: E402
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_training_learns_an_exact_gaussian_denoiser(precision):
+    """The CPU test's oracle check under GPU autocast (fp16 through the gradient scaler): a looser bound, since the
+    network runs in 8 or 11 mantissa bits."""
+    torch.manual_seed(0)
+    mu, var = torch.tensor([[1.0, -0.5]]), torch.tensor([[0.3, 0.05]])
+    oracle = GaussianMixture(torch.ones(1), mu, var)
+    data = oracle.sample(4096, generator=torch.Generator().manual_seed(1)).float()
+    cfg = load_config("toy_ve", ["net.hidden=64", "net.depth=2", "model.sigma_data=0.8"])
+    den = build_denoiser(cfg, (2,))
+    task = DiffusionTask(den, build_loss("edm", den.process, sigma_data=0.8))
+    err0 = _denoiser_error(den, oracle)
+    res = fit(task, data, train=TrainConfig(steps=400, batch_size=256, lr=3e-3, progress=False, log_every=0,
+                                            ema_decays=(0.95,), device="cuda", precision=precision))
+    den.net.load_state_dict(res.ema.averaged(0)["net"].state_dict())
+    den.to("cpu")
+    err = _denoiser_error(den, oracle)
+    print(precision, "denoiser error before / after training", err0, err)
+    assert err < 0.03 * err0 and err < 0.01, (err0, err)
+
+
+def test_resume_on_the_gpu_and_load_on_the_cpu(tmp_path):
+    full = train_from_config(toy_cfg(tmp_path / "a", "train.device=cuda"))
+    train_from_config(toy_cfg(tmp_path / "b", "train.device=cuda", "train.steps=10"))
+    resumed = train_from_config(toy_cfg(tmp_path / "b", "train.device=cuda"), resume=True)
+    ta, _ = read_checkpoint(full.checkpoint)
+    tb, _ = read_checkpoint(resumed.checkpoint)
+    for k in ta:
+        torch.testing.assert_close(ta[k], tb[k], rtol=1e-5, atol=1e-6, msg=k)
+    cpu = load_model(tmp_path / "a")
+    gpu = load_model(tmp_path / "a", device="cuda")
+    x, s = torch.randn(64, 2), torch.full((64,), 0.7)
+    torch.testing.assert_close(gpu(x.cuda(), s.cuda()).cpu(), cpu(x, s), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(S.SAMPLERS))
+def test_samplers_give_the_cpu_endpoints_on_the_gpu(name):
+    den = build_denoiser(load_config("toy_ve", ["net.hidden=32", "net.depth=2"]), (2,)).double()
+    gpu = build_denoiser(load_config("toy_ve", ["net.hidden=32", "net.depth=2"]), (2,)).double()
+    gpu.load_state_dict(den.state_dict())
+    gpu.to("cuda")
+    x = 20 * torch.randn(256, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    sig = grids.edm_grid(8, 0.01, 20.0)
+    fn, opts = S.get_sampler(name), FAST_OPTS.get(name, {})
+    with torch.no_grad():
+        ref = fn(den, x, sig, generator=torch.Generator().manual_seed(4), **opts)
+        out = fn(gpu, x.cuda(), sig, generator=torch.Generator().manual_seed(4), **opts)
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-7, atol=1e-7)
