@@ -10,6 +10,7 @@ nvidia-smi -L | tee "$out/gpu_machine.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$out/gpu_machine.txt"
 # GPU tests (tests/test_gpu.py: autocast training learns, resume, samplers on CUDA == CPU)
 timeout 240 python3 -m pytest tests/test_gpu.py -p no:cacheprovider -x 2>&1 | tee "$out/gpu_tests.log" | tail -5
-# CIFAR-10-sized U-Net: bf16 autocast (the default on a GPU) and fp32 for the ratio, batch 128 (the config's)
-timeout 240 python3 bench/train_digits.py --skip ve --skip vp --unet-device cuda --unet-batch 128 --unet-steps 30 \
-    --unet-precision bf16 fp32 --out "$out" --tag _unet_gpu 2>&1 | tail -4
+# CIFAR-10-sized U-Net: bf16 autocast (the default on a GPU) and fp32 for the ratio, each eager and compiled,
+# batch 128 (the config's)
+timeout 420 python3 bench/train_digits.py --skip ve --skip vp --unet-device cuda --unet-batch 128 --unet-steps 40 \
+    --unet-precision bf16 fp32 --unet-compile --out "$out" --tag _unet_gpu 2>&1 | tail -8

@@ -99,16 +99,18 @@ def reference_rows() -> dict:
     return out
 
 
-def unet_speed(device: str, batch: int, steps: int, threads: int, precision: str = "auto") -> dict:
+def unet_speed(device: str, batch: int, steps: int, threads: int, precision: str = "auto",
+               compile: bool = False) -> dict:
     """Optimiser steps/s of the CIFAR-10-sized U-Net on random data (one warm-up step excluded); `precision` as
-    `train.precision` ("auto": bf16 autocast on a GPU, fp32 on the CPU)."""
+    `train.precision` ("auto": bf16 autocast on a GPU, fp32 on the CPU); `compile`: `train.compile` (the first,
+    compiling, step is the excluded warm-up)."""
     cfg = load_config("cifar10_unet", [f"train.threads={threads}"])
     den = build_denoiser(cfg, (3, 32, 32))
     from unifusion.losses import build_loss
     task = DiffusionTask(den, build_loss("ddpm", den.process))
     data = torch.rand(4 * batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     tc = TrainConfig(steps=steps + 1, batch_size=batch, log_every=1, progress=False, ema_decays=(0.9999,),
-                     device=device, precision=precision, threads=threads)
+                     device=device, precision=precision, threads=threads, compile=compile)
     res = fit(task, data, train=tc)
     rates = [r["steps_per_s"] for r in res.history[1:]]
     sps = len(rates) / sum(1 / r for r in rates)
@@ -117,7 +119,8 @@ def unet_speed(device: str, batch: int, steps: int, threads: int, precision: str
     used = {"auto": "bf16" if on_gpu else "fp32"}.get(precision, precision)
     return {"device": "cuda" if on_gpu else "cpu", "gpu": torch.cuda.get_device_name() if on_gpu else None,
             "batch": batch, "params_M": round(params / 1e6, 2), "steps_per_s": sps, "images_per_s": sps * batch,
-            "precision": f"{used} autocast" if used in ("bf16", "fp16") else "fp32", "threads": threads,
+            "precision": (f"{used} autocast" if used in ("bf16", "fp16") else "fp32") + (", compiled" if compile else ""),
+            "threads": threads,
             "peak_memory_GiB": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if on_gpu else None}
 
 
@@ -135,6 +138,7 @@ def main(argv=None) -> int:
     p.add_argument("--unet-steps", type=int, default=3)
     p.add_argument("--unet-precision", default=["auto"], nargs="+", choices=["auto", "fp32", "bf16", "fp16"],
                    help="one U-Net measurement per precision (auto: bf16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--unet-compile", action="store_true", help="also measure each precision with train.compile")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "results"))
     p.add_argument("--runs", default="runs/bench_train_digits", help="run folders (checkpoints, logs)")
@@ -177,8 +181,8 @@ def main(argv=None) -> int:
         result["runs"].append(track("vp_ddpm", "digits_vp", sets, a.steps_vp, a.eval_every, a.n, [heun], 1.5,
                                     [anc], Path(a.runs), write, a.resume, old.get("vp_ddpm", ())))
     if "unet" not in a.skip:
-        result["unet"] = [unet_speed(a.unet_device, a.unet_batch, a.unet_steps, a.threads, prec)
-                          for prec in a.unet_precision]
+        result["unet"] = [unet_speed(a.unet_device, a.unet_batch, a.unet_steps, a.threads, prec, comp)
+                          for prec in a.unet_precision for comp in ((False, True) if a.unet_compile else (False,))]
     print(table(write()))
     return 0
 

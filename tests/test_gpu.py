@@ -66,3 +66,15 @@ def test_samplers_give_the_cpu_endpoints_on_the_gpu(name):
         out = fn(gpu, x.cuda(), sig, generator=torch.Generator().manual_seed(4), **opts)
     assert out.device.type == "cuda"
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-7, atol=1e-7)
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    """`train.compile=true` (torch.compile of the networks) trains the same weights up to float rounding, and the
+    checkpoint keeps the plain module's keys."""
+    a = train_from_config(toy_cfg(tmp_path / "a", "train.device=cuda", "train.precision=fp32"))
+    b = train_from_config(toy_cfg(tmp_path / "b", "train.device=cuda", "train.precision=fp32", "train.compile=true"))
+    ta, _ = read_checkpoint(a.checkpoint)
+    tb, _ = read_checkpoint(b.checkpoint)
+    assert sorted(ta) == sorted(tb)
+    for k in ta:
+        torch.testing.assert_close(ta[k], tb[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -181,7 +181,7 @@ def test_training_learns_an_exact_gaussian_denoiser():
     task = DiffusionTask(den, build_loss("edm", den.process, sigma_data=0.8))
     err0 = _denoiser_error(den, oracle)
     res = fit(task, data, train=TrainConfig(steps=400, batch_size=256, lr=3e-3, progress=False, log_every=0,
-                                            ema_decays=(0.95,)))
+                                            ema_decays=(0.95,), device="cpu"))
     den.net.load_state_dict(res.ema.averaged(0)["net"].state_dict())
     err = _denoiser_error(den, oracle)
     print("denoiser error before / after training", err0, err)
