@@ -1,19 +1,18 @@
 """FD / floor of trained digits checkpoints over several sampling seeds (the seed spread of the digits targets).
 
     python bench/digits_seeds.py runs/bench_train_digits/train_ve_edm runs/bench_train_digits/train_vp_ddpm \
-        [--sampler heun --grid edm --steps 18] [--seeds 5] [--n 2000]
+        [--sampler heun --grid edm --steps 18] [--seeds 5] [--n 2000] [--ema 0.9995]
 
 Prints, per run, the FD ratio (`unifusion.metrics.digits_report`'s `fd_ratio`) of each seed with its mean and
-standard deviation: one 2000-sample draw moves by about +-0.12, so targets are judged on the mean.
+standard deviation (`train_digits.evaluate`, the benchmark's own protocol): one 2000-sample draw moves by about
++-0.12, so targets are judged on the mean.
 """
 import argparse
-import statistics
 
 import torch
 
-from unifusion.metrics import digits_report
+from train_digits import evaluate
 from unifusion.train import load_model
-from unifusion.train.generate import generate
 
 
 def main(argv=None):
@@ -24,17 +23,16 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=18, help="grid levels (Heun: 2 x 18 - 1 = 35 NFE)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--ema", default="true", help="true: the first EMA; false: raw weights; a decay: that EMA")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    ema = {"true": True, "false": False}.get(a.ema.lower()) if a.ema.lower() in ("true", "false") else float(a.ema)
     for run in a.runs:
-        d = load_model(run)
-        ratios = []
-        for seed in range(a.seeds):
-            x, info = generate(d, a.n, tuple(d.data_shape), sampler=a.sampler, grid=a.grid, steps=a.steps, seed=seed)
-            ratios.append(digits_report(x.reshape(a.n, -1))["fd_ratio"])
-        spread = f" sd {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else ""
-        print(f"{run} (step {d.checkpoint_step}) {a.sampler} {info['nfe']} NFE: "
-              + ", ".join(f"{r:.3f}" for r in ratios) + f" | mean {statistics.mean(ratios):.3f}{spread}", flush=True)
+        d = load_model(run, ema=ema)
+        v = evaluate(d, a.n, a.sampler, a.grid, a.steps, a.seeds)
+        print(f"{run} (step {d.checkpoint_step}, ema {a.ema}) {a.sampler} {v['nfe']} NFE: "
+              + ", ".join(f"{r:.3f}" for r in v["ratios"]) + f" | mean {v['ratio']:.3f} sd {v['ratio_sd']:.3f}"
+              + f" | confident {v['confident']:.3f} NN ratio {v['nn_ratio']:.2f}", flush=True)
 
 
 if __name__ == "__main__":
