@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from .integrate import dopri5
-from .processes import NoiseProcess
+from .processes import NoiseProcess, gaussian_log_prob
 from .utils import check_choice, check_finite, check_positive_int
 
 __all__ = ["LikelihoodResult", "log_likelihood", "bits_per_dim"]
@@ -102,7 +102,7 @@ def log_likelihood(denoiser: Callable, x: torch.Tensor, *,
     y, _, nfe = dopri5(drift, y0, math.log(s_lo), math.log(s_hi), rtol=rtol, atol=atol)
     x_T, delta = y[:, :d].reshape(x.shape), y[:, d]
     if prior_log_prob is None:
-        prior = -0.5 * (x_T.reshape(b, d) ** 2).sum(1) / s_hi ** 2 - 0.5 * d * math.log(2 * math.pi * s_hi ** 2)
+        prior = gaussian_log_prob(x_T, s_hi)
     else:
         prior = prior_log_prob(x_T)
     # VE-coordinate density at sigma_min; x_t = alpha x~ rescales it by alpha^-d.

@@ -51,6 +51,14 @@ def _jvp_derivative(fn, t: torch.Tensor) -> torch.Tensor:
     return torch.func.jvp(fn, (t,), (torch.ones_like(t),))[1]
 
 
+def gaussian_log_prob(x: torch.Tensor, std: float) -> torch.Tensor:
+    """Per-example log-density of `x` `[B, ...]` under `N(0, std^2 I)`, summed over the non-batch dims (every prior
+    here: a process's `N(0, sigma(t_max)^2 I)`, the VE-coordinate `N(0, sigma_max^2 I)` of the likelihood)."""
+    xf = x.reshape(x.shape[0], -1)
+    s2 = float(std) ** 2
+    return -0.5 * (xf ** 2).sum(1) / s2 - 0.5 * xf.shape[1] * math.log(2 * math.pi * s2)
+
+
 class NoiseProcess:
     """A Gaussian noise process `x_t = alpha(t) x0 + sigma(t) eps` on `t in [t_min, t_max]`.
 
@@ -184,10 +192,7 @@ class NoiseProcess:
         check_finite(x, "x")
         if x.ndim < 1:
             raise ValueError(f"x must have a batch dimension, got shape {tuple(x.shape)}")
-        s2 = self.prior_std ** 2
-        xf = x.reshape(x.shape[0], -1)
-        d = xf.shape[1]
-        return -0.5 * (xf ** 2).sum(1) / s2 - 0.5 * d * math.log(2 * math.pi * s2)
+        return gaussian_log_prob(x, self.prior_std)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(t in [{self.t_min:g}, {self.t_max:g}])"
