@@ -6,14 +6,12 @@ import torch
 
 from unifusion import grids
 from unifusion import samplers as S
-from unifusion.losses import build_loss
-from unifusion.oracles import GaussianMixture
-from unifusion.train import TrainConfig, fit, load_config, load_model, read_checkpoint, train_from_config
-from unifusion.train.task import DiffusionTask, build_denoiser
+from unifusion.train import load_config, load_model, read_checkpoint, train_from_config
+from unifusion.train.task import build_denoiser
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-from test_train import _denoiser_error, toy_cfg  # noqa: E402  (the CPU tests' fixtures and error measure)
+from test_train import learn_gaussian_denoiser, toy_cfg  # noqa: E402  (the CPU tests' fixtures and error measure)
 from test_samplers import FAST_OPTS  # noqa: E402
 
 
@@ -21,20 +19,7 @@ from test_samplers import FAST_OPTS  # noqa: E402
 def test_autocast_training_learns_an_exact_gaussian_denoiser(precision):
     """The CPU test's oracle check under GPU autocast (fp16 through the gradient scaler): a looser bound, since the
     network runs in 8 or 11 mantissa bits."""
-    torch.manual_seed(0)
-    mu, var = torch.tensor([[1.0, -0.5]]), torch.tensor([[0.3, 0.05]])
-    oracle = GaussianMixture(torch.ones(1), mu, var)
-    data = oracle.sample(4096, generator=torch.Generator().manual_seed(1)).float()
-    cfg = load_config("toy_ve", ["net.hidden=64", "net.depth=2", "model.sigma_data=0.8"])
-    den = build_denoiser(cfg, (2,))
-    task = DiffusionTask(den, build_loss("edm", den.process, sigma_data=0.8))
-    err0 = _denoiser_error(den, oracle)
-    res = fit(task, data, train=TrainConfig(steps=400, batch_size=256, lr=3e-3, progress=False, log_every=0,
-                                            ema_decays=(0.95,), device="cuda", precision=precision))
-    den.net.load_state_dict(res.ema.averaged(0)["net"].state_dict())
-    den.to("cpu")
-    err = _denoiser_error(den, oracle)
-    print(precision, "denoiser error before / after training", err0, err)
+    err0, err = learn_gaussian_denoiser(device="cuda", precision=precision)
     assert err < 0.03 * err0 and err < 0.01, (err0, err)
 
 
