@@ -33,10 +33,12 @@ def smooth_case():
 ORDERS = [("euler", {}, 1), ("ddim", {}, 1), ("heun", {}, 2), ("dpmpp_2m", {}, 2), ("dpmpp_3m", {}, 3),
           ("exp_adams", {"order": 2}, 2), ("unipc", {"order": 1}, 2),
           ("unipc", {"order": 2}, 3), ("lms", {"order": 2, "corrector": False}, 2), ("lms", {"order": 1, "corrector": True}, 2),
-          ("lms", {"order": 2, "corrector": True}, 3)]
+          ("lms", {"order": 2, "corrector": True}, 3), ("hybrid", {"order": 1}, 2), ("hybrid", {"order": 2}, 3),
+          ("unipc", {"order": 2, "final_adams": True}, 3)]
 
 
-@pytest.mark.parametrize("name, opts, order", ORDERS, ids=[f"{n}{o.get('order', '')}{'c' if o.get('corrector') else ''}" for n, o, _ in ORDERS])
+@pytest.mark.parametrize("name, opts, order", ORDERS, ids=[f"{n}{o.get('order', '')}{'c' if o.get('corrector') else ''}{'a' if o.get('final_adams') else ''}"
+                                                for n, o, _ in ORDERS])
 def test_convergence_order(smooth_case, name, opts, order):
     """Fitted slope of log(RMS error) against log(NFE) is -order within 0.3 (issue 3)."""
     x, ref = smooth_case
@@ -125,7 +127,7 @@ def test_nfe_reported_and_conditioning_passed(name):
     S.get_sampler(name)(counted, x, grids.edm_grid(4, 0.05, 5.0), callback=calls.append,
                         model_kwargs={"label": 7}, **FAST_OPTS.get(name, {}))
     assert calls[-1]["nfe"] == counted.nfe > 0 and set(seen_kwargs) == {7}
-    expected = {"euler": 4, "ddim": 4, "dpmpp_2m": 4, "dpmpp_3m": 4, "exp_adams": 4, "unipc": 4, "lms": 4, "ancestral": 4,
+    expected = {"euler": 4, "ddim": 4, "dpmpp_2m": 4, "dpmpp_3m": 4, "exp_adams": 4, "unipc": 4, "lms": 4, "hybrid": 4, "ancestral": 4,
                 "euler_maruyama": 4, "heun": 7, "edm_stochastic": 7, "pc": 7, "langevin": 4 * 3 + 1}
     if name in expected:
         assert counted.nfe == expected[name]
@@ -180,3 +182,31 @@ def test_registry_and_validation():
         S.sample_exp_adams(SMOOTH, x, grids.edm_grid(3), order=5)
     with pytest.raises(ValueError, match="predictor"):
         S.sample_pc(SMOOTH, x, grids.edm_grid(3), predictor="magic")
+
+
+def test_hybrid_is_unipc_above_and_lms_below_the_switch():
+    """`hybrid` with the switch below every level is UniPC ending with an Adams step; above every level it is LMS;
+    in between it differs from both (both spaces read the one history of (sigma, x, D))."""
+    oracle = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-1.0, 0.0], [1.0, 0.5]]), torch.tensor([0.01, 0.02]))
+    x = 80 * torch.randn(64, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    sig = grids.tuned_grid(12, 0.002, 80.0, sampler="lms")
+    torch.testing.assert_close(S.sample_hybrid(oracle, x, sig, order=3, sigma_switch=0.0),
+                               S.sample_unipc(oracle, x, sig, order=3, final_adams=True), rtol=0, atol=1e-12)
+    torch.testing.assert_close(S.sample_hybrid(oracle, x, sig, order=3, sigma_switch=1e9),
+                               S.sample_lms(oracle, x, sig, order=3), rtol=0, atol=1e-12)
+    mid = S.sample_hybrid(oracle, x, sig, order=3, sigma_switch=1.0)
+    assert (mid - S.sample_lms(oracle, x, sig)).abs().max() > 1e-6
+    assert (mid - S.sample_unipc(oracle, x, sig, order=3, final_adams=True)).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="-1.0"):
+        S.sample_hybrid(oracle, x, sig, sigma_switch=-1.0)
+
+
+def test_final_adams_step_beats_x_equals_d_on_a_sharp_mixture():
+    """UniPC's step to 0 as an Adams step in sigma instead of `x = D(x, sigma_min)` (whose error ~ sigma_min^2 / std
+    does not shrink with the step count): smaller endpoint error at a coarse final level."""
+    oracle = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-1.0], [1.0]]), torch.tensor([0.01, 0.01]))
+    x = 10 * torch.randn(256, 1, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    ref = pf_ode_reference(oracle, x, 10.0, 1e-6)
+    sig = grids.edm_grid(30, 0.05, 10.0)
+    err = {fa: (S.sample_unipc(oracle, x, sig, final_adams=fa) - ref).pow(2).mean().sqrt().item() for fa in (False, True)}
+    assert err[True] < 0.5 * err[False], err

@@ -43,3 +43,12 @@ def test_bench_main_quick(tmp_path):
     with pytest.raises(SystemExit) as bad:  # bad input: one-line error, exit status 2
         B.main(["--starts", "3", "--out", str(tmp_path / "never")])
     assert bad.value.code == 2 and not (tmp_path / "never").exists()
+
+
+def test_every_tuned_grid_has_its_fit_settings():
+    """`--tune NAME` can refit every entry of `grids.TUNED`, with the settings it was fitted with."""
+    assert set(B.TUNE_SETTINGS) == set(grids.TUNED)
+    for name, settings in B.TUNE_SETTINGS.items():
+        assert name in S.SAMPLERS and 0 < settings["rms_weight"] < 1
+        if "starts_from" in settings:
+            assert all(len(p) == 3 for n in grids.TUNED[name] for p in settings["starts_from"](n))

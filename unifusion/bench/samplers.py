@@ -30,7 +30,7 @@ from .. import samplers as S
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 NFES = (5, 10, 20, 50)
-OURS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "lms")  # on the EDM grid; the tuned ones also on their own
+OURS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "lms", "hybrid")  # on the EDM grid; tuned ones also on their own
 STOCH = {"ancestral": {}, "ddim_eta0.5": {"eta": 0.5}, "euler_maruyama": {}, "pc": {"snr": 0.16},
          "edm_stochastic": {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 10.0}, "langevin": {"step_lr": 2e-4}}
 
@@ -323,14 +323,16 @@ def training_oracles() -> dict:
     }
 
 
-def tune_grid(sampler: str, ns=(5, 10, 20, 50), starts: int = 1000, opts=None, log=print) -> dict:
-    """Fit `(sigma_hi, sigma_lo, rho)` of `grids.tuned_grid` per `n` by Nelder-Mead (two starts, 90 evaluations
-    each) on `training_oracles()`, minimising the mean over cases of `0.7 log RMS + 0.3 log median` relative endpoint
-    error, 2-D and higher-dimensional cases weighted equally. Returns `{n: (hi, lo, rho)}` for `grids.TUNED`."""
+def tune_grid(sampler: str, ns=(5, 10, 20, 50), starts: int = 1000, opts=None, log=print, rms_weight: float = 0.7,
+              seed: int = 7, starts_from=None, maxfev: int = 90) -> dict:
+    """Fit `(sigma_hi, sigma_lo, rho)` of `grids.tuned_grid` per `n` by Nelder-Mead (one run per start point in
+    `starts_from(n)`, `maxfev` evaluations each) on `training_oracles()`, minimising the mean over cases of
+    `rms_weight log RMS + (1 - rms_weight) log median` relative endpoint error, 2-D and higher-dimensional cases
+    weighted equally. Returns `{n: (hi, lo, rho)}` for `grids.TUNED`."""
     from scipy.optimize import minimize
     data = []
     for name, oracle in training_oracles().items():
-        x = SIGMA_MAX * torch.randn(starts, oracle.dim, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        x = SIGMA_MAX * torch.randn(starts, oracle.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         ref, _ = pf_ode_reference(oracle, x, rtol=1e-9)
         data.append((oracle, x, ref, 1 / 3 if oracle.dim == 2 else 1 / 2))
     fn = S.get_sampler(sampler)
@@ -345,16 +347,31 @@ def tune_grid(sampler: str, ns=(5, 10, 20, 50), starts: int = 1000, opts=None, l
             e = endpoint_errors(fn(oracle, x, sig, **(opts or {})), ref, oracle)
             if not math.isfinite(e["rms"]):
                 return 10.0
-            total += w * (0.7 * math.log(e["rms"]) + 0.3 * math.log(e["median"]))
+            total += w * (rms_weight * math.log(e["rms"]) + (1 - rms_weight) * math.log(e["median"]))
         return total / 2
+    if starts_from is None:
+        def starts_from(n):
+            return [(6, 0.1 if n < 8 else 0.04, 30), (15, 0.05, 4)]
     out = {}
     for n in ns:
-        best = min((minimize(loss, p0, args=(n,), method="Nelder-Mead", options={"maxfev": 90, "xatol": 0.02, "fatol": 0.005})
-                    for p0 in ([math.log(6), math.log(0.1 if n < 8 else 0.04), math.log(30)],
-                               [math.log(15), math.log(0.05), math.log(4)])), key=lambda o: o.fun)
+        best = min((minimize(loss, [math.log(v) for v in p0], args=(n,), method="Nelder-Mead",
+                             options={"maxfev": maxfev, "xatol": 0.02, "fatol": 0.005})
+                    for p0 in starts_from(n)), key=lambda o: o.fun)
         out[n] = tuple(round(math.exp(v), 4) for v in best.x)
         log(f"{sampler} n={n}: (hi, lo, rho) = {out[n]}, loss {best.fun:.3f}")
     return out
+
+
+# How each entry of grids.TUNED was fitted (`--tune NAME` reruns it). "hybrid" started Nelder-Mead from lms's tuned
+# values and from those of a preliminary fit of UniPC-3 with the Adams final step (same loss, same data).
+_UNIPC3_PRELIM = {5: (6.125, 0.2348, 747.3373), 10: (8.2803, 0.1026, 439.6883), 20: (21.0995, 0.0294, 45.1823),
+                  50: (27.825, 0.0223, 71.2134)}
+TUNE_SETTINGS = {
+    "unipc": {"opts": {"order": 2}, "starts": 1000, "rms_weight": 0.7},
+    "lms": {"opts": {"order": 3, "corrector": True}, "starts": 1000, "rms_weight": 0.7},
+    "hybrid": {"opts": {}, "starts": 3000, "rms_weight": 0.85, "maxfev": 50,
+               "starts_from": lambda n: [grids.TUNED["lms"][n], _UNIPC3_PRELIM[n]]},
+}
 
 
 # ---- outputs -------------------------------------------------------------------------------------------
@@ -467,8 +484,10 @@ def main(argv=None) -> int:
                     help="re-fit grids.TUNED[SAMPLER] on the training mixtures (slow, ~30 min) and print it")
     args = ap.parse_args(argv)
     if args.tune:
-        opts = {"order": 2} if args.tune == "unipc" else {"order": 3, "corrector": True}
-        print(json.dumps(tune_grid(args.tune, starts=args.starts or 1000, opts=opts)))
+        settings = dict(TUNE_SETTINGS[args.tune])
+        if args.starts:
+            settings["starts"] = args.starts
+        print(json.dumps(tune_grid(args.tune, **settings)))
         return 0
     starts = args.starts if args.starts is not None else (200 if args.quick else 2000)
     if starts < 10:

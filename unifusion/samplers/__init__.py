@@ -17,26 +17,27 @@ from .. import grids
 from ..utils import check_choice
 from .common import NFECounter, adams_weights, ancestral_step, count_nfe, exp_adams_weights, to_d
 from .discrete import sample_ddim_discrete, sample_ddpm, sample_euler_maruyama_t
-from .multistep import sample_dpmpp_2m, sample_dpmpp_3m, sample_exp_adams, sample_lms, sample_unipc
+from .multistep import sample_dpmpp_2m, sample_dpmpp_3m, sample_exp_adams, sample_hybrid, sample_lms, sample_unipc
 from .ode import sample_dopri5, sample_euler, sample_heun
 from .stochastic import (PREDICTORS, sample_ancestral, sample_ddim, sample_edm_stochastic, sample_euler_maruyama,
                          sample_langevin, sample_pc)
 
 SAMPLERS = {
     "euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m, "dpmpp_3m": sample_dpmpp_3m,
-    "exp_adams": sample_exp_adams, "unipc": sample_unipc, "lms": sample_lms, "dopri5": sample_dopri5,
-    "ddim": sample_ddim, "ancestral": sample_ancestral, "euler_maruyama": sample_euler_maruyama, "pc": sample_pc,
+    "exp_adams": sample_exp_adams, "unipc": sample_unipc, "lms": sample_lms, "hybrid": sample_hybrid,
+    "dopri5": sample_dopri5, "ddim": sample_ddim, "ancestral": sample_ancestral, "euler_maruyama": sample_euler_maruyama, "pc": sample_pc,
     "langevin": sample_langevin, "edm_stochastic": sample_edm_stochastic,
 }
-DETERMINISTIC = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "exp_adams", "unipc", "lms", "dopri5", "ddim")
+DETERMINISTIC = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "exp_adams", "unipc", "lms", "hybrid", "dopri5", "ddim")
 STOCHASTIC = ("ancestral", "euler_maruyama", "pc", "langevin", "edm_stochastic")
 
 _edm = partial(grids.edm_grid, rho=7.0)
 RECOMMENDED = {name: _edm for name in SAMPLERS}
 RECOMMENDED["langevin"] = partial(grids.geometric_grid, zero=True)  # NCSN levels, then a final denoising step
 RECOMMENDED["unipc"] = partial(grids.tuned_grid, sampler="unipc")
-RECOMMENDED["lms"] = partial(grids.tuned_grid, sampler="lms")  # the winner on the training mixtures (docs/samplers.md)
-DEFAULT_SAMPLER = "lms"
+RECOMMENDED["lms"] = partial(grids.tuned_grid, sampler="lms")
+RECOMMENDED["hybrid"] = partial(grids.tuned_grid, sampler="hybrid")  # the training winner (docs/samplers.md)
+DEFAULT_SAMPLER = "hybrid"
 
 
 def get_sampler(name: str):

@@ -14,9 +14,13 @@ new value as in UniPC (free: the value is needed anyway), which restores the ful
 * `sample_unipc`        the same predictor plus UniPC's corrector (Zhao et al. 2023, UniC, Algorithm 1): the new
                         denoiser value, which the next step needs anyway, re-integrates the last step with one
                         more node, raising the order by one at no extra evaluation.
+* `sample_lms`          classical Adams in sigma on `dx/dsigma = (x - D)/sigma` with the Adams-Moulton corrector.
+* `sample_hybrid`       `sample_unipc` on the steps from sigma above a switch level, `sample_lms` below and to 0,
+                        through one history of `(sigma, x, D)` (the shared loop reads it in either space).
 
-Every step to sigma = 0 is the first-order step `x = D(x, sigma)` (the polynomial cannot be extrapolated to
-`lambda = inf`). Weights come from `common.exp_adams_weights`, in float64.
+Every step to sigma = 0 in log-sigma is the first-order step `x = D(x, sigma)` (the polynomial cannot be
+extrapolated to `lambda = inf`) unless `final_adams`, which takes it as an Adams step in sigma. Weights come from
+`common.exp_adams_weights` / `common.adams_weights`, in float64.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import math
 from ..utils import check_positive_int
 from .common import _Run, adams_weights, exp_adams_weights, to_d
 
-__all__ = ["sample_dpmpp_2m", "sample_exp_adams", "sample_dpmpp_3m", "sample_unipc", "sample_lms"]
+__all__ = ["sample_dpmpp_2m", "sample_exp_adams", "sample_dpmpp_3m", "sample_unipc", "sample_lms", "sample_hybrid"]
 
 
 def sample_dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None):
@@ -80,34 +84,49 @@ class _Space:
         return exp_adams_weights(nodes, h) if self.exp else adams_weights(nodes, h)
 
 
-def _linear_multistep(run, x, order: int, corrector: bool, space: _Space):
+_EXP, _POLY = _Space("exp"), _Space("poly")
+
+
+def _linear_multistep(run, x, order: int, corrector: bool, switch: float = 0.0, final_adams: bool = False):
     """The shared loop of the multistep samplers: predictor of order `order` through the last values; with
     `corrector` (UniPC's UniC, or Adams-Moulton in "poly" space) every step, otherwise only the start-up steps, is
-    redone with the new value as one more node (no extra evaluation: the value is needed anyway)."""
+    redone with the new value as one more node (no extra evaluation: the value is needed anyway).
+
+    A step from `sigma > switch` is taken in "exp" space, from `sigma <= switch` in "poly" space (`switch = 0`: all
+    exponential, UniPC / DPM-Solver++; `switch = inf`: all Adams in sigma, LMS). The history is kept as raw
+    `(sigma, x, D)`, so a step can read earlier points in either space. The step to sigma = 0 is `x = D` in "exp"
+    space unless `final_adams`, which takes it in "poly" space (an Adams step down to 0)."""
     check_positive_int(order, "order")
     if order > 4:
         raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
-    cs, vals, ss = [], [], []                    # coordinates, values and sigmas of the visited points, newest last
+    ss, xs, ds = [], [], []          # sigmas, states and denoiser values of the visited points, newest last
+
+    def step(sp, x0, s_to, extra=None):
+        """`x0` at `ss[-1]` carried to `s_to` in space `sp` through the last history values; `extra`: the value at
+        `s_to` as one more node (the corrector)."""
+        k = min(order, len(ds))
+        c0 = sp.coord(ss[-1])
+        h = (sp.coord(s_to) if s_to > 0 else 0.0) - c0
+        nodes = ([] if extra is None else [h]) + [sp.coord(ss[-1 - j]) - c0 for j in range(k)]
+        vals = ([] if extra is None else [extra]) + [sp.value(xs[-1 - j], ss[-1 - j], ds[-1 - j]) for j in range(k)]
+        return _combine(x0, sp.decay(ss[-1], s_to), sp.weights(nodes, h), vals)
+
     x_prev = None
     for i, s, s_next in run.steps():
         den = run.model(x, s)
-        cs.append(space.coord(s))
+        if x_prev is not None and (corrector or len(ss) < order):
+            sp = _EXP if ss[-1] > switch else _POLY
+            x = step(sp, x_prev, s, extra=sp.value(x, s, den))
         ss.append(s)
-        if x_prev is not None and (corrector or len(cs) <= order):
-            k = min(order, len(vals))
-            nodes = [cs[-1] - cs[-2]] + [cs[-2 - j] - cs[-2] for j in range(k)]
-            x = _combine(x_prev, space.decay(ss[-2], s), space.weights(nodes, cs[-1] - cs[-2]),
-                         [space.value(x, s, den)] + vals[:-k - 1:-1])
-        vals.append(space.value(x, s, den))
-        if s_next == 0.0 and space.exp:
+        xs.append(x)
+        ds.append(den)
+        sp = _EXP if s > switch else _POLY
+        if s_next == 0.0 and sp.exp and not final_adams:
             x_prev, x = x, den
         else:
-            k = min(order, len(vals))
-            nodes = [cs[-1 - j] - cs[-1] for j in range(k)]
-            h = (space.coord(s_next) if s_next > 0 else 0.0) - cs[-1]
-            x_prev, x = x, _combine(x, space.decay(s, s_next), space.weights(nodes, h), vals[:-k - 1:-1])
-        if len(vals) > order + 1:
-            del cs[0], vals[0], ss[0]
+            x_prev, x = x, step(_POLY if s_next == 0.0 else sp, x, s_next)
+        if len(ss) > order + 1:
+            del ss[0], xs[0], ds[0]
         run.report(i, x, s, s_next, den)
     return x
 
@@ -116,7 +135,7 @@ def sample_exp_adams(denoiser, x, sigmas, *, generator=None, callback=None, mode
                      order: int = 3):  # polynomial order; the first steps use what history there is
     """Exponential Adams-Bashforth in log-sigma of order `order` (1: DDIM / DPM-Solver++(1); 3: DPM-Solver++(3M);
     DEIS tAB with log-SNR polynomials, Zhang & Chen 2023, eq. 15). One evaluation per step."""
-    return _linear_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, False, _Space("exp"))
+    return _linear_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, False)
 
 
 def sample_dpmpp_3m(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None):
@@ -126,11 +145,13 @@ def sample_dpmpp_3m(denoiser, x, sigmas, *, generator=None, callback=None, model
 
 
 def sample_unipc(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None,
-                 order: int = 2):  # predictor order; the corrector adds one
+                 order: int = 2,   # predictor order; the corrector adds one
+                 final_adams: bool = False):  # the step to sigma = 0 by Adams in sigma instead of x = D
     """UniPC (Zhao et al. 2023, Algorithm 1 with the exact-integral "B(h)" weights in data prediction): the
     exponential Adams-Bashforth predictor of order `order`, then each new evaluation `D(x_pred)` corrects the
     step just taken (exponential Adams-Moulton, order `order + 1`). One evaluation per step."""
-    return _linear_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, True, _Space("exp"))
+    return _linear_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, True,
+                             final_adams=final_adams)
 
 
 def sample_lms(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None,
@@ -141,4 +162,18 @@ def sample_lms(denoiser, x, sigmas, *, generator=None, callback=None, model_kwar
     polynomial extrapolation of eps, Zhang & Chen 2023, eq. 14, in VE coordinates). Start-up steps are corrected
     with the next value so that the order is not capped by a first-order start; with `corrector=True` every step
     is (predict-evaluate-correct, one evaluation per step, order `order + 1`)."""
-    return _linear_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, corrector, _Space("poly"))
+    return _linear_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, corrector, math.inf)
+
+
+def sample_hybrid(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None,
+                  order: int = 3,              # predictor order in both spaces; the corrector adds one
+                  sigma_switch: float = 1.0):  # steps from sigma > sigma_switch are exponential, the rest in sigma
+    """UniPC above `sigma_switch`, LMS below: steps from `sigma > sigma_switch` are exponential Adams in log-sigma
+    with UniC (`sample_unipc`), where the big early steps are nearly exact; steps from `sigma <= sigma_switch`, and
+    the step to 0, are Adams in sigma with the Adams-Moulton corrector (`sample_lms`), which ends better than
+    `x = D`. One history of `(sigma, x, D)` serves both spaces, so the switch costs nothing and keeps the order.
+    One evaluation per step. `sigma_switch` assumes data of about unit scale (docs/samplers.md)."""
+    if not (sigma_switch >= 0.0):
+        raise ValueError(f"sigma_switch must be >= 0, got {sigma_switch!r}")
+    return _linear_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, True, sigma_switch,
+                             final_adams=True)
