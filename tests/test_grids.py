@@ -86,3 +86,14 @@ def test_tuned_grid_shape_and_bounds(sampler):
     assert narrow[0].item() == 2.0 and narrow[-2].item() >= 0.5 and (narrow[1:-1] < 2.0).all()
     with pytest.raises(ValueError, match="sampler"):
         grids.tuned_grid(10, sampler="nope")
+
+
+def test_hybrid_switch_table_interpolation():
+    """The tabled n are reproduced, values in between lie between their neighbours (log-log), ends are held."""
+    for n, v in grids.HYBRID_SWITCH.items():
+        assert grids.hybrid_switch(n) == pytest.approx(v)
+    assert grids.hybrid_switch(1) == pytest.approx(grids.HYBRID_SWITCH[min(grids.HYBRID_SWITCH)])
+    assert grids.hybrid_switch(1000) == pytest.approx(grids.HYBRID_SWITCH[max(grids.HYBRID_SWITCH)])
+    assert 0.05 < grids.hybrid_switch(40) < 0.1
+    with pytest.raises(ValueError, match="-3"):
+        grids.hybrid_switch(-3)

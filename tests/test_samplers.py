@@ -1,6 +1,7 @@
 """Deterministic samplers against exact PF-ODE solutions of Gaussian-mixture oracles: convergence orders,
 per-example grids, NFE accounting, VP-view == VE-view, conditioning pass-through, float64 coefficients."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -33,14 +34,18 @@ def smooth_case():
 ORDERS = [("euler", {}, 1), ("ddim", {}, 1), ("heun", {}, 2), ("dpmpp_2m", {}, 2), ("dpmpp_3m", {}, 3),
           ("exp_adams", {"order": 2}, 2), ("unipc", {"order": 1}, 2),
           ("unipc", {"order": 2}, 3), ("lms", {"order": 2, "corrector": False}, 2), ("lms", {"order": 1, "corrector": True}, 2),
-          ("lms", {"order": 2, "corrector": True}, 3), ("hybrid", {"order": 1}, 2), ("hybrid", {"order": 2}, 3),
+          ("lms", {"order": 2, "corrector": True}, 3), ("hybrid", {"order": 1, "sigma_switch": 1.0}, 2),
+          ("hybrid", {"order": 2, "sigma_switch": 1.0}, 3), ("hybrid", {"order": 2, "sigma_switch": 0.3}, 3),
+          ("hybrid", {"order": 2, "sigma_switch": 0.1}, 3),
           ("unipc", {"order": 2, "final_adams": True}, 3)]
 
 
 @pytest.mark.parametrize("name, opts, order", ORDERS, ids=[f"{n}{o.get('order', '')}{'c' if o.get('corrector') else ''}{'a' if o.get('final_adams') else ''}"
+                                                f"{'s' + str(o['sigma_switch']) if 'sigma_switch' in o else ''}"
                                                 for n, o, _ in ORDERS])
 def test_convergence_order(smooth_case, name, opts, order):
-    """Fitted slope of log(RMS error) against log(NFE) is -order within 0.3 (issue 3)."""
+    """Fitted slope of log(RMS error) against log(NFE) is -order within 0.3 (issue 3). `hybrid` at a fixed switch:
+    its default switch depends on the step count, so the default is a different method at each n."""
     x, ref = smooth_case
     nfes, errs = [], []
     for n in (8, 16, 32, 64):
@@ -197,8 +202,21 @@ def test_hybrid_is_unipc_above_and_lms_below_the_switch():
     mid = S.sample_hybrid(oracle, x, sig, order=3, sigma_switch=1.0)
     assert (mid - S.sample_lms(oracle, x, sig)).abs().max() > 1e-6
     assert (mid - S.sample_unipc(oracle, x, sig, order=3, final_adams=True)).abs().max() > 1e-6
-    with pytest.raises(ValueError, match="-1.0"):
-        S.sample_hybrid(oracle, x, sig, sigma_switch=-1.0)
+    for bad in (-1.0, float("nan"), "1.0", True):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            S.sample_hybrid(oracle, x, sig, sigma_switch=bad)
+
+
+def test_hybrid_default_switch_follows_the_step_count():
+    """`sigma_switch=None` (the default) is `grids.hybrid_switch(N)` for a grid of N steps."""
+    oracle = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-1.0, 0.0], [1.0, 0.5]]), torch.tensor([0.01, 0.02]))
+    x = 80 * torch.randn(32, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for n in (5, 20, 30):
+        sig = grids.tuned_grid(n, 0.002, 80.0, sampler="hybrid")
+        torch.testing.assert_close(S.sample_hybrid(oracle, x, sig),
+                                   S.sample_hybrid(oracle, x, sig, sigma_switch=grids.hybrid_switch(n)), rtol=0, atol=0)
+    sig = grids.tuned_grid(20, 0.002, 80.0, sampler="hybrid")
+    assert (S.sample_hybrid(oracle, x, sig) - S.sample_hybrid(oracle, x, sig, sigma_switch=1.0)).abs().max() > 1e-9
 
 
 def test_final_adams_step_beats_x_equals_d_on_a_sharp_mixture():

@@ -52,3 +52,16 @@ def test_every_tuned_grid_has_its_fit_settings():
         assert name in S.SAMPLERS and 0 < settings["rms_weight"] < 1
         if "starts_from" in settings:
             assert all(len(p) == 3 for n in grids.TUNED[name] for p in settings["starts_from"](n))
+
+
+def test_flip_study_small():
+    """`--flip-study`'s function on a few 2-D starts at NFE 5: every studied start is one that flips, `ok_from` is past
+    the last flipping NFE, and excluding the flips can only lower the RMS."""
+    res = B.flip_study("2d-25", nfe=5, starts=48, max_nfe=8, peers=False, log=lambda *_: None)
+    assert res["studied"] and set(res["studied"]) == set(res["flips"]["hybrid/recommended"]) | set(res["flips"]["hybrid/edm"])
+    for row in res["per_start"].values():
+        for grid in ("recommended", "edm"):
+            r = row[f"hybrid/{grid}"]
+            assert all(5 <= n < r["ok_from"] for n in r["flips_at"])
+    for m, r in res["rms"].items():
+        assert r["without_own_flips"] <= r["all"] and r["flips"] == len(res["flips"][m])

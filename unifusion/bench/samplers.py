@@ -306,6 +306,76 @@ def run(starts: int = 2000, nfes=NFES, peers: bool = False, stochastic: bool = T
     return results
 
 
+# ---- why a cell is a lottery: the starts that flip -----------------------------------------------------
+def flip_study(oracle_name: str = "64d-10", nfe: int = 20, starts: int = 2000, seed: int = 0, max_nfe: int = 200,
+               peers: bool = True, log=print) -> dict:
+    """The starts that `hybrid` (tuned grid or EDM grid) sends to another component at `nfe` on a benchmark oracle
+    (same starts as `run`): for each, the smallest NFE from which each grid stays in the reference's component up
+    to `max_nfe` (and the NFE values that still flip above `nfe`), whether the tuned grid with its first step
+    (sigma_max -> sigma_hi) split in two at the geometric mean still flips it, whether `dopri5` (rtol 1e-2, 1e-3; one step size
+    for the whole batch, as in `run`) flips it and at what NFE, and every method's RMS at `nfe` with and without
+    the flipping starts. Measurement only: nothing here is fitted."""
+    oracle = oracles()[oracle_name]
+    x = SIGMA_MAX * torch.randn(starts, oracle.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    ref, _ = pf_ode_reference(oracle, x)
+    comp = oracle.component(ref)
+    methods = {"hybrid/recommended": run_ours("hybrid", oracle, x, nfe, "recommended")[0],
+               "hybrid/edm": run_ours("hybrid", oracle, x, nfe, "edm")[0]}
+    if peers:
+        K = load_k_diffusion_sampling()
+        for pname, (fn, levels) in k_diffusion_peers(K).items():
+            methods[pname] = fn(oracle, x, grids.edm_grid(levels(nfe), SIGMA_MIN, SIGMA_MAX))
+        try:
+            for pname, (fn, levels) in diffusers_peers().items():
+                methods[pname] = _diffusers_run(fn, oracle, x, levels(nfe))[0]
+        except ImportError as e:
+            log(f"diffusers not available ({e})")
+    flips = {m: [int(i) for i in torch.nonzero(oracle.component(out) != comp).flatten()] for m, out in methods.items()}
+    ours = sorted(set(flips["hybrid/recommended"]) | set(flips["hybrid/edm"]))
+    scale = ref.norm(dim=1).pow(2).mean().sqrt()
+    res = {"oracle": oracle_name, "nfe": nfe, "starts": starts, "seed": seed, "flips": flips, "studied": ours,
+           "ref_norm_rms": scale.item(), "per_start": {}, "rms": {}}
+    for i in ours:
+        xi, ci, row = x[i:i + 1], comp[i:i + 1], {}
+        for grid in ("recommended", "edm"):
+            bad = [n for n in range(nfe, max_nfe + 1)
+                   if (oracle.component(run_ours("hybrid", oracle, xi, n, grid)[0]) != ci).item()]
+            row[f"hybrid/{grid}"] = {"flips_at": bad, "ok_from": (max(bad) + 1) if bad else nfe}
+        split = {}
+        for n in sorted({nfe, 50, 100, max_nfe}):  # the tuned grid with one more level inside its first step
+            g = grids.tuned_grid(n, SIGMA_MIN, SIGMA_MAX, sampler="hybrid")
+            g = torch.cat([g[:1], torch.tensor([math.sqrt(g[0].item() * g[1].item())], dtype=torch.float64), g[1:]])
+            split[n + 1] = bool((oracle.component(S.sample_hybrid(oracle, xi, g, sigma_switch=grids.hybrid_switch(n)))
+                                 != ci).item())
+        row["hybrid/recommended, first step split: flips at NFE"] = split
+        for rtol in (1e-2, 1e-3):
+            counted = S.count_nfe(oracle)
+            out = S.sample_dopri5(counted, xi, grids.grid_from_list([SIGMA_MAX, SIGMA_MIN, 0.0]), rtol=rtol,
+                                  atol=rtol * 1e-2)
+            row[f"dopri5 rtol={rtol:g} alone"] = {"nfe": counted.nfe, "flips": bool((oracle.component(out) != ci).item())}
+        res["per_start"][i] = row
+    for rtol in (1e-2, 1e-3):
+        out, n_used = run_dopri5(oracle, x, rtol)
+        f = [int(i) for i in torch.nonzero(oracle.component(out) != comp).flatten()]
+        res["per_start_batch_dopri5"] = res.get("per_start_batch_dopri5", {})
+        res["per_start_batch_dopri5"][f"rtol={rtol:g}"] = {"nfe": n_used, "flipped": f,
+                                                          "rms": endpoint_errors(out, ref, oracle)["rms"]}
+    excl = sorted(set().union(*flips.values()))
+    keep = torch.ones(starts, dtype=torch.bool)
+    keep[excl] = False
+    res["excluded_any_flip"] = excl
+    for m, out in methods.items():
+        e = (out - ref).norm(dim=1) / scale
+        own = torch.ones(starts, dtype=torch.bool)
+        own[flips[m]] = False
+        res["rms"][m] = {"all": e.pow(2).mean().sqrt().item(), "flips": len(flips[m]),
+                         "without_own_flips": e[own].pow(2).mean().sqrt().item(),
+                         "without_any_flip": e[keep].pow(2).mean().sqrt().item(),
+                         "flip_errors": [round(e[j].item(), 4) for j in flips[m]]}
+    log(json.dumps(res, indent=1))
+    return res
+
+
 # ---- how TUNED was made -------------------------------------------------------------------------------
 def training_oracles() -> dict:
     """The mixtures the tuned grids were fitted on: none of them is a benchmark oracle."""
@@ -359,6 +429,40 @@ def tune_grid(sampler: str, ns=(5, 10, 20, 50), starts: int = 1000, opts=None, l
                     for p0 in starts_from(n)), key=lambda o: o.fun)
         out[n] = tuple(round(math.exp(v), 4) for v in best.x)
         log(f"{sampler} n={n}: (hi, lo, rho) = {out[n]}, loss {best.fun:.3f}")
+    return out
+
+
+# How grids.HYBRID_SWITCH was chosen (`--tune-switch` reruns it): per n, the candidates tried on the tuned grid.
+SWITCH_CANDIDATES = {5: (0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0), 10: (0.05, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0),
+                     15: (0.2, 0.3, 0.5, 0.7, 1.0, 1.5),
+                     20: (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0),
+                     30: (0.1, 0.3, 0.5, 1.0), 50: (0.05, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5)}
+
+
+def tune_switch(candidates=None, starts: int = 3000, seed: int = 7, rms_weight: float = 0.85, log=print) -> dict:
+    """`sample_hybrid`'s `sigma_switch` per n on `grids.tuned_grid(n, sampler="hybrid")`: the candidate with the
+    lowest training loss (as in `tune_grid`: mean over `training_oracles()` of `rms_weight log RMS + (1 - rms_weight)
+    log median`, 2-D and higher-dimensional cases weighted equally). Ties (within 1e-3) go to 1.0, the earlier
+    single switch, else to the smallest value. Returns `{n: switch}` for `grids.HYBRID_SWITCH`."""
+    candidates = candidates or SWITCH_CANDIDATES
+    data = []
+    for name, oracle in training_oracles().items():
+        x = SIGMA_MAX * torch.randn(starts, oracle.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        ref, _ = pf_ode_reference(oracle, x, rtol=1e-9)
+        data.append((oracle, x, ref, 1 / 3 if oracle.dim == 2 else 1 / 2))
+    out = {}
+    for n, values in sorted(candidates.items()):
+        sig = grids.tuned_grid(n, SIGMA_MIN, SIGMA_MAX, sampler="hybrid")
+        losses = {}
+        for sw in values:
+            total = 0.0
+            for oracle, x, ref, w in data:
+                e = endpoint_errors(S.sample_hybrid(oracle, x, sig, sigma_switch=sw), ref, oracle)
+                total += w * (rms_weight * math.log(e["rms"]) + (1 - rms_weight) * math.log(e["median"]))
+            losses[sw] = total / 2
+            log(f"hybrid n={n} sigma_switch={sw:g}: loss {losses[sw]:.3f}")
+        best = min(losses.values())
+        out[n] = next(sw for sw in sorted(values, key=lambda v: (v != 1.0, v)) if losses[sw] <= best + 1e-3)
     return out
 
 
@@ -482,7 +586,17 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench/results", help="output directory (default bench/results)")
     ap.add_argument("--tune", metavar="SAMPLER", choices=sorted(grids.TUNED),
                     help="re-fit grids.TUNED[SAMPLER] on the training mixtures (slow, ~30 min) and print it")
+    ap.add_argument("--tune-switch", action="store_true",
+                    help="re-choose grids.HYBRID_SWITCH on the training mixtures (slow, ~10 min) and print it")
+    ap.add_argument("--flip-study", action="store_true",
+                    help="the starts that flip at 64-D NFE 20: NFE at which they stop flipping, RMS without them")
     args = ap.parse_args(argv)
+    if args.tune_switch:
+        print(json.dumps(tune_switch(starts=args.starts or 3000)))
+        return 0
+    if args.flip_study:
+        flip_study(starts=args.starts or 2000, seed=args.seed, peers=args.peers)
+        return 0
     if args.tune:
         settings = dict(TUNE_SETTINGS[args.tune])
         if args.starts:

@@ -25,7 +25,9 @@ extrapolated to `lambda = inf`) unless `final_adams`, which takes it as an Adams
 from __future__ import annotations
 
 import math
+import numbers
 
+from ..grids import hybrid_switch
 from ..utils import check_positive_int
 from .common import _Run, adams_weights, exp_adams_weights, to_d
 
@@ -167,13 +169,19 @@ def sample_lms(denoiser, x, sigmas, *, generator=None, callback=None, model_kwar
 
 def sample_hybrid(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None,
                   order: int = 3,              # predictor order in both spaces; the corrector adds one
-                  sigma_switch: float = 1.0):  # steps from sigma > sigma_switch are exponential, the rest in sigma
+                  sigma_switch: float | None = None):  # steps from sigma > sigma_switch are exponential, the rest
+    #                                                         in sigma; None: grids.hybrid_switch(number of steps)
     """UniPC above `sigma_switch`, LMS below: steps from `sigma > sigma_switch` are exponential Adams in log-sigma
     with UniC (`sample_unipc`), where the big early steps are nearly exact; steps from `sigma <= sigma_switch`, and
     the step to 0, are Adams in sigma with the Adams-Moulton corrector (`sample_lms`), which ends better than
     `x = D`. One history of `(sigma, x, D)` serves both spaces, so the switch costs nothing and keeps the order.
-    One evaluation per step. `sigma_switch` assumes data of about unit scale (docs/samplers.md)."""
-    if not (sigma_switch >= 0.0):
-        raise ValueError(f"sigma_switch must be >= 0, got {sigma_switch!r}")
-    return _linear_multistep(_Run(denoiser, x, sigmas, callback, model_kwargs), x, order, True, sigma_switch,
-                             final_adams=True)
+    One evaluation per step. The default `sigma_switch=None` takes `grids.hybrid_switch(N)` for a grid of `N` steps
+    (fitted per N with the tuned grids: 1.0 at N <= 10, lower at larger N). `sigma_switch` assumes data of about
+    unit scale (docs/samplers.md)."""
+    if sigma_switch is not None and (isinstance(sigma_switch, bool) or not isinstance(sigma_switch, numbers.Real)
+                                     or not sigma_switch >= 0.0):
+        raise ValueError(f"sigma_switch must be None or a number >= 0, got {sigma_switch!r}")
+    run = _Run(denoiser, x, sigmas, callback, model_kwargs)
+    if sigma_switch is None:
+        sigma_switch = hybrid_switch(len(run.values) - 1)
+    return _linear_multistep(run, x, order, True, float(sigma_switch), final_adams=True)
