@@ -70,18 +70,24 @@ def track(label: str, config: str, sets: list[str], steps: int, every: int, n: i
         for name, sampler, grid, k in todo:
             row[name] = evaluate(model, n, sampler, grid, k, seeds)
         history.append(row)
-        hits = [r for r in history if all(r[name]["ratio"] <= target for name, *_ in evals)]
-        reached = {"step": hits[0]["step"], "train_seconds": hits[0]["train_seconds"]} if hits else None
+        reached = _reached(history, evals, target, seeds)
         if on_eval is not None:
             on_eval({"label": label, "config": config, "sets": sets, "target_ratio": target, "n": n,
                      "reached": reached, "history": history})
         print(f"[{label}] step {stop:6d}  train {train_s:7.0f} s  " + "  ".join(
             f"{name}: FD {row[name]['fd']:.3f} ({row[name]['ratio']:.2f}x floor {row[name]['floor']:.3f})"
             for name, *_ in todo), flush=True)
-    hits = [r for r in history if all(r[name]["ratio"] <= target for name, *_ in evals)]
-    reached = {"step": hits[0]["step"], "train_seconds": hits[0]["train_seconds"]} if hits else None
+    reached = _reached(history, evals, target, seeds)
     return {"label": label, "config": config, "sets": sets, "target_ratio": target, "n": n,
             "reached": reached, "history": history}
+
+
+def _reached(history, evals, target: float, seeds: int):
+    """The first row whose every tracked sampler meets `target` on the mean over `seeds` seeds (rows of an older,
+    single-seed evaluation kept by `--resume` do not count)."""
+    hits = [r for r in history if all(r[name]["ratio"] <= target and r[name].get("seeds", 1) >= seeds
+                                      for name, *_ in evals)]
+    return {"step": hits[0]["step"], "train_seconds": hits[0]["train_seconds"]} if hits else None
 
 
 def evaluate(model, n: int, sampler: str, grid, steps: int, seeds: int) -> dict:
