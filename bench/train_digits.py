@@ -146,7 +146,7 @@ def unet_speed(device: str, batch: int, steps: int, threads: int, precision: str
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the script, not the targets")
-    p.add_argument("--steps-ve", type=int, default=40000)
+    p.add_argument("--steps-ve", type=int, default=30000)
     p.add_argument("--steps-vp", type=int, default=40000)
     p.add_argument("--eval-every", type=int, default=3000)
     p.add_argument("--n", type=int, default=2000, help="samples per evaluation and seed")
