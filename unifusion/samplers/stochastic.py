@@ -2,7 +2,8 @@
 annealed Langevin dynamics and the EDM stochastic sampler.
 
 The reverse SDE of the VE-coordinate process (`alpha = 1`, time = sigma, `g^2 = d sigma^2 / d sigma = 2 sigma`) is
-`dx = -2 sigma score dsigma + sqrt(2 sigma) dw_bar` with `score = (D - x) / sigma^2` (Song et al. 2021, eq. 6); it
+`dx = -2 sigma score dsigma + sqrt(2 sigma) dw_bar` with `score = (D - x) / sigma^2` (Song et al. 2021, eq. 6;
+computed by `parametrization.score_from_x0` with `alpha = 1`, Tweedie's formula's one home); it
 has the PF-ODE's marginals. Every step to sigma = 0 is the noise-free denoising step `x = D(x, sigma)` (Score SDE's
 `denoise=True`, Song et al. 2021, App. G; Jolicoeur-Martineau et al. 2021), since the discretised SDE step would
 add noise of the size of sigma. One-step update functions (`*_step`) are shared with the predictor-corrector.
@@ -13,6 +14,7 @@ import math
 
 import torch
 
+from ..parametrization import score_from_x0
 from ..utils import check_choice, check_positive_int, randn_like
 from .common import _Run, ancestral_step, to_d
 
@@ -31,13 +33,13 @@ def ddim_step(x, den, s, s_next, generator, eta=1.0):
 def euler_maruyama_step(x, den, s, s_next, generator):
     """Euler-Maruyama on the reverse SDE: `x + 2 (sigma - sigma_next) (D - x)/sigma + sqrt(2 sigma (sigma - sigma_next)) z`."""
     dt = s - s_next
-    return x + (2 * dt) * (den - x) / s + math.sqrt(2 * s * dt) * randn_like(x, generator)
+    return x + (2 * s * dt) * score_from_x0(x, den, 1.0, s) + math.sqrt(2 * s * dt) * randn_like(x, generator)
 
 
 def reverse_diffusion_step(x, den, s, s_next, generator):
     """Score SDE's reverse-diffusion predictor (Song et al. 2021, eq. 46): `x + (s^2 - s_next^2) score + sqrt(s^2 - s_next^2) z`."""
     v = s * s - s_next * s_next
-    return x + (v / (s * s)) * (den - x) + math.sqrt(v) * randn_like(x, generator)
+    return x + v * score_from_x0(x, den, 1.0, s) + math.sqrt(v) * randn_like(x, generator)
 
 
 def euler_step(x, den, s, s_next, generator):
@@ -83,7 +85,7 @@ def langevin_step(x, den, s, generator, snr):
     """Score SDE's Langevin corrector (Song et al. 2021, Algorithm 4): `x + eps score + sqrt(2 eps) z` with
     `eps = 2 (snr |z| / |score|)^2`, the norms averaged over the batch as in the authors' code (per-example ratios
     blow up where the score vanishes in low dimension)."""
-    score = (den - x) / (s * s)
+    score = score_from_x0(x, den, 1.0, s)
     z = randn_like(x, generator)
     ratio = z.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean().clamp_min(1e-30)
     eps = 2 * (snr * ratio) ** 2
@@ -125,7 +127,7 @@ def sample_langevin(denoiser, x, sigmas, *, generator=None, callback=None, model
         a = step_lr * (s / levels[-1]) ** 2
         for _ in range(n_steps_each):
             den = run.model(x, s)
-            x = x + (a / 2) * (den - x) / (s * s) + math.sqrt(a) * randn_like(x, generator)
+            x = x + (a / 2) * score_from_x0(x, den, 1.0, s) + math.sqrt(a) * randn_like(x, generator)
         run.report(i, x, s, levels[i + 1] if i + 1 < len(levels) else run.values[-1], den)
     if run.values[-1] == 0.0:
         den = run.model(x, levels[-1])
