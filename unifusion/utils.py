@@ -14,7 +14,7 @@ import torch
 
 __all__ = [
     "expand_like", "coef", "atomic_write", "as_float_tensor", "check_finite", "check_nonnegative", "check_in_range",
-    "check_positive_int", "check_choice", "default_dtype_of",
+    "check_positive_int", "check_choice", "default_dtype_of", "generator_device", "randn_like",
 ]
 
 

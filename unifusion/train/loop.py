@@ -352,17 +352,18 @@ def _load_state(path: Path, task, opt, ema, scaler, config: dict, n_micro: int) 
     """Restore modules, EMA, optimiser, scaler and task state from `path`; return the step to continue from."""
     tensors, info = read_checkpoint(path)
     diff = config_difference(info.get("config", {}), config, _RESUMABLE | _SCHEDULE)
-    old_train, new_train = info.get("config", {}).get("train"), config.get("train")
-    if not diff and isinstance(old_train, dict) and isinstance(new_train, dict):
-        old_lr, new_lr = _schedule(old_train), _schedule(new_train)
-        changed = [s for s in range(int(info["step"])) if old_lr.lr_at(s) != new_lr.lr_at(s)]
-        if changed:
-            raise CheckpointError(f"checkpoint {path}: train.decay_start/decay_end change the learning rate of step "
-                                  f"{changed[0] + 1}, which it already took; a decay may only start at or after step "
-                                  f"{info['step']}")
     if diff:
         raise CheckpointError(f"checkpoint {path} comes from another config (differs in: {', '.join(diff[:8])}); "
                               f"use another `out` folder or the same config")
+    old_train, new_train = info.get("config", {}).get("train"), config.get("train")
+    old_lr = _schedule(old_train) if isinstance(old_train, dict) else None
+    new_lr = _schedule(new_train) if isinstance(new_train, dict) else None
+    if old_lr is not None and new_lr is not None and old_lr != new_lr:   # a decay added or moved: check the past
+        changed = next((s for s in range(int(info["step"])) if old_lr.lr_at(s) != new_lr.lr_at(s)), None)
+        if changed is not None:
+            raise CheckpointError(f"checkpoint {path}: train.decay_start/decay_end change the learning rate of step "
+                                  f"{changed + 1}, which it already took; a decay may only start at or after step "
+                                  f"{info['step']}")
     if info.get("micro_batches") != n_micro:
         raise CheckpointError(f"checkpoint {path} was trained with {info.get('micro_batches')} micro-batches per step "
                               f"(world_size x grad_accum), this run has {n_micro}; bit-exact resume needs the same")
