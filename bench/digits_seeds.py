@@ -26,7 +26,8 @@ def main(argv=None):
     ap.add_argument("--ema", default="true", help="true: the first EMA; false: raw weights; a decay: that EMA")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    ema = {"true": True, "false": False}.get(a.ema.lower()) if a.ema.lower() in ("true", "false") else float(a.ema)
+    ema = {"true": True, "false": False}.get(a.ema.lower(), None)
+    ema = float(a.ema) if ema is None else ema
     for run in a.runs:
         d = load_model(run, ema=ema)
         v = evaluate(d, a.n, a.sampler, a.grid, a.steps, a.seeds)
