@@ -38,11 +38,13 @@ ROOT = Path(__file__).resolve().parent
 
 
 def track(label: str, config: str, sets: list[str], steps: int, every: int, n: int, evals, target: float,
-          final_evals, runs: Path, on_eval=None, resume: bool = False, previous=(), seeds: int = 5) -> dict:
+          final_evals, runs: Path, on_eval=None, resume: bool = False, previous=(), seeds: int = 5,
+          reevaluate: bool = False) -> dict:
     """Train `config` to `steps` in chunks of `every`, evaluating `evals` after each chunk (the EMA weights, over
     `seeds` sampling seeds: the target is judged on the mean).
     `resume`: continue an interrupted run's checkpoint (its training time so far is summed from its log);
-    `previous`: that run's earlier result rows (kept for the steps before the checkpoint)."""
+    `previous`: that run's earlier result rows (kept for the steps before the checkpoint);
+    `reevaluate`: evaluate the checkpoint's row again (after a change of the metrics; needs `resume`)."""
     run = runs / f"train_{label}"
     cfg = load_config(config, [f"out={run}", "train.progress=false", *sets])
     history, train_s, reached, done = [], 0.0, None, 0
@@ -56,7 +58,7 @@ def track(label: str, config: str, sets: list[str], steps: int, every: int, n: i
                 prev = r["step"]
     else:
         shutil.rmtree(run, ignore_errors=True)
-    history = [r for r in previous if r["step"] <= done]
+    history = [r for r in previous if r["step"] < done or (r["step"] == done and not reevaluate)]
     seen = {r["step"] for r in history}
     stops = [s for s in list(range(every, steps, every)) + [steps] if s > done or (s == done and s not in seen)]
     for i, stop in enumerate(stops):
@@ -65,7 +67,8 @@ def track(label: str, config: str, sets: list[str], steps: int, every: int, n: i
         res = train_from_config(cfg, resume=done > 0 or i > 0)
         train_s += time.perf_counter() - t0
         model = load_model(run)
-        row = {"step": stop, "train_seconds": round(train_s, 1), "loss": res.loss}
+        old = next((r for r in previous if r["step"] == stop), {})   # a re-evaluated row keeps its training loss
+        row = {"step": stop, "train_seconds": round(train_s, 1), "loss": res.loss if stop > done else old.get("loss")}
         todo = evals + (final_evals if stop == steps else [])
         for name, sampler, grid, k in todo:
             row[name] = evaluate(model, n, sampler, grid, k, seeds)
@@ -101,6 +104,7 @@ def evaluate(model, n: int, sampler: str, grid, steps: int, seeds: int) -> dict:
     mean = lambda key: statistics.mean(r[key] for r in reps)
     ratios = [r["fd_ratio"] for r in reps]
     return {"nfe": nfe, "fd": mean("fd"), "floor": reps[0]["fd_floor"], "ratio": statistics.mean(ratios),
+            "floor_iid": reps[0]["fd_floor_iid"], "ratio_iid": mean("fd_ratio_iid"),
             "ratio_sd": statistics.stdev(ratios) if seeds > 1 else 0.0, "ratios": ratios, "seeds": seeds,
             "confident": mean("confident_fraction"), "nn_ratio": mean("nn_ratio"), "sample_seconds": round(secs, 1)}
 
@@ -114,6 +118,7 @@ def reference_rows() -> dict:
         x, _ = load_digits(split)
         rep = digits_report(x, floor_repeats=5)
         out[split] = {"n": x.shape[0], "fd": rep["fd"], "floor": rep["fd_floor"], "ratio": rep["fd_ratio"],
+                      "ratio_iid": rep["fd_ratio_iid"],
                       "confident": rep["confident_fraction"], "nn_ratio": rep["nn_ratio"]}
     return out
 
@@ -163,8 +168,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "results"))
     p.add_argument("--runs", default="runs/bench_train_digits", help="run folders (checkpoints, logs)")
     p.add_argument("--resume", action="store_true", help="continue the runs' checkpoints in --runs")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="with --resume: evaluate each run's checkpoint again (after a change of the metrics)")
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. _ve when runs are split)")
     a = p.parse_args(argv)
+    if a.reevaluate and not a.resume:
+        p.error("--reevaluate needs --resume (it evaluates the checkpoints in --runs again)")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(a.threads)
@@ -195,11 +204,12 @@ def main(argv=None) -> int:
     heun = ("heun35", "heun", None, 18)
     if "ve" not in a.skip:
         result["runs"].append(track("ve_edm", "digits_ve", sets, a.steps_ve, a.eval_every, a.n, [heun], 1.2, [],
-                                    Path(a.runs), write, a.resume, old.get("ve_edm", ()), a.seeds))
+                                    Path(a.runs), write, a.resume, old.get("ve_edm", ()), a.seeds, a.reevaluate))
     if "vp" not in a.skip:
         anc = ("ancestral1000", "ancestral", "timesteps", 100 if a.quick else 1000)
         result["runs"].append(track("vp_ddpm", "digits_vp", sets, a.steps_vp, a.eval_every, a.n, [heun], 1.5,
-                                    [anc], Path(a.runs), write, a.resume, old.get("vp_ddpm", ()), a.seeds))
+                                    [anc], Path(a.runs), write, a.resume, old.get("vp_ddpm", ()), a.seeds,
+                                    a.reevaluate))
     if "unet" not in a.skip:
         result["unet"] = [unet_speed(a.unet_device, a.unet_batch, a.unet_steps, a.threads, prec, comp)
                           for prec in a.unet_precision for comp in ((False, True) if a.unet_compile else (False,))]
@@ -217,31 +227,32 @@ def table(result: dict) -> str:
              f"load average {m['loadavg_start'][0]:.1f} at start / {m['loadavg_end'][0]:.1f} at end; "
              f"wall {result['wall_seconds']:.0f} s.", "",
              "| model | step | train s | sampler | NFE | FD | floor | FD / floor (mean +- sd over seeds) | target "
-             "| confident | NN ratio |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| FD / i.i.d.-count floor | confident | NN ratio |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    iid = lambda v: f"{v['ratio_iid']:.2f}" if "ratio_iid" in v else ""
     for split, v in result.get("reference", {}).items():
         lines.append(f"| real {split} digits (n={v['n']}) | | | | | {v['fd']:.3f} | {v['floor']:.3f} | {v['ratio']:.2f} "
-                     f"| | {v['confident']:.3f} | {v['nn_ratio']:.2f} |")
+                     f"| | {iid(v)} | {v['confident']:.3f} | {v['nn_ratio']:.2f} |")
     for run in result["runs"]:
         for row in run["history"]:
             for k, v in row.items():
                 if isinstance(v, dict):
                     lines.append(f"| {run['label']} | {row['step']} | {row['train_seconds']:.0f} | {k} | {v['nfe']} "
                                  f"| {v['fd']:.3f} | {v['floor']:.3f} | {_ratio(v)} | {run['target_ratio']} "
-                                 f"| {v['confident']:.3f} | {v['nn_ratio']:.2f} |")
+                                 f"| {iid(v)} | {v['confident']:.3f} | {v['nn_ratio']:.2f} |")
         r = run["reached"]
         names = sorted({k for row in run["history"] for k, v in row.items() if isinstance(v, dict)})
         tracked = [k for k in names if all(k in row for row in run["history"])]
         lines.append(f"| {run['label']} | {', '.join(tracked)} target {run['target_ratio']}x floor "
                      f"{'first reached at step %d after %.0f s of training' % (r['step'], r['train_seconds']) if r else 'not reached'} "
-                     f"| | | | | | | | | |")
+                     f"| | | | | | | | | | |")
         for k in names:
             if k not in tracked:
                 last = [row for row in run["history"] if k in row][-1]
                 ok = last[k]["ratio"] <= run["target_ratio"]
                 lines.append(f"| {run['label']} | {k} (final checkpoint only) target {run['target_ratio']}x floor: "
                              f"{'reached' if ok else 'not reached'} at step {last['step']} ({last[k]['ratio']:.2f}x) "
-                             f"| | | | | | | | | |")
+                             f"| | | | | | | | | | |")
     for u in result.get("unet", []):
         mem = f", peak {u['peak_memory_GiB']} GiB" if u.get("peak_memory_GiB") else ""
         lines += ["", f"CIFAR-10-sized U-Net ({u['params_M']}M parameters), random data, batch {u['batch']}, "

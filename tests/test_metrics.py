@@ -14,7 +14,7 @@ import torch
 
 from unifusion import eight_gaussians
 from unifusion.data.digits import load_digits
-from unifusion.metrics import (CLASSIFIER_PATH, DigitsClassifier, confident_fraction, copy_fraction, digits_fd,
+from unifusion.metrics import (CLASSIFIER_PATH, DigitsClassifier, class_count_weights, confident_fraction, copy_fraction, digits_fd,
                                digits_report, fd_floor, frechet_distance, frechet_distance_from_stats,
                                gaussian_stats, median_bandwidth, mmd, nearest_neighbour_ratio, sliced_wasserstein,
                                vector_floor, vector_report)
@@ -183,6 +183,48 @@ def test_fd_floor_extrapolation_predicts_fresh_real_draws():
     assert boot > 1.3 * direct
 
 
+def test_frequency_weights_equal_repeated_rows_and_class_draws_have_multinomial_counts():
+    f = torch.randn(30, 4, generator=gen(0), dtype=torch.float64)
+    w = torch.randint(0, 4, (30,), generator=gen(1)).double()
+    mu, cov = gaussian_stats(torch.repeat_interleave(f, w.long(), dim=0))
+    mu_w, cov_w = gaussian_stats(f, w)
+    assert torch.allclose(mu_w, mu) and torch.allclose(cov_w, cov)
+    labels, probs = torch.arange(60) % 3, torch.tensor([0.5, 0.3, 0.2])
+    counts = []
+    for i in range(400):
+        w = class_count_weights(labels, probs, 45, gen(i))
+        per_class = torch.stack([w[labels == k].sum() for k in range(3)])
+        assert float(w.sum()) == pytest.approx(45) and ((w == 0) | (w == 1) | (w > 1)).all()
+        counts.append(per_class)
+    counts = torch.stack(counts)
+    assert torch.allclose(counts.mean(0), 45 * probs.double(), rtol=0.03)                      # Multinomial mean
+    assert torch.allclose(counts.var(0), 45 * probs.double() * (1 - probs.double()), rtol=0.2)  # and variance
+
+
+def test_class_count_floor_of_a_stratified_pool_matches_iid_draws_of_a_mixture():
+    """Data: 10 well-separated Gaussian classes (exact mixture mean and covariance as the reference). Stratified pools
+    of 360 (36 per class, like the digits test split) score well below i.i.d. draws of 360; the same pools with
+    i.i.d. class counts (`fd_floor` with labels) match the i.i.d. draws."""
+    d, K, per = 6, 10, 36
+    means = 2.0 * torch.randn(K, d, generator=gen(0), dtype=torch.float64)
+    probs = torch.full((K,), 1.0 / K, dtype=torch.float64)
+    mix_mean = means.mean(0)
+    mix_cov = torch.eye(d, dtype=torch.float64) + (means - mix_mean).T @ (means - mix_mean) / K
+    ref = (mix_mean, mix_cov)
+    g = gen(1)
+    draw = lambda labels: means[labels] + torch.randn(labels.numel(), d, generator=g, dtype=torch.float64)
+    iid = np.mean([frechet_distance_from_stats(*gaussian_stats(draw(torch.multinomial(probs, 360, True, generator=g))),
+                                               *ref) for _ in range(300)])
+    strat, corrected = [], []
+    labels = torch.arange(K).repeat_interleave(per)
+    for i in range(30):
+        pool = draw(labels)
+        strat.append(fd_floor(pool, ref, 360, 1, gen(i))[0])
+        corrected.append(fd_floor(pool, ref, 360, 20, gen(i), labels, probs)[0])
+    assert np.mean(strat) < 0.75 * iid
+    assert np.mean(corrected) == pytest.approx(iid, rel=0.1)
+
+
 # ---------------------------------------------------------------- digits classifier and report
 
 def test_shipped_classifier_loads_cached_and_reaches_its_stated_test_accuracy():
@@ -219,6 +261,8 @@ def test_real_unseen_digits_score_the_floor():
     x, _ = load_digits("test")
     r = digits_report(x)
     assert r["n"] == 360 and r["fd"] == pytest.approx(r["fd_floor"]) and r["fd_ratio"] == pytest.approx(1.0)
+    assert r["fd_floor_iid"] > 1.2 * r["fd_floor"]  # the stratified split lacks the class-count noise of i.i.d. draws
+    assert r["fd_ratio_iid"] == pytest.approx(r["fd"] / r["fd_floor_iid"]) and r["fd_floor_iid_std"] > 0
     assert r["fd_count"] == 360 and r["fd_all"] == pytest.approx(r["fd"])
     half = digits_report(x[:180])  # below 360: the floor averages test subsets of 180
     assert half["fd_count"] == 180 and half["fd_floor_std"] > 0 and 0.7 < half["fd_ratio"] < 1.5

@@ -168,6 +168,7 @@ def _cmd_eval(args) -> int:
     if data in (None, "digits") and flat.shape[1] == 64:
         rep = metrics.digits_report(flat.clamp(-1, 1), n=args.n)
         rows = [("Frechet distance (classifier features)", rep["fd"], rep["fd_floor"]),
+                ("same, floor with i.i.d. class counts", rep["fd"], rep["fd_floor_iid"]),
                 ("confident fraction (p > 0.9)", rep["confident_fraction"], rep["confident_fraction_floor"]),
                 ("nearest-neighbour ratio", rep["nn_ratio"], rep["nn_ratio_floor"])]
     else:

@@ -18,7 +18,8 @@ This module owns
 Floors: a metric means little without the value a perfect model would get. For digits the floor is the same
 metric for the real test split (360 images, unseen by model and classifier) against the training split at the
 same sample count; FD, whose value depends on the count, is therefore taken over chunks of 360 samples, where
-its floor is exact (`digits_report` explains each floor). For vectors the floor is the metric between a fresh
+its floor is exact (`digits_report` explains each floor). The test split is stratified, so the FD floor is also
+given with i.i.d. class counts (`class_count_weights`), the floor of an unconditional sampler. For vectors the floor is the metric between a fresh
 exact draw and the reference.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .utils import check_choice, check_finite, check_positive_int
 
 __all__ = [
     "sliced_wasserstein", "mmd", "median_bandwidth", "frechet_distance", "frechet_distance_from_stats",
-    "gaussian_stats", "fd_floor", "vector_report", "vector_floor",
+    "gaussian_stats", "class_count_weights", "fd_floor", "vector_report", "vector_floor",
     "DigitsClassifier", "FD_COUNT", "digits_fd", "confident_fraction", "nearest_neighbour_ratio", "copy_fraction",
     "digits_report",
     "MEMORIZATION_THRESHOLD", "CLASSIFIER_PATH",
@@ -196,10 +197,20 @@ def mmd(x, y, kernel: str = "rbf", bandwidth: float | None = None) -> float:
 # Frechet distance
 
 @_one_thread
-def gaussian_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean `[d]` and unbiased covariance `[d, d]` (float64) of features `[N, d]`, N >= 2."""
+def gaussian_stats(feats, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean `[d]` and unbiased covariance `[d, d]` (float64) of features `[N, d]`, N >= 2.
+
+    `weights` `[N]` (>= 0, summing to more than 1) are frequency weights: integer weights give the statistics of
+    the rows repeated that often, and the covariance is normalised by `sum(weights) - 1`.
+    """
     f = _as_2d(feats, "feats", min_rows=2)
-    return f.mean(0), torch.cov(f.T, correction=1).reshape(f.shape[1], f.shape[1])
+    if weights is None:
+        return f.mean(0), torch.cov(f.T, correction=1).reshape(f.shape[1], f.shape[1])
+    w = weights.to(torch.float64)
+    assert w.shape == f.shape[:1] and bool((w >= 0).all()) and float(w.sum()) > 1, "frequency weights [N], sum > 1"
+    mu = (w[:, None] * f).sum(0) / w.sum()
+    d = f - mu
+    return mu, (w[:, None] * d).T @ d / (w.sum() - 1)
 
 
 def _psd_sqrt(c: torch.Tensor) -> torch.Tensor:
@@ -362,13 +373,24 @@ def _real_digits():
     from .data.digits import load_digits
 
     clf = DigitsClassifier.load()
-    x_tr, _ = load_digits("train")
-    x_te, _ = load_digits("test")
+    x_tr, y_tr = load_digits("train")
+    x_te, y_te = load_digits("test")
     f_tr, p_tr = _classify(x_tr, clf)
     f_te, p_te = _classify(x_te, clf)
     assert x_te.shape[0] == FD_COUNT, "the digits FD is taken at the test split's size"
-    return {"x_train": x_tr, "x_test": x_te, "f_test": f_te, "p_test": p_te,
+    return {"x_train": x_tr, "x_test": x_te, "f_test": f_te, "p_test": p_te, "y_test": y_te,
+            "class_probs": torch.bincount(y_tr, minlength=10).double() / y_tr.numel(),
             "train_stats": gaussian_stats(f_tr), "nn_test": _nn_distance(x_te, x_tr)}
+
+
+@lru_cache(maxsize=8)
+def _iid_fd_floor(n: int, seed: int) -> tuple[float, float]:
+    """The digits FD floor at `n <= FD_COUNT` with i.i.d. class counts (`fd_floor` with labels): the test split
+    is stratified, so its own FD lacks the class-count noise of `n` unconditional samples. It depends only on
+    `(n, seed)`, so it is cached."""
+    real = _real_digits()
+    return fd_floor(real["f_test"], real["train_stats"], n, IID_FLOOR_REPEATS, torch.Generator().manual_seed(seed),
+                    real["y_test"], real["class_probs"])
 
 
 def _nn_distance(x: torch.Tensor, ref: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
@@ -438,15 +460,42 @@ def copy_fraction(samples) -> float:
 
 
 FLOOR_FIT_COUNTS = (120, 180, 240, 300, 360)  # sub-counts of the test split for the 1/n fit of the FD floor
+IID_FLOOR_REPEATS = 200  # class-count draws behind the digits i.i.d. floor (it does not depend on the samples: cached)
+
+
+def class_count_weights(labels: torch.Tensor, class_probs: torch.Tensor, n: int,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Frequency weights `[P]` (summing to `n`) over a labelled pool that turn it into a draw of `n` points with
+    i.i.d. class counts, `c ~ Multinomial(n, class_probs)`, as an unconditional sampler's `n` samples have.
+
+    A class with `c_k` at most its pool count `P_k` contributes `c_k` of its points drawn without replacement
+    (weight 1); a class with more contributes all its points, each with weight `c_k / P_k` (weighting rather than
+    duplicating, which would add covariance noise). A stratified pool (the digits test split) has the expected
+    counts exactly and so lacks the class-count noise every sample of an unconditional model has.
+    """
+    counts = torch.bincount(torch.multinomial(class_probs.double(), n, replacement=True, generator=generator),
+                            minlength=class_probs.numel())
+    w = torch.zeros(labels.shape[0], dtype=torch.float64)
+    for k, c in enumerate(counts.tolist()):
+        idx = (labels == k).nonzero().flatten()
+        assert c == 0 or idx.numel() > 0, f"class {k} is drawn but has no pool points"
+        if c <= idx.numel():
+            w[idx[torch.randperm(idx.numel(), generator=generator)[:c]]] = 1.0
+        else:
+            w[idx] = c / idx.numel()
+    return w
 
 
 @_one_thread
 def fd_floor(pool_feats: torch.Tensor, ref_stats, n: int, repeats: int = 10,
-             generator: torch.Generator | None = None) -> tuple[float, float]:
+             generator: torch.Generator | None = None, labels: torch.Tensor | None = None,
+             class_probs: torch.Tensor | None = None) -> tuple[float, float]:
     """`(mean, std)` of the FD between `n` real points and the reference, from a pool of `P` held-out real features.
 
-    `n <= P`: the mean over `repeats` subsets of `n` pool points drawn without replacement (each one an exact
-    i.i.d. draw of `n` real points). `n > P`: FD grows with `1/n` at small counts (the finite-sample bias of
+    `n <= P`: the mean over `repeats` subsets of `n` pool points drawn without replacement (an exact draw of `n`
+    real points when the pool is an i.i.d. sample; for a stratified pool, one with the pool's class proportions).
+    With the pool's `labels` `[P]` and `class_probs` `[K]`, each draw instead has i.i.d. class counts
+    (`class_count_weights`), the floor of an unconditional sampler. `n > P`: FD grows with `1/n` at small counts (the finite-sample bias of
     the covariance estimate; Chong & Forsyth 2020, "Effectively Unbiased FID", fit `FID_N = a + b/N`), so
     `a + b/m` is fitted to subsets of `m = FLOOR_FIT_COUNTS` (scaled to `P`) points and evaluated at `m = n`;
     the std is that of the per-repeat fits, and the mean is clamped at 0. The fit is an estimate: when `P` is
@@ -455,12 +504,20 @@ def fd_floor(pool_feats: torch.Tensor, ref_stats, n: int, repeats: int = 10,
     the duplicates add covariance noise; docs/metrics.md has the check.)
     """
     P = pool_feats.shape[0]
-    fd_of = lambda idx: frechet_distance_from_stats(*gaussian_stats(pool_feats[idx]), *ref_stats)
+
+    def fd_of(m: int) -> float:
+        """The FD of one draw of `m` pool points."""
+        if labels is None:
+            stats = gaussian_stats(pool_feats[torch.randperm(P, generator=generator)[:m]])
+        else:
+            stats = gaussian_stats(pool_feats, class_count_weights(labels, class_probs, m, generator))
+        return frechet_distance_from_stats(*stats, *ref_stats)
+
     if n <= P:
-        vals = [fd_of(torch.randperm(P, generator=generator)[:n]) for _ in range(repeats)]
+        vals = [fd_of(n) for _ in range(repeats)]
         return float(np.mean(vals)), float(np.std(vals))
     ms = sorted({max(2, round(m * P / FLOOR_FIT_COUNTS[-1])) for m in FLOOR_FIT_COUNTS})
-    table = np.array([[fd_of(torch.randperm(P, generator=generator)[:m]) for m in ms] for _ in range(repeats)])
+    table = np.array([[fd_of(m) for m in ms] for _ in range(repeats)])
     fits = [np.polyval(np.polyfit(1.0 / np.array(ms), row, 1), 1.0 / n) for row in table]
     b, a = np.polyfit(1.0 / np.array(ms), table.mean(0), 1)
     return max(0.0, float(a + b / n)), float(np.std(fits))
@@ -476,6 +533,11 @@ def digits_report(samples, n: int | None = None, floor_repeats: int = 10, seed: 
       the FD of the 360 test images: both exact draws at one count, so `fd_ratio = fd / fd_floor` is about 1
       for a model that samples the data distribution. With `n < 360` both use `n` (the floor averaged over
       `floor_repeats` test subsets, `fd_floor_std` their spread);
+    * `fd_floor_iid` (+- `fd_floor_iid_std`, the spread of single draws) is that floor for draws with i.i.d.
+      class counts (`class_count_weights`; the mean of `IID_FLOOR_REPEATS` draws, seeded by `seed`): the test split
+      is stratified (exactly the training class proportions), so `fd_floor` lacks the class-count noise that every
+      chunk of unconditional samples has, and is lower than a perfect unconditional sampler's expected FD;
+      `fd_ratio_iid = fd / fd_floor_iid` is about 1 for such a sampler (docs/metrics.md measures both);
     * `fd_all` is the FD of all `n` samples at once and `fd_all_floor` (+- `fd_all_floor_std`) the estimate of
       the floor at `n` from the `1/n` fit of `fd_floor` (only an estimate above 360: its std is about 1 at n = 2000);
     * confident fraction and nearest-neighbour ratio floors: `n` test images resampled (without replacement up
@@ -502,6 +564,7 @@ def digits_report(samples, n: int | None = None, floor_repeats: int = 10, seed: 
     g = generator if generator is not None else torch.Generator().manual_seed(seed)
     fd, fd_chunk_std = _fd_matched(f, train_stats)
     floor, floor_std = fd_floor(real["f_test"], train_stats, min(n, n_test), floor_repeats, g)
+    iid_floor, iid_floor_std = _iid_fd_floor(min(n, n_test), seed)
     all_floor, all_floor_std = fd_floor(real["f_test"], train_stats, n, floor_repeats, g)
     conf_floor, nn_floor = [], []
     for _ in range(floor_repeats):
@@ -517,6 +580,9 @@ def digits_report(samples, n: int | None = None, floor_repeats: int = 10, seed: 
         "fd_count": min(n, n_test),
         "fd_chunk_std": fd_chunk_std,
         "fd_floor_std": floor_std,
+        "fd_floor_iid": iid_floor,
+        "fd_floor_iid_std": iid_floor_std,
+        "fd_ratio_iid": fd / iid_floor,
         "fd_all": frechet_distance_from_stats(*gaussian_stats(f), *train_stats),
         "fd_all_floor": all_floor,
         "fd_all_floor_std": all_floor_std,
