@@ -130,10 +130,10 @@ def run_toy(args) -> dict:
 
     for k in (1, 2, 4, 8, 16, 32):             # the oracle's PF-ODE: Euler k steps (NFE k), Heun (NFE 2k - 1)
         sig = edm_grid(k, S_MIN, S_MAX)
-        curves.setdefault("Euler (oracle)", []).append((k, add(f"Euler, exact oracle", k,
+        curves.setdefault("Euler (oracle)", []).append((k, add("Euler, exact oracle", k,
                                                                lambda z, g, s=sig: sample_euler(mix, z, s))))
         if k > 1:
-            curves.setdefault("Heun (oracle)", []).append((2 * k - 1, add(f"Heun, exact oracle", 2 * k - 1,
+            curves.setdefault("Heun (oracle)", []).append((2 * k - 1, add("Heun, exact oracle", 2 * k - 1,
                                                                           lambda z, g, s=sig: sample_heun(mix, z, s))))
 
     trained = {}
