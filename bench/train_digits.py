@@ -253,7 +253,7 @@ def table(result: dict) -> str:
         for k in names:
             if k not in tracked:
                 last = [row for row in run["history"] if k in row][-1]
-                ok = last[k]["ratio"] <= run["target_ratio"]
+                ok = last[k]["ratio"] <= run["target_ratio"] and last[k].get("seeds", 1) > 1  # as `_reached`
                 lines.append(f"| {run['label']} | {k} (final checkpoint only) target {run['target_ratio']}x floor: "
                              f"{'reached' if ok else 'not reached'} at step {last['step']} ({last[k]['ratio']:.2f}x) "
                              f"| | | | | | | | | | |")
