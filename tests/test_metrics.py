@@ -199,6 +199,14 @@ def test_frequency_weights_equal_repeated_rows_and_class_draws_have_multinomial_
     counts = torch.stack(counts)
     assert torch.allclose(counts.mean(0), 45 * probs.double(), rtol=0.03)                      # Multinomial mean
     assert torch.allclose(counts.var(0), 45 * probs.double() * (1 - probs.double()), rtol=0.2)  # and variance
+    with pytest.raises(ValueError, match="weights must be"):
+        gaussian_stats(f, torch.ones(29))
+    with pytest.raises(ValueError, match="class_probs"):
+        class_count_weights(labels, torch.tensor([0.5, 0.6]), 10)
+    with pytest.raises(ValueError, match="no points"):
+        class_count_weights(labels, torch.tensor([0.25, 0.25, 0.25, 0.25]), 10)
+    with pytest.raises(ValueError, match="together"):
+        fd_floor(f, gaussian_stats(f), 10, labels=labels[:30])
 
 
 def test_class_count_floor_of_a_stratified_pool_matches_iid_draws_of_a_mixture():

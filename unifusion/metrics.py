@@ -19,8 +19,8 @@ Floors: a metric means little without the value a perfect model would get. For d
 metric for the real test split (360 images, unseen by model and classifier) against the training split at the
 same sample count; FD, whose value depends on the count, is therefore taken over chunks of 360 samples, where
 its floor is exact (`digits_report` explains each floor). The test split is stratified, so the FD floor is also
-given with i.i.d. class counts (`class_count_weights`), the floor of an unconditional sampler. For vectors the floor is the metric between a fresh
-exact draw and the reference.
+given with i.i.d. class counts (`class_count_weights`), the floor of an unconditional sampler. For vectors the
+floor is the metric between a fresh exact draw and the reference.
 """
 from __future__ import annotations
 
@@ -206,8 +206,10 @@ def gaussian_stats(feats, weights: torch.Tensor | None = None) -> tuple[torch.Te
     f = _as_2d(feats, "feats", min_rows=2)
     if weights is None:
         return f.mean(0), torch.cov(f.T, correction=1).reshape(f.shape[1], f.shape[1])
-    w = weights.to(torch.float64)
-    assert w.shape == f.shape[:1] and bool((w >= 0).all()) and float(w.sum()) > 1, "frequency weights [N], sum > 1"
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if w.shape != f.shape[:1] or not bool((w >= 0).all()) or not float(w.sum()) > 1:
+        raise ValueError(f"weights must be [N] = [{f.shape[0]}], >= 0 and sum to more than 1, got shape "
+                         f"{tuple(w.shape)} and sum {float(w.sum()) if w.numel() else 0.0}")
     mu = (w[:, None] * f).sum(0) / w.sum()
     d = f - mu
     return mu, (w[:, None] * d).T @ d / (w.sum() - 1)
@@ -473,12 +475,21 @@ def class_count_weights(labels: torch.Tensor, class_probs: torch.Tensor, n: int,
     duplicating, which would add covariance noise). A stratified pool (the digits test split) has the expected
     counts exactly and so lacks the class-count noise every sample of an unconditional model has.
     """
-    counts = torch.bincount(torch.multinomial(class_probs.double(), n, replacement=True, generator=generator),
-                            minlength=class_probs.numel())
+    check_positive_int(n, "n")
+    probs = torch.as_tensor(class_probs, dtype=torch.float64)
+    if probs.ndim != 1 or not bool((probs >= 0).all()) or abs(float(probs.sum()) - 1) > 1e-6:
+        raise ValueError(f"class_probs must be a 1-D vector of probabilities summing to 1, got {probs.tolist()}")
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or labels.dtype.is_floating_point or not bool(((labels >= 0) & (labels < probs.numel())).all()):
+        raise ValueError(f"labels must be a 1-D integer vector of classes 0..{probs.numel() - 1}")
+    missing = [k for k in range(probs.numel()) if probs[k] > 0 and not bool((labels == k).any())]
+    if missing:
+        raise ValueError(f"classes {missing} have probability > 0 but no points in the pool")
+    counts = torch.bincount(torch.multinomial(probs, n, replacement=True, generator=generator),
+                            minlength=probs.numel())
     w = torch.zeros(labels.shape[0], dtype=torch.float64)
     for k, c in enumerate(counts.tolist()):
         idx = (labels == k).nonzero().flatten()
-        assert c == 0 or idx.numel() > 0, f"class {k} is drawn but has no pool points"
         if c <= idx.numel():
             w[idx[torch.randperm(idx.numel(), generator=generator)[:c]]] = 1.0
         else:
@@ -495,8 +506,8 @@ def fd_floor(pool_feats: torch.Tensor, ref_stats, n: int, repeats: int = 10,
     `n <= P`: the mean over `repeats` subsets of `n` pool points drawn without replacement (an exact draw of `n`
     real points when the pool is an i.i.d. sample; for a stratified pool, one with the pool's class proportions).
     With the pool's `labels` `[P]` and `class_probs` `[K]`, each draw instead has i.i.d. class counts
-    (`class_count_weights`), the floor of an unconditional sampler. `n > P`: FD grows with `1/n` at small counts (the finite-sample bias of
-    the covariance estimate; Chong & Forsyth 2020, "Effectively Unbiased FID", fit `FID_N = a + b/N`), so
+    (`class_count_weights`), the floor of an unconditional sampler.
+    `n > P`: FD grows with `1/n` at small counts (the finite-sample bias of the covariance estimate; Chong & Forsyth 2020, "Effectively Unbiased FID", fit `FID_N = a + b/N`), so
     `a + b/m` is fitted to subsets of `m = FLOOR_FIT_COUNTS` (scaled to `P`) points and evaluated at `m = n`;
     the std is that of the per-repeat fits, and the mean is clamped at 0. The fit is an estimate: when `P` is
     small its std can be as large as the value (digits: about 1 at n = 2000), which is why `digits_fd` is taken
@@ -504,6 +515,8 @@ def fd_floor(pool_feats: torch.Tensor, ref_stats, n: int, repeats: int = 10,
     the duplicates add covariance noise; docs/metrics.md has the check.)
     """
     P = pool_feats.shape[0]
+    if (labels is None) != (class_probs is None):
+        raise ValueError("fd_floor takes labels and class_probs together (both or neither)")
 
     def fd_of(m: int) -> float:
         """The FD of one draw of `m` pool points."""
