@@ -507,7 +507,8 @@ def fd_floor(pool_feats: torch.Tensor, ref_stats, n: int, repeats: int = 10,
     real points when the pool is an i.i.d. sample; for a stratified pool, one with the pool's class proportions).
     With the pool's `labels` `[P]` and `class_probs` `[K]`, each draw instead has i.i.d. class counts
     (`class_count_weights`), the floor of an unconditional sampler.
-    `n > P`: FD grows with `1/n` at small counts (the finite-sample bias of the covariance estimate; Chong & Forsyth 2020, "Effectively Unbiased FID", fit `FID_N = a + b/N`), so
+    `n > P`: FD grows with `1/n` at small counts (the finite-sample bias of the covariance estimate; Chong &
+    Forsyth 2020, "Effectively Unbiased FID", fit `FID_N = a + b/N`), so
     `a + b/m` is fitted to subsets of `m = FLOOR_FIT_COUNTS` (scaled to `P`) points and evaluated at `m = n`;
     the std is that of the per-repeat fits, and the mean is clamped at 0. The fit is an estimate: when `P` is
     small its std can be as large as the value (digits: about 1 at n = 2000), which is why `digits_fd` is taken
