@@ -544,8 +544,9 @@ def digits_report(samples, n: int | None = None, floor_repeats: int = 10, seed: 
 
     Floors are the same metric for real unseen digits, the test split, against the training split:
     * `fd` is `digits_fd` (mean FD over 360-sample chunks; `fd_chunk_std` its spread over chunks) and `fd_floor`
-      the FD of the 360 test images: both exact draws at one count, so `fd_ratio = fd / fd_floor` is about 1
-      for a model that samples the data distribution. With `n < 360` both use `n` (the floor averaged over
+      the FD of the 360 test images, both at one count: `fd_ratio = fd / fd_floor` would be about 1 for a model
+      that draws the test split's class counts exactly (an unconditional sampler of the data distribution scores
+      about 1.5, see `fd_floor_iid`). With `n < 360` both use `n` (the floor averaged over
       `floor_repeats` test subsets, `fd_floor_std` their spread);
     * `fd_floor_iid` (+- `fd_floor_iid_std`, the spread of single draws) is that floor for draws with i.i.d.
       class counts (`class_count_weights`; the mean of `IID_FLOOR_REPEATS` draws, seeded by `seed`): the test split
