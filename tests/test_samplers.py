@@ -189,10 +189,14 @@ def test_registry_and_validation():
         S.sample_pc(SMOOTH, x, grids.edm_grid(3), predictor="magic")
 
 
+TWO_SHARP_2D = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-1.0, 0.0], [1.0, 0.5]]),
+                               torch.tensor([0.01, 0.02]))  # the hybrid tests' mixture
+
+
 def test_hybrid_is_unipc_above_and_lms_below_the_switch():
     """`hybrid` with the switch below every level is UniPC ending with an Adams step; above every level it is LMS;
     in between it differs from both (both spaces read the one history of (sigma, x, D))."""
-    oracle = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-1.0, 0.0], [1.0, 0.5]]), torch.tensor([0.01, 0.02]))
+    oracle = TWO_SHARP_2D
     x = 80 * torch.randn(64, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     sig = grids.tuned_grid(12, 0.002, 80.0, sampler="lms")
     torch.testing.assert_close(S.sample_hybrid(oracle, x, sig, order=3, sigma_switch=0.0),
@@ -209,7 +213,7 @@ def test_hybrid_is_unipc_above_and_lms_below_the_switch():
 
 def test_hybrid_default_switch_follows_the_step_count():
     """`sigma_switch=None` (the default) is `grids.hybrid_switch(N)` for a grid of N steps."""
-    oracle = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-1.0, 0.0], [1.0, 0.5]]), torch.tensor([0.01, 0.02]))
+    oracle = TWO_SHARP_2D
     x = 80 * torch.randn(32, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     for n in (5, 20, 30):
         sig = grids.tuned_grid(n, 0.002, 80.0, sampler="hybrid")

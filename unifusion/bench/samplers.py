@@ -393,6 +393,29 @@ def training_oracles() -> dict:
     }
 
 
+def _training_cases(starts: int, seed: int) -> list:
+    """`(oracle, starts x, PF-ODE reference endpoints, weight)` for each of `training_oracles()`; the weights give
+    the 2-D and the higher-dimensional cases equal shares."""
+    cases = []
+    for oracle in training_oracles().values():
+        x = SIGMA_MAX * torch.randn(starts, oracle.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        ref, _ = pf_ode_reference(oracle, x, rtol=1e-9)
+        cases.append((oracle, x, ref, 1 / 3 if oracle.dim == 2 else 1 / 2))
+    return cases
+
+
+def _training_loss(cases, sample, rms_weight: float) -> float | None:
+    """The tuning loss of `sample(oracle, x) -> endpoints`: the weighted mean over `cases` of
+    `rms_weight log RMS + (1 - rms_weight) log median` relative endpoint error (None if an RMS is not finite)."""
+    total = 0.0
+    for oracle, x, ref, w in cases:
+        e = endpoint_errors(sample(oracle, x), ref, oracle)
+        if not math.isfinite(e["rms"]):
+            return None
+        total += w * (rms_weight * math.log(e["rms"]) + (1 - rms_weight) * math.log(e["median"]))
+    return total / 2
+
+
 def tune_grid(sampler: str, ns=(5, 10, 20, 50), starts: int = 1000, opts=None, log=print, rms_weight: float = 0.7,
               seed: int = 7, starts_from=None, maxfev: int = 90) -> dict:
     """Fit `(sigma_hi, sigma_lo, rho)` of `grids.tuned_grid` per `n` by Nelder-Mead (one run per start point in
@@ -400,11 +423,7 @@ def tune_grid(sampler: str, ns=(5, 10, 20, 50), starts: int = 1000, opts=None, l
     `rms_weight log RMS + (1 - rms_weight) log median` relative endpoint error, 2-D and higher-dimensional cases
     weighted equally. Returns `{n: (hi, lo, rho)}` for `grids.TUNED`."""
     from scipy.optimize import minimize
-    data = []
-    for name, oracle in training_oracles().items():
-        x = SIGMA_MAX * torch.randn(starts, oracle.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        ref, _ = pf_ode_reference(oracle, x, rtol=1e-9)
-        data.append((oracle, x, ref, 1 / 3 if oracle.dim == 2 else 1 / 2))
+    cases = _training_cases(starts, seed)
     fn = S.get_sampler(sampler)
 
     def loss(p, n):
@@ -412,13 +431,8 @@ def tune_grid(sampler: str, ns=(5, 10, 20, 50), starts: int = 1000, opts=None, l
         if not (lo < hi < SIGMA_MAX):
             return 10.0
         sig = torch.cat([torch.tensor([SIGMA_MAX], dtype=torch.float64), grids.edm_grid(n - 1, lo, hi, rho)])
-        total = 0.0
-        for oracle, x, ref, w in data:
-            e = endpoint_errors(fn(oracle, x, sig, **(opts or {})), ref, oracle)
-            if not math.isfinite(e["rms"]):
-                return 10.0
-            total += w * (rms_weight * math.log(e["rms"]) + (1 - rms_weight) * math.log(e["median"]))
-        return total / 2
+        value = _training_loss(cases, lambda oracle, x: fn(oracle, x, sig, **(opts or {})), rms_weight)
+        return 10.0 if value is None else value
     if starts_from is None:
         def starts_from(n):
             return [(6, 0.1 if n < 8 else 0.04, 30), (15, 0.05, 4)]
@@ -445,21 +459,14 @@ def tune_switch(candidates=None, starts: int = 3000, seed: int = 7, rms_weight: 
     log median`, 2-D and higher-dimensional cases weighted equally). Ties (within 1e-3) go to 1.0, the earlier
     single switch, else to the smallest value. Returns `{n: switch}` for `grids.HYBRID_SWITCH`."""
     candidates = candidates or SWITCH_CANDIDATES
-    data = []
-    for name, oracle in training_oracles().items():
-        x = SIGMA_MAX * torch.randn(starts, oracle.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        ref, _ = pf_ode_reference(oracle, x, rtol=1e-9)
-        data.append((oracle, x, ref, 1 / 3 if oracle.dim == 2 else 1 / 2))
+    cases = _training_cases(starts, seed)
     out = {}
     for n, values in sorted(candidates.items()):
         sig = grids.tuned_grid(n, SIGMA_MIN, SIGMA_MAX, sampler="hybrid")
         losses = {}
         for sw in values:
-            total = 0.0
-            for oracle, x, ref, w in data:
-                e = endpoint_errors(S.sample_hybrid(oracle, x, sig, sigma_switch=sw), ref, oracle)
-                total += w * (rms_weight * math.log(e["rms"]) + (1 - rms_weight) * math.log(e["median"]))
-            losses[sw] = total / 2
+            value = _training_loss(cases, lambda oracle, x: S.sample_hybrid(oracle, x, sig, sigma_switch=sw), rms_weight)
+            losses[sw] = math.inf if value is None else value
             log(f"hybrid n={n} sigma_switch={sw:g}: loss {losses[sw]:.3f}")
         best = min(losses.values())
         out[n] = next(sw for sw in sorted(values, key=lambda v: (v != 1.0, v)) if losses[sw] <= best + 1e-3)

@@ -25,8 +25,9 @@ from .stochastic import (PREDICTORS, sample_ancestral, sample_ddim, sample_edm_s
 SAMPLERS = {
     "euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m, "dpmpp_3m": sample_dpmpp_3m,
     "exp_adams": sample_exp_adams, "unipc": sample_unipc, "lms": sample_lms, "hybrid": sample_hybrid,
-    "dopri5": sample_dopri5, "ddim": sample_ddim, "ancestral": sample_ancestral, "euler_maruyama": sample_euler_maruyama, "pc": sample_pc,
-    "langevin": sample_langevin, "edm_stochastic": sample_edm_stochastic,
+    "dopri5": sample_dopri5, "ddim": sample_ddim, "ancestral": sample_ancestral,
+    "euler_maruyama": sample_euler_maruyama, "pc": sample_pc, "langevin": sample_langevin,
+    "edm_stochastic": sample_edm_stochastic,
 }
 DETERMINISTIC = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "exp_adams", "unipc", "lms", "hybrid", "dopri5", "ddim")
 STOCHASTIC = ("ancestral", "euler_maruyama", "pc", "langevin", "edm_stochastic")
