@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY          = $(VENV)/bin/python
 PIP         = $(PY) -m pip
 
-.PHONY: demo test bench bench-peers clean
+.PHONY: demo test seminar bench bench-peers clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(VENV)/.dev: $(VENV)/.base
 ## make demo: create .venv, install unifusion, run `unifusion demo` (writes runs/demo/)
 demo: $(VENV)/.base
 	$(VENV)/bin/unifusion demo
+
+## make seminar: every claim of the seminar measured, PASS/FAIL (runs/seminar/report.md and .html; ~10 min)
+seminar: $(VENV)/.base
+	$(VENV)/bin/unifusion seminar
 
 ## make test: install the dev extras into .venv and run the whole suite on 2 processes
 test: $(VENV)/.dev

@@ -290,3 +290,99 @@ def test_bad_input_names_the_value():
     with pytest.raises(ValueError, match="noise='gauss' is not one of"):
         build_loss("x0", VP(), noise="gauss")
     assert set(LOSSES) >= {"ddpm", "ncsn", "score_sde", "vdm", "edm", "x0", "v", "eps", "mse"}
+
+
+# ---- VDM's whole ELBO and its learned schedule ----------------------------------------------------------------
+def _gaussian_eps_model(mu, s2, process):
+    """The exact eps-predictor of Gaussian data `N(mu, s2 I)` for `process`, as a `Denoiser` (noise_cond t)."""
+    from unifusion.oracles import GaussianMixture
+
+    gm = GaussianMixture(torch.ones(1), mu[None], torch.tensor([s2], dtype=torch.float64))
+    return Denoiser(gm.process_model(process, "eps"), process, "eps")
+
+
+@pytest.mark.parametrize("shape", ["learned", "vp"])
+def test_vdm_diffusion_term_equals_its_gaussian_closed_form(shape):
+    """For data N(mu, s^2 I) and the exact eps-network, E|eps - eps_hat|^2 = d s^2 SNR / (1 + s^2 SNR), so
+    E[L_diff] = d/2 [log(1 + s^2 SNR(t_min)) - log(1 + s^2 SNR(t_max))] whatever the schedule's shape (Kingma et al.
+    2021, eq. 17 integrated in log-SNR); the prior term is |x|^2 / (2 sigma~_max^2) exactly."""
+    from unifusion.losses import VDMLoss
+    from unifusion.processes import VDM
+
+    p = VDM(shape=shape).requires_grad_(False)
+    if shape == "learned":
+        with torch.no_grad():
+            p.v.copy_(torch.randn(p.v.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 2)
+    d, s2, n = 4, 0.3, 20000
+    mu = torch.tensor([1.0, -1.0, 0.0, 1.0], dtype=torch.float64)        # on the levels of levels=3
+    x0 = mu.expand(n, d).clone()                                          # the prior and reconstruction terms see x0
+    den = _gaussian_eps_model(mu, s2, p)
+    g = torch.Generator().manual_seed(1)
+    data = mu + math.sqrt(s2) * torch.randn(n, d, generator=g, dtype=torch.float64)
+    diff = VDMLoss(levels=3).diffusion(den, data, generator=g)
+    snr = torch.exp(-torch.tensor(p.gamma_ends, dtype=torch.float64))
+    closed = 0.5 * d * float(torch.log1p(s2 * snr[0]) - torch.log1p(s2 * snr[1]))
+    se = float(diff.std()) / math.sqrt(n)
+    assert abs(float(diff.mean()) - closed) < 4 * se, (float(diff.mean()), closed, se)
+    terms = VDMLoss(levels=3).terms(den, x0, generator=g)
+    torch.testing.assert_close(terms["prior"], 0.5 * x0.square().sum(1) / p.sigma_ve_max ** 2)
+
+
+def test_vdm_reconstruction_term_closed_form():
+    """Two levels (+-1): p(x = +1 | z_0) = sigmoid(2 x~_0 / sigma~_0^2), so -log p = softplus(-2 x x~_0 / sigma~_0^2)."""
+    from unifusion.losses import VDMLoss
+    from unifusion.processes import VDM
+
+    p = VDM(gamma_min=-1.0, gamma_max=5.0, shape="linear").requires_grad_(False)
+    x0 = torch.tensor([[1.0, -1.0, 1.0]], dtype=torch.float64).repeat(50, 1)
+    den = _gaussian_eps_model(torch.zeros(3, dtype=torch.float64), 1.0, p)
+    g, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    recon = VDMLoss(levels=2).terms(den, x0, generator=g)["reconstruction"]
+    s = p.sigma_ve_min
+    x_ve = x0 + s * torch.randn(x0.shape, generator=g2, dtype=torch.float64)
+    torch.testing.assert_close(recon, torch.nn.functional.softplus(-2 * x0 * x_ve / s ** 2).sum(1))
+
+
+def test_vdm_schedule_gets_the_variance_gradient():
+    """Under the VDM loss the shape parameters get the gradient of the batch variance of L_diff, the end points and
+    the network that of the mean loss."""
+    from unifusion.losses import VDMLoss
+    from unifusion.nets import MLP
+    from unifusion.processes import VDM
+
+    torch.manual_seed(0)
+    p = VDM(hidden=8)
+    den = Denoiser(MLP(3, hidden=16, depth=1), p, "eps", noise_cond="log_sigma").double()
+    x0 = torch.randint(0, 5, (16, 3)).double() / 2 - 1
+    loss = VDMLoss(levels=5)
+    params = [p.v, p.gamma_0, den.net.out.bias]
+
+    def grads(value):
+        return torch.autograd.grad(value, params, allow_unused=True)
+
+    with_trick = grads(loss(den, x0, torch.Generator().manual_seed(7)).mean())
+    terms = loss.terms(den, x0, torch.Generator().manual_seed(7))
+    plain = grads(sum(terms.values()).mean())
+    variance = grads(loss.terms(den, x0, torch.Generator().manual_seed(7))["diffusion"].var(unbiased=False))
+    torch.testing.assert_close(with_trick[0], variance[0])          # shape: d Var(L_diff)
+    torch.testing.assert_close(with_trick[1], plain[1])             # end point: d mean(L)
+    torch.testing.assert_close(with_trick[2], plain[2])             # network: d mean(L)
+    assert not torch.allclose(with_trick[0], plain[0])
+    plain_loss = VDMLoss(levels=5, variance_gradient=False)
+    torch.testing.assert_close(grads(plain_loss(den, x0, torch.Generator().manual_seed(7)).mean())[0], plain[0])
+
+
+def test_vdm_loss_bad_input_and_low_discrepancy_times():
+    from unifusion.losses import LowDiscrepancyTime, VDMLoss
+    from unifusion.processes import VDM
+
+    with pytest.raises(ValueError, match="levels"):
+        build_loss("vdm_elbo", VDM())
+    with pytest.raises(ValueError, match="levels must be"):
+        VDMLoss(levels=1)
+    den = _gaussian_eps_model(torch.zeros(2, dtype=torch.float64), 1.0, VDM(shape="linear"))
+    with pytest.raises(ValueError, match="not on levels=17"):
+        VDMLoss(levels=17)(den, torch.full((4, 2), 0.3, dtype=torch.float64))
+    t = LowDiscrepancyTime()(1000, VDM(), torch.Generator().manual_seed(0))
+    counts = torch.histc(t, bins=10, min=0.0, max=1.0)
+    assert (counts == 100).all() and t.min() >= 0 and t.max() < 1   # one stratum per 1/B: exactly even

@@ -8,10 +8,23 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unifusion.processes import DDPM, EDM, PROCESSES, VE, VP, RectifiedFlow, SubVP, VPCosine, get_process
+from unifusion.processes import DDPM, EDM, PROCESSES, VDM, VE, VP, RectifiedFlow, SubVP, VPCosine, get_process
 
-ALL = [DDPM(), VP(), VPCosine(), SubVP(), VE(), EDM(), RectifiedFlow()]
-IDS = [p.name for p in ALL]
+
+def vdm_learned(hidden: int = 32, seed: int = 3) -> VDM:
+    """A learned VDM schedule with random (far from linear) monotone-network weights and end points."""
+    p = VDM(gamma_min=-9.0, gamma_max=6.0, hidden=hidden)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        p.v.copy_(torch.randn(hidden, generator=g, dtype=torch.float64) + 2.0)
+        p.u.mul_(4.0)
+        p.b.copy_(3 * torch.randn(hidden, generator=g, dtype=torch.float64))
+    return p.requires_grad_(False)
+
+
+ALL = [DDPM(), VP(), VPCosine(), SubVP(), VE(), EDM(), RectifiedFlow(), vdm_learned(),
+       VDM(shape="vp").requires_grad_(False)]
+IDS = [p.name for p in ALL[:-2]] + ["vdm-learned", "vdm-vp-shape"]
 
 
 def interior(p, n=64):
@@ -22,7 +35,7 @@ def interior(p, n=64):
 # ---- forward SDE simulated by Euler-Maruyama matches the closed-form marginal ------------------------
 # (t_a, t_b): a stretch of each process that is not stiff, so 1000 EM steps have small bias.
 SDE_SPANS = {"ddpm": (0.0, 600.0), "vp": (1e-5, 0.6), "vp-cosine": (0.0, 0.8), "subvp": (1e-5, 0.6),
-             "ve": (0.0, 0.6), "edm": (0.002, 3.0), "rf": (0.0, 0.8)}
+             "ve": (0.0, 0.6), "edm": (0.002, 3.0), "rf": (0.0, 0.8), "vdm": (1e-5, 0.6)}
 
 
 @pytest.mark.parametrize("p", ALL, ids=IDS)
@@ -70,7 +83,7 @@ def test_coefficient_derivatives_match_finite_differences(p):
     torch.testing.assert_close(c.d_sigma, (p.sigma(t + h) - p.sigma(t - h)) / (2 * h), rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.parametrize("p", [VP(), VPCosine(), DDPM()], ids=["vp", "vp-cosine", "ddpm"])
+@pytest.mark.parametrize("p", [VP(), VPCosine(), DDPM(), vdm_learned()], ids=["vp", "vp-cosine", "ddpm", "vdm"])
 def test_variance_preserving(p):
     t = torch.linspace(p.t_min, p.t_max, 101, dtype=torch.float64)
     torch.testing.assert_close(p.alpha(t) ** 2 + p.sigma(t) ** 2, torch.ones_like(t), rtol=0, atol=1e-14)
@@ -206,4 +219,72 @@ def test_bad_constructor_arguments():
         DDPM(schedule="cosine")
     with pytest.raises(ValueError, match="process='nope' is not one of"):
         get_process("nope")
-    assert set(PROCESSES) == {"ddpm", "vp", "vp-cosine", "subvp", "ve", "edm", "rf"}
+    assert set(PROCESSES) == {"ddpm", "vp", "vp-cosine", "subvp", "ve", "edm", "rf", "vdm"}
+
+
+# ---- VDM's learned schedule -------------------------------------------------------------------------
+def test_vdm_with_the_vp_shape_is_vp():
+    """The VP-SDE written in the learned-schedule class's parametrization (its log-SNR shape, its end points)
+    reproduces VP: alpha, sigma, log-SNR, SDE coefficients, and the numeric inverse against VP's closed form."""
+    q, v = VDM(shape="vp", learn_ends=False), VP()
+    t = torch.cat([torch.tensor([1e-5, 1e-5 + 1e-9, 1 - 1e-9, 1.0], dtype=torch.float64),
+                   torch.rand(200, generator=torch.Generator().manual_seed(0), dtype=torch.float64)])
+    for a, b in [(q.alpha(t), v.alpha(t)), (q.sigma(t), v.sigma(t)), (q.sigma_ve(t), v.sigma_ve(t)),
+                 *zip(q.sde_coeffs(t), v.sde_coeffs(t))]:
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=0)
+    torch.testing.assert_close(q.log_snr(t), v.log_snr(t), rtol=0, atol=1e-12)
+    torch.testing.assert_close(q.t_from_log_snr(v.log_snr(t)), v.t_from_log_snr(v.log_snr(t)), rtol=1e-12, atol=1e-15)
+    assert list(q.parameters()) == []
+
+
+def test_vdm_linear_shape_and_learned_ends():
+    p = VDM(gamma_min=-10.0, gamma_max=4.0, shape="linear")
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    torch.testing.assert_close(p.log_snr(t), -(-10.0 + 14.0 * t), rtol=0, atol=1e-13)
+    assert p.gamma_ends == pytest.approx((-10.0, 4.0), abs=1e-13)
+    assert {n for n, _ in p.named_parameters()} == {"gamma_0", "gamma_gap"}
+    assert {n for n, _ in VDM(hidden=8).named_parameters()} == {"gamma_0", "gamma_gap", "w", "u", "b", "v"}
+    assert VDM().log_snr(torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist() == pytest.approx([13.3, -5.0])
+
+
+def test_vdm_inverse_carries_the_implicit_gradient():
+    """`t(lambda)` solves gamma(t) = -lambda numerically; its gradient in the end point gamma_min must be the implicit
+    one, `dt/dgamma_0 = -(1 - s) / gamma'(t)`... checked against finite differences."""
+    p = vdm_learned().requires_grad_(True)
+    lam = torch.tensor([5.0, 0.0, -3.0], dtype=torch.float64)
+    (grad,) = torch.autograd.grad(p.t_from_log_snr(lam).sum(), p.gamma_0)
+    h = 1e-6
+    with torch.no_grad():
+        p.gamma_0 += h
+        up = p.t_from_log_snr(lam).sum()
+        p.gamma_0 -= 2 * h
+        down = p.t_from_log_snr(lam).sum()
+        p.gamma_0 += h
+    assert float(grad) == pytest.approx(float((up - down) / (2 * h)), rel=1e-6)
+
+
+def test_vdm_variance_gradient_scales_only_the_shape():
+    p = vdm_learned().requires_grad_(True)
+    t = torch.rand(6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    scale = torch.arange(6, dtype=torch.float64)
+
+    def grads(ctx):
+        with ctx:
+            out = p._log_alpha(t) + p._sde_coeffs(t)[1]
+        return torch.autograd.grad(out.sum(), [p.v, p.gamma_0])
+
+    plain = grads(torch.enable_grad())
+    scaled = grads(p.variance_gradient(lambda: scale))
+    weighted = torch.autograd.grad((scale * (p._log_alpha(t) + p._sde_coeffs(t)[1])).sum(), p.v)[0]
+    torch.testing.assert_close(scaled[0], weighted)        # the shape sees sum_b scale_b dL_b
+    torch.testing.assert_close(scaled[1], plain[1])        # the end points do not
+    assert p._scale is None
+
+
+def test_vdm_bad_arguments():
+    with pytest.raises(ValueError, match="gamma_min < gamma_max"):
+        VDM(gamma_min=2.0, gamma_max=1.0)
+    with pytest.raises(ValueError, match="shape"):
+        VDM(shape="cubic")
+    with pytest.raises(ValueError, match="hidden"):
+        VDM(hidden=0)

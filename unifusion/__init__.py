@@ -14,13 +14,13 @@ from .losses import LOSSES, build_loss
 from .nets import MLP, UNet, build_net
 from .oracles import EmpiricalData, GaussianMixture, eight_gaussians, grid_gaussians, mixture_64d
 from .parametrization import Denoiser, ProcessModel, edm_precond
-from .processes import DDPM, EDM, PROCESSES, VE, VP, NoiseProcess, RectifiedFlow, SubVP, VPCosine, get_process
+from .processes import DDPM, EDM, PROCESSES, VDM, VE, VP, NoiseProcess, RectifiedFlow, SubVP, VPCosine, get_process
 from .samplers import DEFAULT_SAMPLER, RECOMMENDED, SAMPLERS, get_sampler
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "NoiseProcess", "DDPM", "VP", "VPCosine", "SubVP", "VE", "EDM", "RectifiedFlow", "PROCESSES", "get_process",
+    "NoiseProcess", "DDPM", "VP", "VPCosine", "SubVP", "VE", "EDM", "RectifiedFlow", "VDM", "PROCESSES", "get_process",
     "Denoiser", "ProcessModel", "edm_precond",
     "GaussianMixture", "EmpiricalData", "eight_gaussians", "grid_gaussians", "mixture_64d",
     "SAMPLERS", "RECOMMENDED", "DEFAULT_SAMPLER", "get_sampler", "grids", "samplers",

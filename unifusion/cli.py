@@ -8,6 +8,8 @@ returns exit code 2, without a traceback. Subcommands:
     sample  CHECKPOINT [--sampler S] [--grid G] [--steps N] ...    draw samples: .npz + PNG grid / scatter
     eval    SAMPLES.npz | CHECKPOINT [--n N] ...                   metrics with their noise floors
     demo    [--out runs/demo] [--quick]                             VP vs VE on digits, end to end
+    nll     RUN [--data test] [--hutchinson K] [--steps N] [--json]   likelihoods in nats and bits/dim
+    seminar [--out runs/seminar] [--quick]                           the seminar's claims, measured: PASS/FAIL
     configs                                                         list the shipped configs
     bench samplers ...                                              -> unifusion.bench.samplers.main
     distill ...                                                     -> unifusion.consistency.cli.main
@@ -199,6 +201,18 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_nll(args) -> int:
+    from .nll import run
+
+    return run(args)
+
+
+def _cmd_seminar(args) -> int:
+    from .seminar.report import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unifusion", description="VP and VE diffusion models as one system.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -246,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a tiny run for tests (seconds)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
+
+    from . import nll
+    n = sub.add_parser("nll", help="negative log-likelihood (nats, bits/dim) of data under a run, by the PF-ODE")
+    nll.add_arguments(n)
+    n.set_defaults(func=_cmd_nll)
+
+    from .seminar import report
+    r = sub.add_parser("seminar", help="the seminar's claims, each measured, as a Markdown + HTML report (PASS/FAIL)")
+    report.add_arguments(r)
+    r.set_defaults(func=_cmd_seminar)
 
     c = sub.add_parser("configs", help="list the shipped configs")
     c.set_defaults(func=_cmd_configs)

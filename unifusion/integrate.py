@@ -29,15 +29,22 @@ def dopri5(f: Callable[[torch.Tensor, float], torch.Tensor], y: torch.Tensor, u0
            h_init: float | None = None,  # first step size; None: 1/10 of the interval
            max_steps: int = 10000,    # attempted steps before giving up (ValueError)
            on_step: Callable | None = None,  # called as on_step(y, u_prev, u, k_last) after each accepted step
+           fixed_steps: int | None = None,  # take exactly this many equal steps, no error control (NFE = 6 n + 1)
            ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Integrate `dy/du = f(y, u)` from `u0` to `u1` (either direction). The error norm is the RMS over each
     example's entries of `err / (atol + rtol max(|y|, |y_new|))`, maximised over the batch.
+    With `fixed_steps` the same tableau takes equal steps and accepts each (its NFE does not depend on the data:
+    the same on every process of a distributed run).
     Returns `(y(u1), f(y(u1), u1), nfe)`; the last derivative comes free (first-same-as-last)."""
     if not (rtol > 0 and atol >= 0):
         raise ValueError(f"need rtol > 0 and atol >= 0, got rtol={rtol!r}, atol={atol!r}")
     span = u1 - u0
     direction = 1.0 if span >= 0 else -1.0
     h = direction * (abs(h_init) if h_init is not None else abs(span) / 10)
+    if fixed_steps is not None:
+        if isinstance(fixed_steps, bool) or not isinstance(fixed_steps, int) or fixed_steps < 1:
+            raise ValueError(f"fixed_steps must be a positive integer, got {fixed_steps!r}")
+        h, max_steps = span / fixed_steps, fixed_steps
     dims = tuple(range(1, y.ndim))
     k = [f(y, u0)] + [None] * 6
     nfe, u, steps = 1, u0, 0
@@ -50,12 +57,13 @@ def dopri5(f: Callable[[torch.Tensor, float], torch.Tensor], y: torch.Tensor, u0
         err = h * sum(e * kk for e, kk in zip(_E, k) if e != 0.0)
         scale = atol + rtol * torch.maximum(y.abs(), y_j.abs())
         norm = float((err / scale).pow(2).mean(dims).sqrt().max()) if y.numel() else 0.0
-        if norm <= 1.0:
+        if norm <= 1.0 or fixed_steps is not None:
             u_prev, y, u, k[0] = u, y_j, u + h, k[6]
             if on_step is not None:
                 on_step(y, u_prev, u, k[0])
         steps += 1
-        h *= min(5.0, max(0.2, 0.9 * max(norm, 1e-10) ** -0.2))
+        if fixed_steps is None:
+            h *= min(5.0, max(0.2, 0.9 * max(norm, 1e-10) ** -0.2))
     if direction * (u1 - u) > 1e-12 * max(1.0, abs(u1)):
         raise ValueError(f"dopri5 did not reach u={u1:.6g} within max_steps={max_steps} (stopped at u={u:.6g})")
     return y, k[0], nfe

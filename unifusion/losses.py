@@ -19,6 +19,8 @@ Named losses (`LOSSES`, `build_loss(name, process, **kwargs)`):
               Song, Durkan et al. 2021, "Maximum likelihood training of score-based diffusion models", Thm. 1).
 * "vdm"       the continuous-time VDM diffusion loss, eps-MSE weighted by `-1/2 d log-SNR/dt` and summed over
               dimensions: the diffusion term of the ELBO (Kingma et al. 2021, eq. 17).
+* "vdm_elbo"  VDM's whole negative ELBO (prior + discrete reconstruction + diffusion term) for data on equally
+              spaced levels, with the learned schedule's variance-minimising gradient (`VDMLoss`; Kingma et al. 2021).
 * "edm"       log-normal sigma (P_mean -1.2, P_std 1.2), `lambda = (sigma^2 + sd^2)/(sigma sd)^2`, on the
               preconditioned network (Karras et al. 2022, eq. 8 and Table 1).
 * "x0", "v", "eps", "mse": the generic target-MSE for a network predicting that target (Salimans & Ho 2022,
@@ -39,9 +41,9 @@ from .processes import NoiseProcess
 from .utils import check_choice, check_positive_int, coef, generator_device, randn_like
 
 __all__ = [
-    "UniformTimesteps", "UniformTime", "LogNormalSigma", "GeometricSigmas", "NOISE_SAMPLERS",
+    "UniformTimesteps", "UniformTime", "LowDiscrepancyTime", "LogNormalSigma", "GeometricSigmas", "NOISE_SAMPLERS",
     "Constant", "SigmaSquared", "LikelihoodWeight", "EDMWeight", "ELBOWeight", "WEIGHTINGS",
-    "DenoisingLoss", "LOSSES", "build_loss",
+    "DenoisingLoss", "VDMLoss", "LOSSES", "build_loss",
 ]
 
 
@@ -85,6 +87,23 @@ class UniformTime:
 
     def __repr__(self):
         return f"UniformTime({self.t_min}, {self.t_max})"
+
+
+class LowDiscrepancyTime(UniformTime):
+    """Stratified `t` over the batch: `t_i = t_min + (t_max - t_min) ((u + i / B) mod 1)` with one `u ~ U[0, 1)`
+    (VDM's low-discrepancy sampler, Kingma et al. 2021, App. I.1): each `t_i` is uniform, and the batch covers
+    `[t_min, t_max]` evenly, which lowers the variance of a batch mean over `t`."""
+
+    def __call__(self, n, process, generator=None, device=None):
+        p = _need(process, "LowDiscrepancyTime")
+        lo = p.t_min if self.t_min is None else self.t_min
+        hi = p.t_max if self.t_max is None else self.t_max
+        u = torch.rand((), generator=generator, dtype=torch.float64, device=generator_device(generator))
+        frac = torch.remainder(u + torch.arange(n, dtype=torch.float64, device=u.device) / n, 1.0)
+        return (lo + (hi - lo) * frac).to(device)
+
+    def __repr__(self):
+        return f"LowDiscrepancyTime({self.t_min}, {self.t_max})"
 
 
 def _t_of_sigma(sigma, process):
@@ -136,6 +155,7 @@ class GeometricSigmas:
 
 
 NOISE_SAMPLERS = {"uniform_timesteps": UniformTimesteps, "uniform_time": UniformTime,
+                  "low_discrepancy": LowDiscrepancyTime,
                   "lognormal": LogNormalSigma, "geometric": GeometricSigmas}
 
 
@@ -311,6 +331,90 @@ def vdm_loss(process: NoiseProcess, t_min: float | None = None, t_max: float | N
     return DenoisingLoss(UniformTime(t_min, t_max), ELBOWeight(), "eps", reduce=reduce, name="vdm")
 
 
+class VDMLoss:
+    """VDM's continuous-time negative ELBO in nats per example (Kingma et al. 2021, eq. 11-13 and 17):
+
+        L(x) = KL(q(z_1 | x) || p(z_1)) + E[-log p(x | z_0)] + 1/2 E_t[gamma'(t) |eps - eps_hat(z_t, t)|^2]
+
+    * prior: `q(z_1 | x) = N(alpha_1 x, sigma_1^2 I)` against the process's prior `N(0, sigma_1^2 I)` (the prior
+      every sampler and `likelihood` use): `|x|^2 / (2 sigma~_1^2)`, with `sigma~_1 = sigma_1 / alpha_1`;
+    * reconstruction: VDM's factorised discrete decoder over `levels` equally spaced values `v_k` in [-1, 1]
+      (17 for the digits' grey levels 0..16 scaled by `x / 8 - 1`, 256 for 8-bit images scaled by `x / 127.5 - 1`):
+      `p(x_i = v_k | z_0) = softmax_k(-(z_0,i / alpha_0 - v_k)^2 / (2 sigma~_0^2))`, one draw of `z_0` per example.
+      So `L / (d ln 2)` bounds the bits per dimension of the discrete data itself (no dequantization);
+    * diffusion: `DenoisingLoss(LowDiscrepancyTime(), ELBOWeight(), "eps", reduce="sum")` (the weight
+      `g^2 / (2 sigma^2)` is `gamma'(t) / 2`, `gamma = -log SNR`).
+
+    With a process that has a `variance_gradient` context (`processes.VDM`), the shape of the schedule receives
+    the gradient of `mean(L_diff^2)` and everything else (network, end points) that of `mean(L)`: the mean of
+    `L_diff` does not depend on the shape when the network sees the noise level rather than `t`
+    (`noise_cond="log_sigma"`), so the shape minimises its variance (VDM, Sec. 5.2 and App. I.2). The per-example
+    factor is `2 (L_diff - mean_batch L_diff)`: the batch mean is a control variate whose expected contribution,
+    `mean(L_diff)` times the gradient of the shape-independent mean, vanishes.
+
+    Args:
+        levels:            number of equally spaced data values in [-1, 1] (>= 2; data off the levels raise).
+        low_discrepancy:   stratified `t` over the batch (`LowDiscrepancyTime`), else i.i.d. `UniformTime`.
+        variance_gradient: route the variance gradient to a learned shape (above); False: plain ELBO gradient.
+    """
+
+    name = "vdm_elbo"
+
+    def __init__(self, levels: int, low_discrepancy: bool = True, variance_gradient: bool = True):
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+            raise ValueError(f"levels must be an integer >= 2 (17 for digits, 256 for 8-bit images), got {levels!r}")
+        self.levels, self.variance_gradient = levels, bool(variance_gradient)
+        noise = LowDiscrepancyTime() if low_discrepancy else UniformTime()
+        self.diffusion = DenoisingLoss(noise, ELBOWeight(), "eps", reduce="sum", name="vdm")
+
+    def _level_index(self, x0: torch.Tensor) -> torch.Tensor:
+        k = (x0 + 1) * ((self.levels - 1) / 2)
+        idx = k.round()
+        if (idx < 0).any() or (idx > self.levels - 1).any() or ((k - idx).abs() > 1e-3).any():
+            raise ValueError(f"loss vdm_elbo: the data are not on levels={self.levels} equally spaced values in "
+                             f"[-1, 1] (got values in [{x0.min().item():.4g}, {x0.max().item():.4g}]); set loss.levels")
+        return idx.long()
+
+    def terms(self, denoiser: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None,
+              class_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The three terms `{"prior", "reconstruction", "diffusion"}`, each `[B]` in nats."""
+        p = denoiser.process
+        idx = self._level_index(x0)
+        ends = torch.tensor([p.t_min, p.t_max], dtype=torch.float64, device=x0.device)
+        sv0, sv1 = p._sigma_ve(ends)
+        prior = 0.5 * x0.flatten(1).double().square().sum(1) / sv1 ** 2
+        x_ve = x0 + coef(sv0, x0) * randn_like(x0, generator)              # z_0 / alpha_0
+        values = torch.linspace(-1, 1, self.levels, dtype=x0.dtype, device=x0.device)
+        logits = -0.5 * ((x_ve[..., None] - values) / sv0.to(x0.dtype)) ** 2
+        recon = -torch.log_softmax(logits, -1).gather(-1, idx[..., None]).flatten(1).sum(1)
+        diff = self.diffusion(denoiser, x0, generator=generator, class_labels=class_labels)
+        return {"prior": prior, "reconstruction": recon.to(prior.dtype), "diffusion": diff.to(prior.dtype)}
+
+    def __call__(self, denoiser: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None,
+                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        context = getattr(denoiser.process, "variance_gradient", None)
+        if not self.variance_gradient or context is None:
+            return sum(self.terms(denoiser, x0, generator, class_labels).values()).to(x0.dtype)
+        scale = {}
+        with context(lambda: scale["2L"]):
+            t = self.terms(denoiser, x0, generator, class_labels)
+        diff = t["diffusion"].detach()
+        scale["2L"] = 2 * (diff - diff.mean())   # the batch mean as a control variate: same expected gradient
+        return sum(t.values()).to(x0.dtype)
+
+    def __repr__(self):
+        return f"VDMLoss(levels={self.levels}, variance_gradient={self.variance_gradient})"
+
+
+def vdm_elbo_loss(process: NoiseProcess, levels: int | None = None, low_discrepancy: bool = True,
+                  variance_gradient: bool = True) -> VDMLoss:
+    """VDM's whole negative ELBO (`VDMLoss`) for data on `levels` equally spaced values in [-1, 1]."""
+    if levels is None:
+        raise ValueError("loss vdm_elbo needs levels= (the number of data values in [-1, 1]: 17 for digits, "
+                         "256 for 8-bit images)")
+    return VDMLoss(levels, low_discrepancy, variance_gradient)
+
+
 def edm_loss(process: NoiseProcess | None = None, p_mean: float = -1.2, p_std: float = 1.2,
              sigma_data: float = 0.5, reduce: str = "mean") -> DenoisingLoss:
     """EDM loss `E lambda(sigma) |D(x0 + sigma eps, sigma) - x0|^2`, `ln sigma ~ N(p_mean, p_std^2)`,
@@ -343,6 +447,7 @@ def _target_loss(target):
 
 LOSSES = {
     "ddpm": ddpm_loss, "ncsn": ncsn_loss, "score_sde": score_sde_loss, "vdm": vdm_loss, "edm": edm_loss,
+    "vdm_elbo": vdm_elbo_loss,
     "eps": _target_loss("eps"), "x0": _target_loss("x0"), "v": _target_loss("v"), "mse": _target_loss(None),
 }
 

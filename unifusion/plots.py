@@ -9,7 +9,8 @@ This module owns every matplotlib call of the project:
   axis (Karras et al. 2022, "EDM", Table 1 and Fig. 1: every process is a VE process in these coordinates);
 * `save_error_vs_nfe`: error against the number of function evaluations, log-log, with optional order guides
   (the convergence plots of Karras et al. 2022, Fig. 2);
-* `save_metric_vs_steps`: a metric along training with its noise floor.
+* `save_metric_vs_steps`: a metric along training (or along any x, e.g. the noise level) with its noise floor;
+* `save_groups`: values of a few groups side by side (seeds of each model, per-example values), with mean +- sd.
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas: no pyplot, no global backend switch, safe
 in threads and on machines without a display. Files are written atomically (temp file in the same folder, then
@@ -30,7 +31,7 @@ from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 from .utils import atomic_write
 
 __all__ = ["make_grid", "save_image_grid", "save_scatter", "save_trajectories", "save_schedules", "save_error_vs_nfe",
-           "save_metric_vs_steps", "FORMATS"]
+           "save_metric_vs_steps", "save_groups", "FORMATS"]
 
 FORMATS = ("png", "pdf", "svg")
 DPI = 120
@@ -299,16 +300,20 @@ def save_error_vs_nfe(results, path, title: str | None = None, ylabel: str = "er
 
 
 def save_metric_vs_steps(curves, path, floor: float | Mapping[str, float] | None = None, ylabel: str = "metric",
-                         xlabel: str = "training step", logy: bool = False, title: str | None = None) -> Path:
+                         xlabel: str = "training step", logy: bool = False, title: str | None = None,
+                         logx: bool = False) -> Path:
     """A metric along training (or along any step count), one line per run, with its noise floor; returns the path.
 
     curves: `label -> [(step, value), ...]` or `label -> {"step": [...], "value": [...]}`.
     floor:  the metric's noise floor (a number, or `label -> number` for several), drawn dashed; None: no line.
+    logx, logy: logarithmic axes (values must then be > 0).
     """
     path = _check_path(path)
     data = _curves(curves, "step", "value")
     if logy and any((y <= 0).any() for _, y in data.values()):
         raise ValueError("logy=True needs every value > 0")
+    if logx and any((x <= 0).any() for x, _ in data.values()):
+        raise ValueError("logx=True needs every step > 0")
     fig, (ax,) = _figure(width=5.2, height=3.8)
     for i, (label, (x, y)) in enumerate(data.items()):
         ax.plot(x, y, marker="o", ms=3, lw=1.2, c=f"C{i}", label=label)
@@ -316,10 +321,42 @@ def save_metric_vs_steps(curves, path, floor: float | Mapping[str, float] | None
     for j, (label, v) in enumerate(floors.items()):
         v = float(_array(v, f"floor {label!r}"))
         ax.axhline(v, ls="--", lw=1, c=f"C{len(data) + j}" if len(floors) > 1 else "0.3", label=str(label))
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title or "", yscale="log" if logy else "linear")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title or "", yscale="log" if logy else "linear",
+           xscale="log" if logx else "linear")
     if logy:
-        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ys = np.concatenate([y for _, y in data.values()])
+        if ys.max() / ys.min() < 100:               # plain numbers on a short log axis; powers of ten on a long one
+            ax.yaxis.set_major_formatter(ScalarFormatter())
         _plain_log_ticks(ax)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def save_groups(groups, path, ylabel: str = "value", title: str | None = None,
+                lines: Mapping[str, float] | None = None) -> Path:
+    """Each group's values as dots (seeds, examples) with its mean +- one standard deviation; returns the path.
+
+    groups: `label -> [values]` (at least one value each).
+    lines:  optional horizontal reference lines `label -> value` (floors, teachers), drawn dashed.
+    """
+    path = _check_path(path)
+    if not isinstance(groups, Mapping) or not groups:
+        raise ValueError("groups must be a non-empty mapping label -> [values]")
+    data = {str(k): _array(v, f"group {k!r}").reshape(-1) for k, v in groups.items()}
+    if any(v.size == 0 for v in data.values()):
+        raise ValueError("every group needs at least one value")
+    fig, (ax,) = _figure(width=max(4.0, 1.1 * len(data) + 1.5), height=3.8)
+    rng = np.random.default_rng(0)
+    for i, (label, v) in enumerate(data.items()):
+        jitter = (rng.random(v.size) - 0.5) * 0.25 if v.size > 1 else np.zeros(1)
+        ax.scatter(i + jitter, v, s=14 if v.size < 50 else 3, c=f"C{i}", alpha=0.8 if v.size < 50 else 0.3, lw=0)
+        ax.errorbar(i + 0.3, v.mean(), yerr=v.std(ddof=1) if v.size > 1 else 0, fmt="s", c="k", ms=4, capsize=3)
+    for j, (label, value) in enumerate((lines or {}).items()):
+        ax.axhline(float(value), ls="--", lw=1, c=f"C{len(data) + j}", label=str(label))
+    ax.set_xticks(range(len(data)), list(data), rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel=ylabel, title=title or "")
+    ax.grid(alpha=0.3, axis="y")
+    if lines:
+        ax.legend(fontsize=8)
     return _save(fig, path)

@@ -14,7 +14,8 @@ This module owns every schedule and everything derived from one schedule in one 
 Processes (DESIGN.md has the table):
   `DDPM` (Ho et al. 2020), `VP` (VP-SDE, Song et al. 2021), `VPCosine` (Nichol & Dhariwal 2021),
   `SubVP` (Song et al. 2021), `VE` (NCSN / Score SDE VE, Song & Ermon 2019), `EDM` (Karras et al. 2022),
-  `RectifiedFlow` (Liu et al. 2022; Lipman et al. 2022).
+  `RectifiedFlow` (Liu et al. 2022; Lipman et al. 2022), `VDM` (the learned schedule of Kingma et al. 2021:
+  a process that is also an `nn.Module` whose parameters train with the model).
 
 A subclass provides `_log_alpha`, `_log_sigma`, `_t_from_log_snr` and, optionally, closed-form
 `_sde_coeffs`; the base class derives the rest (autodiff through `torch.func.jvp` where no closed
@@ -24,17 +25,19 @@ hot paths (samplers, the `Denoiser`) call.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .utils import as_float_tensor, check_choice, check_finite, check_in_range, check_nonnegative, expand_like
 
 __all__ = [
     "NoiseProcess", "Coefficients", "DDPM", "VP", "VPCosine", "SubVP", "VE", "EDM", "RectifiedFlow",
-    "PROCESSES", "get_process",
+    "VDM", "PROCESSES", "get_process",
 ]
 
 
@@ -467,8 +470,219 @@ class RectifiedFlow(NoiseProcess):
         return -1.0 / (1.0 - t), 2.0 * t / (1.0 - t)
 
 
+class VDM(NoiseProcess, nn.Module):
+    """VDM's learned noise schedule (Kingma et al. 2021, "Variational Diffusion Models", Sec. 3-5, App. H):
+    a variance-preserving process given by `gamma(t) = -log SNR(t)`, with `alpha^2 = sigmoid(-gamma)` and
+    `sigma^2 = sigmoid(gamma)`, written as learned end points plus a monotone shape (VDM eq. 14 and App. H):
+
+        gamma(t) = gamma_min + (gamma_max - gamma_min) * s(t),   s(t_min) = 0,  s(t_max) = 1,  s' > 0.
+
+    Shapes: "learned", VDM's monotone network `h(t) = w t + (1/H) sum_j v_j sigmoid(u_j (2t - 1) + b_j)` with
+    `w, u_j, v_j > 0` (softplus of free parameters), normalised to `s = (h(t) - h(0)) / (h(1) - h(0))` (it starts
+    close to VDM's linear log-SNR); "linear" (VDM's fixed baseline); or the name of another process (fixed:
+    that process's own normalised log-SNR on its own time range, so that `VDM(shape="vp")` is `VP` written in
+    this class's parametrization). `gamma_max = gamma_min + exp(.)` keeps the ends ordered.
+
+    The process is an `nn.Module`: its parameters train with the model (`losses.VDMLoss`, whose schedule gradient
+    minimises the variance of the diffusion loss through `variance_gradient`), they are float64, and they are
+    saved in the model's checkpoint. `t_from_log_snr` has no closed form: a table of `s` on 2049 times (rebuilt when a
+    parameter changes) brackets `t`, two Newton steps inside the bracket reach float64 precision, and one more
+    Newton step carries the gradient (implicit differentiation).
+
+    Args:
+        gamma_min: `-log SNR` at `t_min` (None: the shape process's value, else VDM's -13.3).
+        gamma_max: `-log SNR` at `t_max` (None: the shape process's value, else VDM's 5.0).
+        shape:     "learned", "linear" or a name in `PROCESSES` (fixed shape).
+        learn_ends: train `gamma_min` and `gamma_max` (else they are fixed buffers).
+        hidden:    width `H` of the monotone network.
+    """
+    name = "vdm"
+    variance_preserving = True
+
+    def __init__(self, gamma_min: float | None = None, gamma_max: float | None = None, shape: str = "learned",
+                 learn_ends: bool = True, hidden: int = 1024):
+        nn.Module.__init__(self)
+        names = ["learned", "linear"] + [k for k in PROCESSES if k != "vdm"]
+        check_choice(shape, "shape", names)
+        self.shape, self.base, self._scale, self._last, self._grid = shape, None, None, None, None
+        self.t_min, self.t_max = 0.0, 1.0
+        ends = (-13.3, 5.0)
+        if shape not in ("learned", "linear"):
+            self.base = get_process(shape)
+            self.t_min, self.t_max = self.base.t_min, self.base.t_max
+            ends = tuple(float(-self.base._log_snr(torch.tensor(t, dtype=torch.float64)))
+                         for t in (self.t_min, self.t_max))
+        g0 = float(ends[0] if gamma_min is None else gamma_min)
+        g1 = float(ends[1] if gamma_max is None else gamma_max)
+        if not (math.isfinite(g0) and math.isfinite(g1) and g0 < g1):
+            raise ValueError(f"VDM needs finite gamma_min < gamma_max, got gamma_min={g0!r}, gamma_max={g1!r}")
+        f64 = dict(dtype=torch.float64)
+        ends_t = (torch.tensor(g0, **f64), torch.tensor(g1 - g0, **f64).log())
+        for k, v in zip(("gamma_0", "gamma_gap"), ends_t):
+            if learn_ends:
+                self.register_parameter(k, nn.Parameter(v))
+            else:
+                self.register_buffer(k, v)
+        if shape == "learned":
+            if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+                raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
+            g = torch.Generator().manual_seed(0)    # the same initial shape whatever the global seed
+            self.w = nn.Parameter(torch.tensor(math.log(math.e - 1), **f64))   # softplus(w) = 1
+            self.u = nn.Parameter(torch.randn(hidden, generator=g, **f64))
+            self.b = nn.Parameter(torch.randn(hidden, generator=g, **f64))
+            self.v = nn.Parameter(torch.full((hidden,), -4.0, **f64))         # a near-linear start
+
+    # ---- the schedule -----------------------------------------------------------------------------
+    def _h(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The monotone network and its derivative at `u in [0, 1]`."""
+        w, uu, v = F.softplus(self.w), F.softplus(self.u), F.softplus(self.v)
+        z = torch.sigmoid(uu * (2 * u[..., None] - 1) + self.b)
+        h = w * u + (v * z).mean(-1)
+        dh = w + (v * uu * 2 * z * (1 - z)).mean(-1)
+        return h, dh
+
+    def _shape(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(s(t), ds/dt)` in float64."""
+        t = t.to(torch.float64)
+        if t.ndim == 1 and t.numel() > 1 and t.stride(0) == 0:     # one time for the whole batch (samplers)
+            s, ds = self._shape(t[:1])
+            return s.expand(t.shape), ds.expand(t.shape)
+        span = self.t_max - self.t_min
+        if self.shape == "linear":
+            return (t - self.t_min) / span, torch.full_like(t, 1.0 / span)
+        if self.base is not None:
+            lo, hi = (-self.base._log_snr(torch.tensor(x, dtype=torch.float64, device=t.device))
+                      for x in (self.t_min, self.t_max))
+            _, g2 = self.base._sde_coeffs(t)
+            return (-self.base._log_snr(t) - lo) / (hi - lo), g2 * torch.exp(-2 * self.base._log_sigma(t)) / (hi - lo)
+        u = (t - self.t_min) / span
+        h, dh = self._h(torch.cat([u.reshape(-1), u.new_tensor([0.0, 1.0])]))   # h(u), h(0), h(1) in one call
+        h0, h1 = h[-2], h[-1]
+        h, dh = h[:-2].reshape(u.shape), dh[:-2].reshape(u.shape)
+        s, ds = (h - h0) / (h1 - h0), dh / ((h1 - h0) * span)
+        if self._scale is not None and s.requires_grad:
+            scale = self._scale                 # read at backward time, after the loss is known
+            hook = lambda grad: grad * scale() if grad.shape == scale().shape else grad  # noqa: E731
+            s.register_hook(hook)
+            ds.register_hook(hook)
+        return s, ds
+
+    def _gamma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(gamma(t), d gamma/dt)`, float64. The last result is kept for the same `t` tensor (one training step
+        asks for alpha, sigma, the weight and the network's noise level at one `t`), until `t` or a parameter
+        changes in place, the grad mode changes or a `variance_gradient` context starts or ends."""
+        key = (t._version, torch.is_grad_enabled(), self._scale is not None,
+               tuple(p._version for p in self.parameters()))
+        if self._last is not None and self._last[0] is t and self._last[1] == key:
+            return self._last[2]
+        s, ds = self._shape(t)
+        gap = torch.exp(self.gamma_gap)
+        out = (self.gamma_0 + gap * s, gap * ds)
+        self._last = (t, key, out)
+        return out
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("_last", "_grid")} | {"_last": None, "_grid": None}
+
+    @property
+    def gamma_ends(self) -> tuple[float, float]:
+        """`(gamma_min, gamma_max)`: `-log SNR` at `t_min` and `t_max` (the learned end points)."""
+        g0 = float(self.gamma_0.detach())
+        return g0, g0 + float(torch.exp(self.gamma_gap.detach()))
+
+    @contextlib.contextmanager
+    def variance_gradient(self, scale):
+        """Inside this context, the gradient that reaches the shape's parameters through per-example schedule
+        values `s(t)`, `s'(t)` (`t` of shape `[B]`) is multiplied by `scale()` (`[B]`, read at backward time). With
+        `scale = 2 L` for per-example losses `L` it turns `d mean(L)` into `d mean(L^2)`: the schedule's shape then
+        minimises the variance of the loss estimate while everything else minimises the loss (VDM, Sec. 5.2)."""
+        self._scale = scale
+        try:
+            yield self
+        finally:
+            self._scale = None
+
+    # ---- the three hooks (plus closed forms) -----------------------------------------------------
+    def _log_alpha(self, t):
+        return (-0.5 * F.softplus(self._gamma(t)[0])).to(t.dtype)
+
+    def _log_sigma(self, t):
+        return (-0.5 * F.softplus(-self._gamma(t)[0])).to(t.dtype)
+
+    def _log_snr(self, t):
+        return -self._gamma(t)[0].to(t.dtype)
+
+    def _sigma_ve(self, t):
+        return torch.exp(0.5 * self._gamma(t)[0]).to(t.dtype)
+
+    def _sde_coeffs(self, t):
+        # f = d log alpha/dt = -sigmoid(gamma) gamma'/2 and g^2 = sigma^2 d(log sigma^2/alpha^2)/dt = sigmoid(gamma) gamma'
+        gamma, dgamma = self._gamma(t)
+        g2 = torch.sigmoid(gamma) * dgamma
+        return (-0.5 * g2).to(t.dtype), g2.to(t.dtype)
+
+    def _table(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(t, s(t))` on 2049 equally spaced times, kept until a parameter changes: the inverse's starting bracket."""
+        key = (str(device),) + tuple(p._version for p in self.parameters())
+        if self._grid is None or self._grid[0] != key:
+            with torch.no_grad():
+                t = torch.linspace(self.t_min, self.t_max, 2049, dtype=torch.float64, device=device)
+                self._grid = (key, t, self._shape(t)[0])
+        return self._grid[1], self._grid[2]
+
+    def _t_from_log_snr(self, log_snr):
+        target = (-log_snr.to(torch.float64) - self.gamma_0) / torch.exp(self.gamma_gap)   # solve s(t) = target
+        with torch.no_grad():
+            tt, inverse = torch.unique(target.detach(), return_inverse=True)   # samplers pass one sigma per batch
+            ts, ss = self._table(tt.device)
+            i = torch.searchsorted(ss, tt.contiguous()).clamp(1, ss.numel() - 1)
+            lo, hi = ts[i - 1], ts[i]
+            t = lo + (tt - ss[i - 1]) * (hi - lo) / (ss[i] - ss[i - 1])   # linear interpolation, then Newton
+            for _ in range(16):     # Newton kept inside the shrinking bracket, else bisection (rtsafe)
+                s, ds = self._shape(t)
+                below = s < tt
+                lo, hi = torch.where(below, t, lo), torch.where(below, hi, t)
+                newton = t - (s - tt) / ds
+                t_next = torch.where((newton >= lo) & (newton <= hi), newton, 0.5 * (lo + hi))
+                done = bool(((t_next - t).abs() <= 1e-15 * (self.t_max - self.t_min)).all())
+                t = t_next
+                if done:
+                    break
+            # beyond either end: continue linearly with the end's slope (the public check then names the value)
+            for end, s_end in ((self.t_min, 0.0), (self.t_max, 1.0)):
+                out = tt < s_end if s_end == 0.0 else tt > s_end
+                if out.any():
+                    e = torch.full_like(tt, end)
+                    t = torch.where(out, e + (tt - s_end) / self._shape(e)[1], t)
+            t = t[inverse] if t.numel() > 1 else t.reshape(()).expand(target.shape)
+        if not (torch.is_grad_enabled() and target.requires_grad):
+            return t.to(log_snr.dtype)
+        s, ds = self._shape(t)                                               # one more Newton step carries the gradient
+        return (t - (s - target) / ds).to(log_snr.dtype)
+
+    @property
+    def sigma_ve_min(self) -> float:
+        with torch.no_grad():
+            return NoiseProcess.sigma_ve_min.fget(self)
+
+    @property
+    def sigma_ve_max(self) -> float:
+        with torch.no_grad():
+            return NoiseProcess.sigma_ve_max.fget(self)
+
+    @property
+    def prior_std(self) -> float:
+        with torch.no_grad():
+            return NoiseProcess.prior_std.fget(self)
+
+    def __repr__(self):
+        g0, g1 = self.gamma_ends
+        return f"VDM(shape={self.shape}, gamma {g0:.4g}..{g1:.4g}, t in [{self.t_min:g}, {self.t_max:g}])"
+
+
 PROCESSES: dict[str, type[NoiseProcess]] = {
     "ddpm": DDPM, "vp": VP, "vp-cosine": VPCosine, "subvp": SubVP, "ve": VE, "edm": EDM, "rf": RectifiedFlow,
+    "vdm": VDM,
 }
 
 

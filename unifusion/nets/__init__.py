@@ -1,7 +1,8 @@
 """Networks that never know the formulation: called as `net(x, noise_cond, class_labels=None)`.
 
-`MLP` for vectors, `UNet` (DDPM++ family) for images, the noise/label embeddings, and `build_net(kind, **kwargs)`
-so a YAML config can name either (`NETS`).
+`MLP` for vectors, `UNet` (DDPM++ family) for images, the noise/label embeddings, `MixtureOracle` (an exact
+Gaussian-mixture denoiser in a network's place, for checking the pipeline end to end), and
+`build_net(kind, **kwargs)` so a YAML config can name any of them (`NETS`).
 """
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from torch import nn
 from ..utils import check_choice
 from .embedding import EMBEDDINGS, FourierEmbedding, NoiseEmbedding, PositionalEmbedding
 from .mlp import MLP
+from .oracle import MixtureOracle
 from .unet import UNet
 
-__all__ = ["MLP", "UNet", "NETS", "build_net", "PositionalEmbedding", "FourierEmbedding", "NoiseEmbedding",
+__all__ = ["MLP", "UNet", "MixtureOracle", "NETS", "build_net", "PositionalEmbedding", "FourierEmbedding", "NoiseEmbedding",
            "EMBEDDINGS"]
 
-NETS = {"mlp": MLP, "unet": UNet}
+NETS = {"mlp": MLP, "unet": UNet, "mixture_oracle": MixtureOracle}
 
 
 def build_net(kind: str, **kwargs) -> nn.Module:

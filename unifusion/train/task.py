@@ -26,12 +26,15 @@ __all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_run", "run_co
 
 
 class DiffusionTask:
-    """The task of a denoising loss: one trainable module `net`, the loss `loss_fn(denoiser, x0, generator,
-    class_labels) -> [B]` of `unifusion.losses`."""
+    """The task of a denoising loss: the trainable module `net` (plus `schedule`, the process, when the process
+    has trainable parameters: `processes.VDM`), the loss `loss_fn(denoiser, x0, generator, class_labels) -> [B]`
+    of `unifusion.losses`."""
 
     def __init__(self, denoiser: Denoiser, loss_fn):
         self.denoiser, self.loss_fn = denoiser, loss_fn
         self.modules = {"net": denoiser.net}
+        if _learned_schedule(denoiser):
+            self.modules["schedule"] = denoiser.process
 
     def loss(self, batch, generator):
         x, labels = batch
@@ -40,6 +43,11 @@ class DiffusionTask:
     def to(self, device):
         self.denoiser.to(device)
         return self
+
+
+def _learned_schedule(denoiser: Denoiser) -> bool:
+    """Whether the denoiser's process has trainable parameters (a learned noise schedule)."""
+    return isinstance(denoiser.process, torch.nn.Module) and any(p.requires_grad for p in denoiser.process.parameters())
 
 
 def _section(cfg: dict, name: str, head: str) -> tuple[str, dict]:
@@ -172,23 +180,25 @@ def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     tensors, info = read_checkpoint(path)
-    if "data_shape" not in info or "config" not in info or info.get("modules") != ["net"]:
+    if "data_shape" not in info or "config" not in info or info.get("modules") not in (["net"], ["net", "schedule"]):
         raise CheckpointError(f"{path} is not a diffusion-model checkpoint (no data shape / net); "
                               f"it may come from another task")
     cfg = merge(DEFAULTS, info["config"])
     decays = info.get("ema_decays", [])
     if ema is True:
-        prefix = "ema0.net." if decays else "model.net."
+        prefix = "ema0." if decays else "model."
     elif ema is False or ema is None:
-        prefix = "model.net."
+        prefix = "model."
     else:
         if float(ema) not in decays:
             raise ValueError(f"ema={ema!r}: this checkpoint keeps EMA decays {decays}")
-        prefix = f"ema{decays.index(float(ema))}.net."
+        prefix = f"ema{decays.index(float(ema))}."
     try:
         denoiser = build_denoiser(cfg, info["data_shape"])
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        denoiser.net.load_state_dict(state)
+        for name in info["modules"]:
+            module = denoiser.net if name == "net" else denoiser.process
+            pre = f"{prefix}{name}."
+            module.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
     except (RuntimeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not match its config: {str(e).splitlines()[0]}") from None
     denoiser.config, denoiser.data_shape = cfg, tuple(info["data_shape"])
