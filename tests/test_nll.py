@@ -101,3 +101,23 @@ def test_nll_function_matches_log_likelihood_per_batch(oracle_run):
     a = nll(d, x[:6].double(), batch_size=4, progress=False)
     b = nll(d, x[:6].double(), batch_size=6, progress=False)
     torch.testing.assert_close(a["nats"], b["nats"], rtol=0, atol=1e-4)    # batching only changes the step sizes
+
+
+def test_two_gloo_processes_give_the_same_per_example_values(oracle_run, tmp_path):
+    """torchrun shards the examples over ranks and gathers them back in data order; on the fixed grid every
+    example's ODE is independent of its batch, so the values equal one process's."""
+    import os
+    import subprocess
+    import sys
+
+    out, _ = oracle_run
+    common = [str(out), "--data", str(out / "data.npz"), "--steps", "20", "--batch-size", "5", "--json"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "unifusion", "nll", *common, str(tmp_path / "ddp.json")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["nll", *common, str(tmp_path / "one.json")]) == 0
+    ddp, one = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("ddp", "one"))
+    assert ddp["world_size"] == 2 and ddp["n"] == one["n"] == 24
+    np.testing.assert_allclose(ddp["per_example"]["nats"], one["per_example"]["nats"], rtol=0, atol=1e-9)

@@ -66,8 +66,6 @@ def nll(denoiser, x: torch.Tensor, *, levels: int = 0, hutchinson: int = 0, step
     (per-example standard error of the Hutchinson mean; 0 for the exact divergence), `bpd` (`[N]`) and the total
     `nfe` (drift evaluations summed over batches) and `seconds`.
     """
-    from tqdm.auto import tqdm
-
     check_positive_int(batch_size, "batch_size")
     if isinstance(hutchinson, bool) or not isinstance(hutchinson, int) or hutchinson < 0:
         raise ValueError(f"hutchinson must be an integer >= 0 (0: exact divergence), got {hutchinson!r}")
@@ -78,7 +76,10 @@ def nll(denoiser, x: torch.Tensor, *, levels: int = 0, hutchinson: int = 0, step
     process = getattr(denoiser, "process", None)
     nats, se, nfe, t0 = [], [], 0, time.perf_counter()
     batches = range(0, x.shape[0], batch_size)
-    for i, start in enumerate(tqdm(batches, desc="nll", unit="batch", disable=not progress)):
+    if progress:
+        from tqdm.auto import tqdm
+        batches = tqdm(batches, desc="nll", unit="batch")
+    for i, start in enumerate(batches):
         g = torch.Generator().manual_seed(seed + i)
         xb = x[start:start + batch_size]
         y = dequantize(xb.repeat_interleave(reps, 0), levels, g)
