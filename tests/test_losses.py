@@ -344,8 +344,8 @@ def test_vdm_reconstruction_term_closed_form():
 
 
 def test_vdm_schedule_gets_the_variance_gradient():
-    """Under the VDM loss the shape parameters get the gradient of the batch variance of L_diff, the end points and
-    the network that of the mean loss."""
+    """Under the VDM loss the shape parameters get the gradient of the batch variance of L_diff (over its batch mean,
+    a positive factor), the end points and the network that of the mean loss."""
     from unifusion.losses import VDMLoss
     from unifusion.nets import MLP
     from unifusion.processes import VDM
@@ -363,8 +363,9 @@ def test_vdm_schedule_gets_the_variance_gradient():
     with_trick = grads(loss(den, x0, torch.Generator().manual_seed(7)).mean())
     terms = loss.terms(den, x0, torch.Generator().manual_seed(7))
     plain = grads(sum(terms.values()).mean())
-    variance = grads(loss.terms(den, x0, torch.Generator().manual_seed(7))["diffusion"].var(unbiased=False))
-    torch.testing.assert_close(with_trick[0], variance[0])          # shape: d Var(L_diff)
+    l_diff = loss.terms(den, x0, torch.Generator().manual_seed(7))["diffusion"]
+    variance = grads(l_diff.var(unbiased=False) / l_diff.mean().detach())
+    torch.testing.assert_close(with_trick[0], variance[0])          # shape: d Var(L_diff) / mean(L_diff)
     torch.testing.assert_close(with_trick[1], plain[1])             # end point: d mean(L)
     torch.testing.assert_close(with_trick[2], plain[2])             # network: d mean(L)
     assert not torch.allclose(with_trick[0], plain[0])

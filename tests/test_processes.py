@@ -248,8 +248,8 @@ def test_vdm_linear_shape_and_learned_ends():
 
 
 def test_vdm_inverse_carries_the_implicit_gradient():
-    """`t(lambda)` solves gamma(t) = -lambda numerically; its gradient in the end point gamma_min must be the implicit
-    one, `dt/dgamma_0 = -(1 - s) / gamma'(t)`... checked against finite differences."""
+    """`t(lambda)` solves gamma(t) = -lambda numerically; its gradient in the end-point parameter (one Newton step on
+    top of the solve: implicit differentiation) matches finite differences."""
     p = vdm_learned().requires_grad_(True)
     lam = torch.tensor([5.0, 0.0, -3.0], dtype=torch.float64)
     (grad,) = torch.autograd.grad(p.t_from_log_snr(lam).sum(), p.gamma_0)

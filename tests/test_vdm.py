@@ -22,9 +22,9 @@ def test_learned_schedule_trains_and_round_trips(tmp_path):
     tensors, info = read_checkpoint(out / "checkpoint.safetensors")
     assert info["modules"] == ["net", "schedule"] and math.isfinite(res.loss)
     raw, ema = load_model(out, ema=False), load_model(out)
-    g0 = float(tensors["model.schedule.gamma_0"])
+    g0 = raw.process._end_scale * float(tensors["model.schedule.gamma_0"])
     assert g0 != -13.3 and raw.process.gamma_ends[0] == g0                       # the end point moved and reloads
-    assert ema.process.gamma_ends[0] == float(tensors["ema0.schedule.gamma_0"])  # the EMA weights carry their own
+    assert ema.process.gamma_ends[0] == ema.process._end_scale * float(tensors["ema0.schedule.gamma_0"])
     assert not torch.equal(tensors["model.schedule.v"], torch.full((16,), -4.0, dtype=torch.float64))
     t = torch.linspace(0, 1, 50, dtype=torch.float64)
     assert (ema.process.log_snr(t).diff() < 0).all()                             # still monotone

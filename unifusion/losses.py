@@ -349,8 +349,11 @@ class VDMLoss:
     the gradient of `mean(L_diff^2)` and everything else (network, end points) that of `mean(L)`: the mean of
     `L_diff` does not depend on the shape when the network sees the noise level rather than `t`
     (`noise_cond="log_sigma"`), so the shape minimises its variance (VDM, Sec. 5.2 and App. I.2). The per-example
-    factor is `2 (L_diff - mean_batch L_diff)`: the batch mean is a control variate whose expected contribution,
-    `mean(L_diff)` times the gradient of the shape-independent mean, vanishes.
+    factor is `2 (L_diff - mean_batch L_diff) / mean_batch L_diff`: the batch mean is a control variate whose
+    expected contribution, `mean(L_diff)` times the gradient of the shape-independent mean, vanishes, and the
+    division (a positive factor per batch) makes the shape's gradient free of the loss's units, so that it does not
+    dominate the global gradient-norm clip the network shares (it is the gradient of the squared coefficient of
+    variation's batch estimate, up to that factor).
 
     Args:
         levels:            number of equally spaced data values in [-1, 1] (>= 2; data off the levels raise).
@@ -399,7 +402,7 @@ class VDMLoss:
         with context(lambda: scale["2L"]):
             t = self.terms(denoiser, x0, generator, class_labels)
         diff = t["diffusion"].detach()
-        scale["2L"] = 2 * (diff - diff.mean())   # the batch mean as a control variate: same expected gradient
+        scale["2L"] = 2 * (diff - diff.mean()) / diff.mean().clamp_min(1e-12)   # control variate; unit-free size
         return sum(t.values()).to(x0.dtype)
 
     def __repr__(self):

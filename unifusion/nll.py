@@ -48,7 +48,7 @@ def _bpd(log_prob: torch.Tensor, dims: int, levels: int) -> torch.Tensor:
 
 def nll(denoiser, x: torch.Tensor, *, levels: int = 0, hutchinson: int = 0, steps: int | None = None,
         batch_size: int = 64, seed: int = 0, rtol: float = 1e-5, atol: float = 1e-5, sigma_min: float | None = None,
-        progress: bool = True) -> dict:
+        sigma_max: float | None = None, progress: bool = True) -> dict:
     """Per-example negative log-likelihoods of `x` (`[N, ...]`) under `denoiser` (a `Denoiser` or any VE denoiser).
 
     Args:
@@ -60,6 +60,7 @@ def nll(denoiser, x: torch.Tensor, *, levels: int = 0, hutchinson: int = 0, step
         seed:       seeds the dequantization noise and the probes (batch `i` uses `seed + i`).
         rtol, atol: tolerances of the adaptive solve.
         sigma_min:  start of the ODE (None: the process's `sigma~(t_min)`).
+        sigma_max:  end of the ODE, where the prior `N(0, sigma_max^2 I)` is taken (None: the process's `sigma~(t_max)`).
         progress:   a tqdm bar over batches.
 
     Returns a dict of float64 tensors `nats` (`[N]`: `-log p`, before the dequantization offset), `nats_se`
@@ -83,7 +84,8 @@ def nll(denoiser, x: torch.Tensor, *, levels: int = 0, hutchinson: int = 0, step
         g = torch.Generator().manual_seed(seed + i)
         xb = x[start:start + batch_size]
         y = dequantize(xb.repeat_interleave(reps, 0), levels, g)
-        res = log_likelihood(denoiser, y, process=process, sigma_min=sigma_min, rtol=rtol, atol=atol, steps=steps,
+        res = log_likelihood(denoiser, y, process=process, sigma_min=sigma_min, sigma_max=sigma_max, rtol=rtol,
+                             atol=atol, steps=steps,
                              divergence="hutchinson" if hutchinson else "exact", generator=g)
         v = -res.log_prob.detach().double().reshape(xb.shape[0], reps)
         nats.append(v.mean(1))
@@ -125,6 +127,8 @@ def add_arguments(p) -> None:
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--sigma-min", type=float, help="start of the ODE (default: the process's sigma~(t_min))")
+    p.add_argument("--sigma-max", type=float, help="end of the ODE, where the Gaussian prior is taken (default: the "
+                                                   "process's sigma~(t_max))")
     p.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
     p.add_argument("--double", action="store_true", help="evaluate in float64")
     p.add_argument("--json", nargs="?", const="-", metavar="PATH",
@@ -193,7 +197,7 @@ def run(args) -> int:
     idx = torch.arange(info.rank, x.shape[0], info.world_size)
     res = nll(denoiser, x[idx], levels=levels, hutchinson=args.hutchinson, steps=args.steps,
               batch_size=args.batch_size, seed=args.seed + 7919 * info.rank, rtol=args.rtol, atol=args.atol,
-              sigma_min=args.sigma_min, progress=info.is_main)
+              sigma_min=args.sigma_min, sigma_max=args.sigma_max, progress=info.is_main)
     res = _gather(res, idx, x.shape[0])
     if not info.is_main:
         return 0

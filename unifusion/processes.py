@@ -498,6 +498,8 @@ class VDM(NoiseProcess, nn.Module):
     """
     name = "vdm"
     variance_preserving = True
+    END_SCALE = 10.0   # a learned gamma_min is stored divided by this: Adam's steps (about lr each) move it 10x
+    #                    faster, which a few thousand steps need (VDM trains for millions); the gap is stored as its log
 
     def __init__(self, gamma_min: float | None = None, gamma_max: float | None = None, shape: str = "learned",
                  learn_ends: bool = True, hidden: int = 1024):
@@ -517,7 +519,8 @@ class VDM(NoiseProcess, nn.Module):
         if not (math.isfinite(g0) and math.isfinite(g1) and g0 < g1):
             raise ValueError(f"VDM needs finite gamma_min < gamma_max, got gamma_min={g0!r}, gamma_max={g1!r}")
         f64 = dict(dtype=torch.float64)
-        ends_t = (torch.tensor(g0, **f64), torch.tensor(g1 - g0, **f64).log())
+        self._end_scale = self.END_SCALE if learn_ends else 1.0
+        ends_t = (torch.tensor(g0 / self._end_scale, **f64), torch.tensor(g1 - g0, **f64).log())
         for k, v in zip(("gamma_0", "gamma_gap"), ends_t):
             if learn_ends:
                 self.register_parameter(k, nn.Parameter(v))
@@ -577,7 +580,7 @@ class VDM(NoiseProcess, nn.Module):
             return self._last[2]
         s, ds = self._shape(t)
         gap = torch.exp(self.gamma_gap)
-        out = (self.gamma_0 + gap * s, gap * ds)
+        out = (self._end_scale * self.gamma_0 + gap * s, gap * ds)
         self._last = (t, key, out)
         return out
 
@@ -587,7 +590,7 @@ class VDM(NoiseProcess, nn.Module):
     @property
     def gamma_ends(self) -> tuple[float, float]:
         """`(gamma_min, gamma_max)`: `-log SNR` at `t_min` and `t_max` (the learned end points)."""
-        g0 = float(self.gamma_0.detach())
+        g0 = self._end_scale * float(self.gamma_0.detach())
         return g0, g0 + float(torch.exp(self.gamma_gap.detach()))
 
     @contextlib.contextmanager
@@ -631,7 +634,8 @@ class VDM(NoiseProcess, nn.Module):
         return self._grid[1], self._grid[2]
 
     def _t_from_log_snr(self, log_snr):
-        target = (-log_snr.to(torch.float64) - self.gamma_0) / torch.exp(self.gamma_gap)   # solve s(t) = target
+        gamma_min = self._end_scale * self.gamma_0
+        target = (-log_snr.to(torch.float64) - gamma_min) / torch.exp(self.gamma_gap)   # solve s(t) = target
         with torch.no_grad():
             tt, inverse = torch.unique(target.detach(), return_inverse=True)   # samplers pass one sigma per batch
             ts, ss = self._table(tt.device)

@@ -45,8 +45,10 @@ def _model_row(name: str, nfe, sc: dict, extra: str = "") -> str:
 
 
 def targets_same_fd(trained: dict, out: Path, budget: Budget, seed: int = 0) -> ClaimResult:
-    """Claim 2b. Every model samples `budget.n` digits with EDM's Heun (18 levels, 35 NFE). PASS: no model
-    memorizes, and every target's mean FD lies within 2 pooled seed standard deviations of the mean over targets."""
+    """Claim 2b. Every model samples `budget.n` digits with the same sampler on the same grid: EDM's Heun on 18
+    levels from sigma 80 to 0.002 (35 NFE; the VP-SDE's own range would start at 152, beyond what the log-normal
+    training distribution covers). PASS: no model memorizes, and every target's mean FD lies within 2 pooled seed
+    standard deviations of the mean over targets."""
     from ..plots import save_groups, save_image_grid
     from ..train import load_model
 
@@ -55,7 +57,7 @@ def targets_same_fd(trained: dict, out: Path, budget: Budget, seed: int = 0) -> 
     for target, runs in trained.items():
         scores[target] = []
         for k, (ckpt, _) in enumerate(runs):
-            x, nfe, _ = sample_digits(load_model(ckpt), budget.n, seed)
+            x, nfe, _ = sample_digits(load_model(ckpt), budget.n, seed, sigma_min=0.002, sigma_max=80.0)
             scores[target].append(score_samples(x))
             if k == 0:
                 figures.append(save_image_grid(x[:64].reshape(-1, 1, 8, 8), Path(out) / f"claim2_{target}.png",
@@ -205,14 +207,16 @@ def gaussian_baseline_nll(y: torch.Tensor, levels: int = 17) -> torch.Tensor:
     return -mvn.log_prob(y.double())
 
 
-def likelihoods(models: dict, out: Path, budget: Budget, seed: int = 0, scores: dict | None = None) -> ClaimResult:
+def likelihoods(models: dict, out: Path, budget: Budget, seed: int = 0, scores: dict | None = None,
+                judged=None) -> ClaimResult:
     """Claim 7: bits/dim of each model in `models` (`name -> Denoiser`; `scores`: its `score_samples`, shown beside)
-    on the first `budget.nll_n` test digits
-    (PF-ODE, `budget.hutchinson` Hutchinson estimates per digit or the exact divergence for 0; one uniform
-    dequantization draw over the 17 grey levels shared by every model and the baseline, so differences are paired),
-    beside the full-covariance Gaussian baseline, and the same machinery on an exact 8-d mixture oracle.
-    PASS: the oracle's PF-ODE NLL equals its exact log-density to 1e-3 nats/dim, and every model's bits/dim is
-    below the Gaussian baseline's by more than 3 standard errors of the paired difference."""
+    on the first `budget.nll_n` test digits (PF-ODE from sigma 0.002 to 80, the range claim 2b samples, with the
+    prior `N(0, 80^2 I)`; `budget.hutchinson` Hutchinson estimates per digit, or the exact divergence for 0; one
+    uniform dequantization draw over the 17 grey levels shared by every model and the baseline, so differences are
+    paired), beside the full-covariance Gaussian baseline, and the same machinery on an exact 8-d mixture oracle.
+    PASS: the oracle's PF-ODE NLL equals its exact log-density to 1e-3 nats/dim, and every model named in `judged`
+    (default: all) has bits/dim below the Gaussian baseline's by more than 3 standard errors of the paired
+    difference and does not memorize; the others are shown for comparison."""
     from ..data import load_digits
     from ..nets import MixtureOracle
     from ..nll import _bpd, dequantize, nll
@@ -233,13 +237,15 @@ def likelihoods(models: dict, out: Path, budget: Budget, seed: int = 0, scores: 
     se = lambda v: float(v.std() / math.sqrt(n)) if n > 1 else float("nan")  # noqa: E731
     rows, ok, per_example = [], True, {}
     for name, model in models.items():
-        r = nll(model, y, levels=0, hutchinson=budget.hutchinson, seed=seed, progress=False)
+        r = nll(model, y, levels=0, hutchinson=budget.hutchinson, seed=seed, sigma_min=0.002, sigma_max=80.0,
+                progress=False)
         r["bpd"] = _bpd(-r["nats"], 64, 17)
         per_example[name] = r["bpd"]
         diff = r["bpd"] - base_bpd
-        ok = ok and float(diff.mean()) + 3 * se(diff) < 0
+        if judged is None or name in judged:
+            ok = ok and float(diff.mean()) + 3 * se(diff) < 0 and not (scores or {}).get(name, {}).get("memorizing")
         rows.append((name, float(r["bpd"].mean()), se(r["bpd"]), float(diff.mean()), se(diff), r["nfe"], r["seconds"]))
-    passed = oracle_err <= 1e-3 and ok and not any(v["memorizing"] for v in (scores or {}).values())
+    passed = oracle_err <= 1e-3 and ok
     fig = save_groups(dict(per_example, **{"Gaussian baseline": base_bpd}), Path(out) / "claim7_bits_per_dim.png",
                       ylabel="bits/dim per test digit", title="PF-ODE likelihoods of unseen digits",
                       lines={"uniform over 17 levels": math.log2(17)})
@@ -247,14 +253,16 @@ def likelihoods(models: dict, out: Path, budget: Budget, seed: int = 0, scores: 
     sc = lambda k, key: f"{scores[k][key]:.{2 if key == 'fd' else 3}f}" if k in scores else "-"  # noqa: E731
     table = ["| model | bits/dim | vs Gaussian baseline (paired) | FD | copy fraction | NFE (all batches) | seconds |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    table += [f"| {k} | {b:.3f} +- {s:.3f} | {d:+.3f} +- {ds:.3f} | {sc(k, 'fd')} | {sc(k, 'copy_fraction')} | {nfe} "
-              f"| {sec:.0f} |" for k, b, s, d, ds, nfe, sec in rows]
+    mark = lambda k: k if judged is None or k in judged else f"{k} (shown for comparison)"  # noqa: E731
+    table += [f"| {mark(k)} | {b:.3f} +- {s:.3f} | {d:+.3f} +- {ds:.3f} | {sc(k, 'fd')} | {sc(k, 'copy_fraction')} "
+              f"| {nfe} | {sec:.0f} |" for k, b, s, d, ds, nfe, sec in rows]
     table += [f"| full-covariance Gaussian (closed form) | {float(base_bpd.mean()):.3f} +- {se(base_bpd):.3f} | 0 | "
               "- | - | - | - |", f"| uniform over the 17 levels | {math.log2(17):.3f} | - | - | - | - | - |"]
     return ClaimResult(
         "7", "the likelihood view: exact bits/dim from the probability-flow ODE",
-        "PF-ODE NLL of an exact 8-d mixture oracle = its log-density to 1e-3 nats/dim; every digits model below the "
-        "Gaussian baseline by > 3 standard errors (paired)", passed,
+        "PF-ODE NLL of an exact 8-d mixture oracle = its log-density to 1e-3 nats/dim; the "
+        + (", ".join(judged) if judged else "digits") + " models below the Gaussian baseline by > 3 standard errors "
+        "(paired), not memorizing", passed,
         f"oracle max error {oracle_err:.1e} nats/dim; " + "; ".join(f"{k} {b:.3f} +- {s:.3f} bits/dim" for k, b, s, *_ in rows)
         + f"; Gaussian {float(base_bpd.mean()):.3f}", table, [fig], time.perf_counter() - t0,
         {"rows": rows, "n": n})

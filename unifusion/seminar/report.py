@@ -67,10 +67,11 @@ def build_report(out: Path, budget: Budget, seed: int = 0) -> list[ClaimResult]:
     with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as procs:
         cd = procs.submit(_one_thread, dc.consistency_distillation, teacher, out, budget, seed)
         r2b = dc.targets_same_fd(trained, out, budget, seed)
-        models = {"VP (eps, VP-SDE)": load_model(trained["eps"][0][0]), "EDM": load_model(teacher)}
+        names = {"eps": "VP (eps)", "edm": "EDM", "v": "VP (v)", "x0": "VP (x0)"}   # seed 0 of each target
+        models = {names[t]: load_model(trained[t][0][0]) for t in names}
         r5 = dc.denoiser_error_vs_sigma(models["EDM"], out, seed=seed, label="trained EDM model")
-        scores = {"VP (eps, VP-SDE)": r2b.data["scores"]["eps"][0], "EDM": r2b.data["scores"]["edm"][0]}
-        r7 = dc.likelihoods(models, out, budget, seed, scores)
+        scores = {names[t]: r2b.data["scores"][t][0] for t in names}
+        r7 = dc.likelihoods(models, out, budget, seed, scores, judged=("VP (eps)", "EDM"))
         r6 = cd.result()
     train_s = sum(s for runs in trained.values() for _, s in runs)
     r2b.measured += f" ({sum(len(v) for v in trained.values())} models, {train_s:.0f} s of training in all)"
