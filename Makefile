@@ -16,8 +16,10 @@ $(VENV)/.base: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.base
+# k-diffusion without its dependencies (torchvision & co.): the tests load its sampling.py and external.py alone
+$(VENV)/.dev: $(VENV)/.base Makefile
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps k-diffusion
 	touch $@
 
 ## make demo: create .venv, install unifusion, run `unifusion demo` (writes runs/demo/)
@@ -32,9 +34,8 @@ test: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(VENV)/bin/unifusion bench samplers
 
-## make bench-peers: install k-diffusion (no deps) and diffusers, then benchmark side by side
+## make bench-peers: install diffusers (k-diffusion comes with the dev set-up), then benchmark side by side
 bench-peers: $(VENV)/.dev
-	$(PIP) install -q --no-deps k-diffusion
 	$(PIP) install -q ".[bench]"
 	$(VENV)/bin/unifusion bench samplers --peers
 

@@ -32,7 +32,7 @@ SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 NFES = (5, 10, 20, 50)
 OURS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "lms", "hybrid")  # on the EDM grid; tuned ones also on their own
 STOCH = {"ancestral": {}, "ddim_eta0.5": {"eta": 0.5}, "euler_maruyama": {}, "pc": {"snr": 0.16},
-         "edm_stochastic": {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 10.0}, "langevin": {"step_lr": 2e-4}}
+         "edm_stochastic": {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 10.0}, "langevin": {"step_size": 2.0}}
 
 
 def sharp_2d() -> GaussianMixture:

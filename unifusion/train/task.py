@@ -139,8 +139,8 @@ def train_config(cfg: dict) -> TrainConfig:
 def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None) -> FitResult:
     """Build a run with `build(cfg) -> (task, data, labels)` and `fit` it: the one set-up shared by
     `unifusion train` (`train_from_config`) and `unifusion distill`. Refuses to overwrite a checkpoint unless
-    `resume`; rank 0 writes `config.yaml` atomically; the checkpoint's meta holds the data shape plus
-    `extra_meta(task)`. `out` overrides `cfg['out']`."""
+    `resume`; rank 0 writes `config.yaml` atomically; the checkpoint's meta holds the data shape, the data bound
+    (max |x0|, which sampling clips to) plus `extra_meta(task)`. `out` overrides `cfg['out']`."""
     cfg = copy.deepcopy(cfg)
     if out is not None:
         cfg["out"] = str(out)
@@ -150,7 +150,8 @@ def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None
         raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
     if int(os.environ.get("RANK", "0")) == 0:
         atomic_write(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    meta = {"data_shape": list(data.shape[1:]), **(extra_meta(task) if extra_meta is not None else {})}
+    meta = {"data_shape": list(data.shape[1:]), "data_bound": float(data.abs().max()),
+            **(extra_meta(task) if extra_meta is not None else {})}
     return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg, meta=meta,
                resume=resume)
 
@@ -192,5 +193,6 @@ def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
     except (RuntimeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not match its config: {str(e).splitlines()[0]}") from None
     denoiser.config, denoiser.data_shape = cfg, tuple(info["data_shape"])
+    denoiser.data_bound = info.get("data_bound")  # max |x0| of the training data (None in older checkpoints)
     denoiser.checkpoint_step = int(info["step"])
     return denoiser.to(device).eval().requires_grad_(False)
