@@ -2,17 +2,13 @@
 `Denoiser` and take the same steps as ours, and our samplers take its keywords and give its callback keys.
 
 k-diffusion is installed with `pip install --no-deps k-diffusion` (`make test` does); its package `__init__`
-imports torchvision, so `sampling.py` and `external.py` are loaded on their own."""
-import importlib.util
-import sys
-import types
-from pathlib import Path
-
+imports torchvision, so `sampling.py` and `external.py` are loaded on their own (`load_k_diffusion`)."""
 import pytest
 import torch
 
 from unifusion import DDPM, VP, Denoiser, grids
 from unifusion import samplers as S
+from unifusion.bench.samplers import load_k_diffusion
 from unifusion.nets import build_net
 from unifusion.oracles import eight_gaussians
 
@@ -20,45 +16,13 @@ MIX = eight_gaussians()
 FAST = {"langevin": {"n_steps_each": 2}, "dopri5": {"rtol": 1e-2}}
 
 
-def load_k_diffusion():
-    """`(sampling, external)` of k-diffusion, loaded beside stubs of its package, `utils.append_dims` and the two
-    optional dependencies the deterministic samplers never call; None if it is not installed."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = Path(list(spec.submodule_search_locations)[0])
-    pkg, utils = types.ModuleType("k_diffusion"), types.ModuleType("k_diffusion.utils")
-    pkg.__path__, pkg.utils = [str(root)], utils
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    stubs = {"k_diffusion": pkg, "k_diffusion.utils": utils}
-    for name in ("torchsde", "torchdiffeq"):
-        if importlib.util.find_spec(name) is None:
-            stubs[name] = types.ModuleType(name)
-            stubs[name].odeint = stubs[name].BrownianInterval = None
-    saved = {k: sys.modules.get(k) for k in [*stubs, "k_diffusion.sampling", "k_diffusion.external"]}
-    sys.modules.update(stubs)
-    try:
-        for name in ("sampling", "external"):
-            mspec = importlib.util.spec_from_file_location(f"k_diffusion.{name}", root / f"{name}.py")
-            module = importlib.util.module_from_spec(mspec)
-            sys.modules[mspec.name] = module
-            mspec.loader.exec_module(module)
-            setattr(pkg, name, module)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-    return pkg.sampling, pkg.external
-
-
 @pytest.fixture(scope="module")
 def kd():
-    modules = load_k_diffusion()
-    if modules is None:
-        pytest.skip("k-diffusion is not installed: pip install --no-deps k-diffusion (make test installs it)")
-    return modules
+    """`(sampling, external)` of k-diffusion, loaded without its package `__init__`."""
+    try:
+        return load_k_diffusion("sampling", "external")
+    except ImportError as e:
+        pytest.skip(f"{e} (make test installs it)")
 
 
 def _float32_net():

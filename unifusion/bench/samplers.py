@@ -104,16 +104,17 @@ def run_dopri5(oracle, x, rtol: float):
 
 
 # ---- peers ---------------------------------------------------------------------------------------------
-def load_k_diffusion_sampling():
-    """k-diffusion's `sampling.py` on its own: its package `__init__` imports torchvision and scikit-image, which
-    do not import beside this torch. Stubs: the parent package, `k_diffusion.utils.append_dims` (the one helper
-    the deterministic samplers use), `torchsde` and `torchdiffeq` (used only by samplers not called here)."""
+def load_k_diffusion(*names: str) -> tuple:
+    """k-diffusion's modules `names` (e.g. "sampling", "external") on their own: its package `__init__` imports
+    torchvision and scikit-image, which do not import beside this torch. Stubs while they load: the parent package,
+    `k_diffusion.utils.append_dims` (the one helper the deterministic samplers and the model wrappers use), `torchsde`
+    and `torchdiffeq` (used only by samplers not called here). Returns the modules in the order of `names`."""
     import importlib.util
     import types
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("k-diffusion is not installed: pip install --no-deps k-diffusion")
-    path = Path(list(spec.submodule_search_locations)[0]) / "sampling.py"
+    root = Path(list(spec.submodule_search_locations)[0])
     pkg = types.ModuleType("k_diffusion")
     pkg.__path__ = []
     utils = types.ModuleType("k_diffusion.utils")
@@ -125,19 +126,26 @@ def load_k_diffusion_sampling():
             stub = types.ModuleType(mod)
             stub.odeint = stub.BrownianInterval = None
             stubs[mod] = stub
-    saved = {k: sys.modules.get(k) for k in stubs}
+    saved = {k: sys.modules.get(k) for k in [*stubs, *(f"k_diffusion.{n}" for n in names)]}
     sys.modules.update(stubs)
     try:
-        mspec = importlib.util.spec_from_file_location("k_diffusion.sampling", path)
-        mod = importlib.util.module_from_spec(mspec)
-        mspec.loader.exec_module(mod)
+        for name in names:  # in order: "external" imports the "sampling" loaded before it
+            mspec = importlib.util.spec_from_file_location(f"k_diffusion.{name}", root / f"{name}.py")
+            mod = sys.modules[mspec.name] = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(mod)
+            setattr(pkg, name, mod)
     finally:
         for k, v in saved.items():
             if v is None:
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
-    return mod
+    return tuple(getattr(pkg, name) for name in names)
+
+
+def load_k_diffusion_sampling():
+    """k-diffusion's `sampling.py` on its own (`load_k_diffusion`)."""
+    return load_k_diffusion("sampling")[0]
 
 
 def _no_noise(sigma, sigma_next):
