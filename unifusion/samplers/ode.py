@@ -65,7 +65,8 @@ def sample_dopri5(denoiser, x, sigmas, *, generator=None, callback=None, model_k
     `u = log sigma`, `dx/du = x - D(x, sigma)`, from `sigmas[0]` to the last positive entry of `sigmas` (the
     intermediate entries are ignored). One step size for the batch. A final 0 in `sigmas` is reached by an Euler
     step from the last sigma, `x = D(x, sigma_min)`, which reuses the last stage (first-same-as-last), so it costs
-    no evaluation. NFE = 6 per attempted step + 1 (the callback's `nfe`); the callback sees each accepted step.
+    no evaluation. NFE = 6 per attempted step + 1 (the callback's `nfe`); the callback sees each accepted step (no
+    progress bar: the number of steps is not known ahead).
 
     Args:
         rtol:      relative tolerance of the local error.
