@@ -68,14 +68,18 @@ def _consistency_sample(args):
     return ccli, load
 
 
-def _save_samples(samples, out: Path, info: dict, data_shape) -> list[Path]:
-    """`out` (.npz with `samples` and the run info as JSON) plus a PNG picture next to it."""
+def _save_samples(samples, out: Path, info: dict, data_shape, labels=None) -> list[Path]:
+    """`out` (.npz with `samples`, the class `labels` if any and the run info as JSON) plus a PNG picture next to
+    it (one row per class when there are labels)."""
     import numpy as np
 
-    atomic_write(out, lambda tmp: np.savez(tmp, samples=samples.numpy(), info=np.array(json.dumps(info))))
+    arrays = {"samples": samples.numpy(), "info": np.array(json.dumps(info))}
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
+    atomic_write(out, lambda tmp: np.savez(tmp, **arrays))
     png = out.with_suffix(".png")
     from .train.pictures import save_picture
-    save_picture(samples, png, data_shape, title=f"{info.get('sampler')} ({info.get('nfe')} NFE)")
+    save_picture(samples, png, data_shape, title=f"{info.get('sampler')} ({info.get('nfe')} NFE)", labels=labels)
     return [out, png]
 
 
@@ -90,6 +94,7 @@ def _sigmas_arg(args):
 
 
 def _cmd_sample(args) -> int:
+    from .guidance.options import conditioning
     from .train.generate import generate
 
     if args.sampler == "consistency":
@@ -101,7 +106,9 @@ def _cmd_sample(args) -> int:
         sig = _sigmas_arg(args) if args.sigmas else consistency_sigmas(args.steps or 1, f.sigma_min, f.sigma_max)
         t0 = time.perf_counter()
         args.n = args.n or 64
-        x = sample_consistency(f, sig[0].item() * torch.randn((args.n, *shape), generator=g), sig, generator=g)
+        _, labels, cond = conditioning(f, args.n, args.classes, args.guidance, args.guidance_interval, guidable=False)
+        x = sample_consistency(f, sig[0].item() * torch.randn((args.n, *shape), generator=g), sig, generator=g,
+                               model_kwargs=None if labels is None else {"class_labels": labels})
         steps = len(sig) - int(float(sig[-1]) == 0.0)
         info = {"sampler": "consistency", "steps": steps, "nfe": steps,
                 "seconds": time.perf_counter() - t0}
@@ -113,7 +120,9 @@ def _cmd_sample(args) -> int:
         sc = d.config.get("sample", {})          # the run's `sample:` section gives the defaults
         if not args.raw and sc.get("ema") is False:
             d = load_model(args.checkpoint, ema=False)
-        samples, info = generate(d, args.n or sc.get("n") or 64, d.data_shape,
+        n = args.n or sc.get("n") or 64
+        model, labels, cond = conditioning(d, n, args.classes, args.guidance, args.guidance_interval)
+        samples, info = generate(model, n, d.data_shape, class_labels=labels,
                                  sampler=args.sampler or sc.get("sampler"),
                                  grid=_sigmas_arg(args) if args.sigmas else args.grid or sc.get("grid"),
                                  steps=args.steps or sc.get("steps") or 18,
@@ -121,12 +130,12 @@ def _cmd_sample(args) -> int:
                                  batch_size=args.batch_size or sc.get("batch_size") or 1000,
                                  sigma_min=args.sigma_min, sigma_max=args.sigma_max)
         shape = d.data_shape
-    info["checkpoint"] = str(args.checkpoint)
+    info.update(cond, checkpoint=str(args.checkpoint))
     folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
     out = Path(args.out) if args.out else folder / f"samples_{info['sampler']}_{info['nfe']}nfe.npz"
     if out.suffix != ".npz":
         raise _UserError(f"--out must end in .npz, got {out}")
-    paths = _save_samples(samples, out, info, shape)
+    paths = _save_samples(samples, out, info, shape, labels)
     print(f"{samples.shape[0]} samples, {info['sampler']}, {info['nfe']} NFE, {info['seconds']:.2f} s -> "
           + ", ".join(map(str, paths)))
     return 0
@@ -228,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--out", help="output .npz (a .png is written next to it)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: the run's train.threads)")
+    s.add_argument("--class", dest="classes", metavar="C",
+                   help="class-conditional sampling: a class (3), a list (3,5) or 'all'; the samples are split into "
+                        "one block per class (the PNG has one row per class)")
+    s.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance scale w >= 0 "
+                                                               "(0: unconditional, 1: conditional; needs --class)")
+    s.add_argument("--guidance-interval", metavar="LO,HI", help="guide only for sigma in [LO, HI] (VE sigma)")
     s.set_defaults(func=_cmd_sample)
 
     e = sub.add_parser("eval", help="metrics of samples (.npz) or of a checkpoint, with noise floors")

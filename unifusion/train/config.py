@@ -19,12 +19,15 @@ import yaml
 
 from .loop import TrainConfig
 
-__all__ = ["DEFAULTS", "OPEN_SECTIONS", "load_config", "apply_overrides", "check_config", "parse_value",
+__all__ = ["DEFAULTS", "TASKS", "OPEN_SECTIONS", "load_config", "apply_overrides", "check_config", "parse_value",
            "config_files", "merge"]
 
 OPEN_SECTIONS = ("data", "process", "net", "loss")
 
+TASKS = ("diffusion", "classifier")       # what `unifusion train` trains: a denoiser, or a noise-conditional classifier
+
 DEFAULTS: dict = {
+    "task": None,                           # one of TASKS; None = "diffusion" (so older runs' configs still match)
     "seed": 0,                              # every random draw of training derives from it
     "out": "runs/train",                    # run folder: checkpoint.safetensors, log.jsonl, config.yaml
     "data": {"name": "digits"},             # get_dataset(name, **rest)
@@ -120,6 +123,8 @@ def check_config(cfg: dict) -> dict:
             ok, what = _type_ok(d, v)
             if not ok:
                 raise ValueError(f"config key {k!r} must be {what}, got {v!r}")
+    if cfg.get("task") is not None and cfg["task"] not in TASKS:
+        raise ValueError(f"config key 'task' must be one of {list(TASKS)}, got {cfg['task']!r}")
     return cfg
 
 

@@ -157,8 +157,12 @@ def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None
 
 def train_from_config(cfg: dict, resume: bool = False, out=None) -> FitResult:
     """Build the run of `cfg` and `fit` it; writes `config.yaml`, `log.jsonl` and `checkpoint.safetensors` under
-    `out` (default `cfg['out']`)."""
-    return run_config(cfg, build_run, resume=resume, out=out)
+    `out` (default `cfg['out']`). `cfg['task']` picks the builder: "diffusion" (`build_run`) or "classifier"
+    (`unifusion.guidance.noise_classifier.build_classifier_run`, a noise-conditional classifier)."""
+    build = build_run
+    if cfg.get("task") == "classifier":
+        from ..guidance.noise_classifier import build_classifier_run as build
+    return run_config(cfg, build, resume=resume, out=out)
 
 
 def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
