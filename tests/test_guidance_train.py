@@ -155,3 +155,31 @@ def test_classifier_config_errors(tmp_path, capsys):
     assert "loss.name of a classifier" in _error(capsys, ["train", "digits_classifier", *base, "--set", "loss.name=edm"])
     assert "config key 'task' must be one of" in _error(capsys, ["train", "toy_ve", *base, "--set", "task=bogus"])
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("loss,process,target", [("ddpm", "ddpm", "eps"), ("ncsn", "ve", "score"),
+                                                 ("score_sde", "vp", "score"), ("vdm", "vp-cosine", "eps"), ("mse", "rf", "flow"),
+                                                 ("edm", None, "edm"), ("x0", "subvp", "x0"), ("v", "vp", "v")])
+@pytest.mark.parametrize("kind", ["mlp", "unet"])
+def test_every_loss_process_and_network_trains_the_label_embedding(loss, process, target, kind):
+    """Class-conditional training: the labels reach the network through every loss, and the loss gradient
+    reaches exactly the embedding rows of the labels used."""
+    from unifusion.losses import build_loss
+    from unifusion.nets import build_net
+    from unifusion.parametrization import Denoiser
+    from unifusion.processes import get_process
+    torch.manual_seed(0)
+    net = build_net("mlp", dim=4, hidden=16, depth=1, emb_dim=8, num_classes=5) if kind == "mlp" else \
+        build_net("unet", img_resolution=4, in_channels=1, model_channels=8, channel_mult=[1], num_blocks=1,
+                  attn_resolutions=[], num_classes=5)
+    with torch.no_grad():                   # the zero-initialised output layers would block every gradient
+        for w in net.parameters():
+            if not w.any():
+                w.normal_(0, 0.1)
+    p = None if process is None else get_process(process)
+    den = Denoiser(net, p, target)
+    x0 = torch.randn(16, 4) if kind == "mlp" else torch.randn(16, 1, 4, 4)
+    y = torch.tensor([0, 2] * 8)
+    build_loss(loss, p).__call__(den, x0, torch.Generator().manual_seed(0), class_labels=y).mean().backward()
+    used = net.emb.label.weight.grad.abs().sum(1) > 0
+    assert used.tolist() == [True, False, True, False, False, False], used

@@ -15,7 +15,8 @@ sampler), and with the reverse SDE (Euler-Maruyama) and the probability-flow ODE
 Extension point: `register_rows(fn)` adds rows to the table; `fn(ctx: DemoContext) -> list[dict]` gets the
 trained models and an `evaluate(samples, label)` helper and returns rows with the keys of `ROW_KEYS`.
 `main` also calls `unifusion.consistency.demo.demo_rows(ctx)` when that module exists (the consistency helper's
-1-step and 2-step rows), and skips it with a note when it does not.
+1-step and 2-step rows), and skips it with a note when it does not, and `unifusion.guidance.demo.demo_rows(ctx)`
+(a class-conditional model: a 10-class grid and FD / class agreement per classifier-free guidance scale).
 """
 from __future__ import annotations
 
@@ -193,6 +194,8 @@ def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = No
         hooks.append(cdemo.demo_rows)
     except (ImportError, AttributeError):
         ctx.notes.append("consistency rows: `unifusion.consistency.demo.demo_rows` is not available in this install")
+    from .guidance.demo import demo_rows as guidance_rows     # a conditional model with classifier-free guidance
+    hooks.append(guidance_rows)
     for hook in hooks:
         try:
             rows += [dict({k: None for k in ROW_KEYS}, **r) for r in hook(ctx)]

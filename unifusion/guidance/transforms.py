@@ -99,13 +99,14 @@ class ClassifierFree(nn.Module):
         idx = guide.nonzero().squeeze(1) if self.scale != 1.0 else guide.new_zeros(0, dtype=torch.long)
         if idx.numel() == 0:
             return self.denoiser(x, s, class_labels=y, **cond)
-        b = x.shape[0]
-        stack = lambda v: torch.cat([v, v[idx]]) if isinstance(v, torch.Tensor) and v.shape[:1] == (b,) else v
-        out = self.denoiser(torch.cat([x, x[idx]]), torch.cat([s, s[idx]]),
-                            class_labels=torch.cat([y, torch.full_like(y[idx], -1)]),
+        b, every = x.shape[0], idx.numel() == x.shape[0]
+        rows = (lambda v: v) if every else (lambda v: v[idx])
+        stack = lambda v: torch.cat([v, rows(v)]) if isinstance(v, torch.Tensor) and v.shape[:1] == (b,) else v
+        out = self.denoiser(stack(x), stack(s), class_labels=torch.cat([y, torch.full_like(rows(y), -1)]),
                             **{k: stack(v) for k, v in cond.items()})
         d_c, d_u = out[:b], out[b:]
-        return d_c.index_copy(0, idx, d_u + self.scale * (d_c[idx] - d_u))
+        guided = d_u + self.scale * (rows(d_c) - d_u)
+        return guided if every else d_c.index_copy(0, idx, guided)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:g}, interval={self.interval}"
