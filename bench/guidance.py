@@ -49,7 +49,8 @@ def _row(kind: str, scale: float, x: torch.Tensor, labels: torch.Tensor, seconds
             "fd_floor_class_mean": sum(floors.values()) / len(per), "fd_per_class": per, "fd_floor_per_class": floors,
             "agreement_per_class": {str(c): v for c, v in rep["agreement_per_class"].items()},
             "agreement_floor": rep["agreement_floor"],
-            "confident": rep["confident_fraction"], "seconds": seconds}
+            "confident": rep["confident_fraction"], "nn_ratio": rep["nn_ratio"], "copy_fraction": rep["copy_fraction"],
+            "seconds": seconds}
 
 
 def _sample(model, n: int, labels, seed: int, steps: int, batch: int):
@@ -57,16 +58,22 @@ def _sample(model, n: int, labels, seed: int, steps: int, batch: int):
     return x, info["seconds"], info["nfe"]
 
 
-def _step_cost(model, batch: int, repeats: int, seed: int) -> dict:
-    """Median seconds of one CFG evaluation at batch B and of one unguided call at 2B (and at B), interleaved."""
+def _step_cost(model, batch: int, repeats: int, seed: int, steps: int = 10) -> dict:
+    """Median seconds of one CFG evaluation at batch B, of one step of a CFG Euler sampler run at B (a run of
+    `steps` steps, divided by `steps`) and of one unguided call at 2B (and at B), interleaved in one run."""
+    from unifusion.grids import edm_grid
+    from unifusion.samplers import sample_euler
+
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 64, generator=g)
     s = torch.full((batch,), 1.0, dtype=torch.float64)
     y = torch.arange(batch) % 10
     guided = classifier_free(model, 2.0)
     x2, s2, y2 = torch.cat([x, x]), torch.cat([s, s]), torch.cat([y, torch.full_like(y, -1)])
+    grid = edm_grid(steps, 0.002, 80.0, zero=False)
     calls = {"cfg_B": lambda: guided(x, s, class_labels=y), "plain_2B": lambda: model(x2, s2, class_labels=y2),
-             "plain_B": lambda: model(x, s, class_labels=y)}
+             "plain_B": lambda: model(x, s, class_labels=y),
+             "euler_step_B": lambda: sample_euler(guided, x, grid, model_kwargs={"class_labels": y})}
     times = {k: [] for k in calls}
     with torch.no_grad():
         for _ in range(3):
@@ -78,8 +85,10 @@ def _step_cost(model, batch: int, repeats: int, seed: int) -> dict:
                 f()
                 times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med["euler_step_B"] /= steps - 1
     return {"batch": batch, "repeats": repeats, **{f"seconds_{k}": v for k, v in med.items()},
-            "ratio_cfg_vs_plain_2B": med["cfg_B"] / med["plain_2B"], "ratio_cfg_vs_plain_B": med["cfg_B"] / med["plain_B"]}
+            "ratio_cfg_vs_plain_2B": med["cfg_B"] / med["plain_2B"], "ratio_cfg_vs_plain_B": med["cfg_B"] / med["plain_B"],
+            "ratio_euler_step_vs_plain_2B": med["euler_step_B"] / med["plain_2B"]}
 
 
 def _best(rows: list[dict]) -> dict:
@@ -100,14 +109,18 @@ def _tables(res: dict) -> list[str]:
            f"chunks that hold every class equally, next to the stratified floor {f0['fd_floor']:.2f} (what a "
            f"sampler of the test split's class counts scores) and the i.i.d.-class-count floor "
            f"{f0['fd_floor_iid']:.2f}; per class: the mean over the 10 classes of the FD at the test split's "
-           f"per-class count (about 36), floor {f0['fd_floor_class_mean']:.2f}.", "",
-           "| guidance | scale | agreement | FD | FD / floor | FD per class (mean) | per-class / floor | confident | seconds |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           f"per-class count (about 36), floor {f0['fd_floor_class_mean']:.2f}. NN ratio: median distance to the "
+           f"nearest training digit over that of real test digits (< 0.5 flags memorization); copies: the fraction "
+           f"closer to a training digit than any test digit is (fresh digits: 0.3 %).", "",
+           "| guidance | scale | agreement | FD | FD / floor | FD / i.i.d. floor | FD per class (mean) | per-class / floor "
+           "| NN ratio | copies | seconds |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mark = " **best**" if r is best_cfg or r is best_cg else ""
         out.append(f"| {r['guidance']}{mark} | {r['scale']:g} | {r['agreement']:.1%} | {r['fd']:.2f} | "
-                   f"{r['fd'] / r['fd_floor']:.2f} | {r['fd_class_mean']:.2f} | "
-                   f"{r['fd_class_mean'] / r['fd_floor_class_mean']:.2f} | {r['confident']:.3f} | {r['seconds']:.0f} |")
+                   f"{r['fd'] / r['fd_floor']:.2f} | {r['fd'] / r['fd_floor_iid']:.2f} | {r['fd_class_mean']:.2f} | "
+                   f"{r['fd_class_mean'] / r['fd_floor_class_mean']:.2f} | {r['nn_ratio']:.2f} | "
+                   f"{r['copy_fraction']:.1%} | {r['seconds']:.0f} |")
     out += ["", "FD per class (floor in the last row):", "",
             "| guidance | scale | " + " | ".join(str(c) for c in range(10)) + " |", "|---|---:|" + "---:|" * 10]
     for r in rows:
@@ -116,9 +129,11 @@ def _tables(res: dict) -> list[str]:
     out.append("| floor | – | " + " | ".join(f"{f0['fd_floor_per_class'][str(c)]:.1f}" for c in range(10)) + " |")
     out += ["", f"Cost of a classifier-free guidance evaluation (batch B = {cost['batch']}, median of "
             f"{cost['repeats']} interleaved timings in one run): one guided evaluation "
-            f"{cost['seconds_cfg_B'] * 1e3:.1f} ms, one unguided call at 2B {cost['seconds_plain_2B'] * 1e3:.1f} ms, "
-            f"at B {cost['seconds_plain_B'] * 1e3:.1f} ms: **ratio to the 2B call {cost['ratio_cfg_vs_plain_2B']:.3f}** "
-            f"(target <= 1.15), to the B call {cost['ratio_cfg_vs_plain_B']:.2f}.", ""]
+            f"{cost['seconds_cfg_B'] * 1e3:.1f} ms, one step of a guided Euler sampler run "
+            f"{cost['seconds_euler_step_B'] * 1e3:.1f} ms, one unguided call at 2B {cost['seconds_plain_2B'] * 1e3:.1f} ms, "
+            f"at B {cost['seconds_plain_B'] * 1e3:.1f} ms. **Ratio to the 2B call: evaluation "
+            f"{cost['ratio_cfg_vs_plain_2B']:.3f}, sampler step {cost['ratio_euler_step_vs_plain_2B']:.3f}** "
+            f"(target <= 1.15); to the B call {cost['ratio_cfg_vs_plain_B']:.2f}.", ""]
     if "classifier_accuracy" in res:
         acc = res["classifier_accuracy"]
         out += ["Guidance classifier, test-split accuracy at noise level sigma: "
@@ -146,6 +161,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=18, help="Heun levels (18: 35 NFE)")
     p.add_argument("--cfg-scales", default=",".join(f"{w:g}" for w in CFG_SCALES))
     p.add_argument("--cg-scales", default=",".join(f"{w:g}" for w in CG_SCALES))
+    p.add_argument("--interval", action="append", default=[], metavar="W:LO,HI",
+                   help="also classifier-free guidance of scale W only for LO <= sigma <= HI (repeatable)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=30)
@@ -165,6 +182,13 @@ def main(argv=None) -> int:
         x, secs, nfe = _sample(classifier_free(model, w), args.n, labels, args.seed, args.steps, args.batch)
         rows.append(_row("classifier-free", w, x, labels, secs, args.seed))
         print(f"CFG w={w:g}: agreement {rows[-1]['agreement']:.3f}, FD {rows[-1]['fd']:.2f}", flush=True)
+    for item in args.interval:
+        w, lo, hi = (float(v) for v in item.replace(":", ",").split(","))
+        x, secs, _ = _sample(classifier_free(model, w, interval=(lo, hi)), args.n, labels, args.seed, args.steps,
+                             args.batch)
+        rows.append(_row(f"classifier-free, sigma in [{lo:g}, {hi:g}]", w, x, labels, secs, args.seed))
+        print(f"CFG w={w:g} on [{lo:g}, {hi:g}]: agreement {rows[-1]['agreement']:.3f}, FD {rows[-1]['fd']:.2f}",
+              flush=True)
     if clf is not None:
         for sc in (float(v) for v in args.cg_scales.split(",")):
             x, secs, _ = _sample(classifier(model, clf, sc), args.n, labels, args.seed, args.steps, args.batch)

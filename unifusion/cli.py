@@ -79,7 +79,10 @@ def _save_samples(samples, out: Path, info: dict, data_shape, labels=None) -> li
     atomic_write(out, lambda tmp: np.savez(tmp, **arrays))
     png = out.with_suffix(".png")
     from .train.pictures import save_picture
-    save_picture(samples, png, data_shape, title=f"{info.get('sampler')} ({info.get('nfe')} NFE)", labels=labels)
+    title = f"{info.get('sampler')} ({info.get('nfe')} NFE)"
+    if info.get("guidance") is not None:
+        title += f", guidance {info['guidance']:g}"
+    save_picture(samples, png, data_shape, title=title, labels=labels)
     return [out, png]
 
 
