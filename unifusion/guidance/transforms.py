@@ -75,6 +75,13 @@ def check_labels(model, y, batch: int, device=None) -> torch.Tensor:
     return check_class_labels(y, batch, n if n is not None else 2 ** 62, device)
 
 
+def _as_given(sigma, x: torch.Tensor) -> torch.Tensor:
+    """Sigma as a `[B]` tensor in the dtype it came in (float64 for python numbers): the model gets what the
+    sampler handed over."""
+    s = _per_example(sigma, x)
+    return s.to(sigma.dtype) if isinstance(sigma, torch.Tensor) else s
+
+
 class ClassifierFree(nn.Module):
     """`D_w(x, sigma, class_labels=y) = D_u + w (D_c - D_u)` with `D_c = D(x, sigma, class_labels=y)` and
     `D_u = D(x, sigma, class_labels=-1)` from one call of `denoiser` on the stacked batch (see `classifier_free`).
@@ -92,7 +99,7 @@ class ClassifierFree(nn.Module):
     def forward(self, x: torch.Tensor, sigma, class_labels=None, **cond) -> torch.Tensor:
         if class_labels is None:
             return self.denoiser(x, sigma, **cond)
-        y, s = check_labels(self.denoiser, class_labels, x.shape[0], x.device), _per_example(sigma, x)
+        y, s = check_labels(self, class_labels, x.shape[0], x.device), _as_given(sigma, x)
         guide = y >= 0
         if self.interval is not None:
             guide &= (s >= self.interval[0]) & (s <= self.interval[1])
@@ -142,13 +149,13 @@ class ClassifierGuided(nn.Module):
     def forward(self, x: torch.Tensor, sigma, class_labels=None, **cond) -> torch.Tensor:
         if class_labels is None:
             return self.denoiser(x, sigma, **cond)
-        y, s = check_labels(self.classifier, class_labels, x.shape[0], x.device), _per_example(sigma, x)
+        y, s = check_labels(self, class_labels, x.shape[0], x.device), _as_given(sigma, x)
         if self.conditional:
             cond = dict(cond, class_labels=y)
         den = self.denoiser(x, s, **cond)
         if self.scale == 0.0 or not bool((y >= 0).any()):
             return den
-        return den + coef(self.scale * s ** 2, x) * self.log_prob_grad(x, s, y)
+        return den + coef(self.scale * s.double() ** 2, x) * self.log_prob_grad(x, s, y)
 
     def log_prob_grad(self, x: torch.Tensor, sigma, y: torch.Tensor) -> torch.Tensor:
         """`grad_x log p(y | x, sigma)` from the classifier's logits, zero for rows with `y = -1`."""
