@@ -14,7 +14,6 @@ Peers are optional (`--peers`); without it neither k-diffusion nor diffusers is 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -584,8 +583,16 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    """Entry point of `unifusion bench samplers` and `python -m unifusion.bench.samplers`."""
-    ap = argparse.ArgumentParser(prog="unifusion bench samplers", description=__doc__.split("\n\n")[0])
+    """Entry point of `unifusion bench samplers` and `python -m unifusion.bench.samplers` (the CLI's error policy:
+    a user error is one line and exit code 2)."""
+    from ..cli import run_cli
+    return run_cli("unifusion bench samplers", _main, argv)
+
+
+def _main(argv) -> int:
+    from ..cli import ArgumentParser, UserError
+
+    ap = ArgumentParser(prog="unifusion bench samplers", description=__doc__.split("\n\n")[0])
     ap.add_argument("--peers", action="store_true", help="also run k-diffusion's and diffusers' samplers ([bench] extra)")
     ap.add_argument("--quick", action="store_true", help="200 starts, NFE 5/10/20, no stochastic samplers")
     ap.add_argument("--starts", type=int, default=None, help="number of starting points (default 2000; 200 with --quick)")
@@ -617,9 +624,8 @@ def main(argv=None) -> int:
     try:
         results = run(starts=starts, nfes=(5, 10, 20) if args.quick else NFES, peers=args.peers,
                       stochastic=not args.quick, seed=args.seed)
-    except ImportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ImportError as e:            # --peers without k-diffusion / diffusers installed
+        raise UserError(f"argument --peers: {e}") from None
     results["config"]["seconds"] = time.perf_counter() - t0
     out = Path(args.out)
     atomic_write(out / "samplers.json", json.dumps(results, indent=1))
