@@ -43,7 +43,7 @@ def test_train_sample_eval(tmp_path, capsys):
     assert main(["sample", str(run), "--sampler", "euler", "--sigmas", "40,2,0.1", "--n", "10"]) == 0
     assert (run / "samples_euler_3nfe.npz").exists()  # the user's 3 levels (a final 0 is appended): 3 NFE
     assert "sigmas" in _error(capsys, ["sample", str(run), "--sigmas", "1,5"])  # not descending
-    assert "argument --sigmas: must be comma-separated numbers" in _error(capsys, ["sample", str(run), "--sigmas", "80,x"])
+    assert "argument --sigmas: must be comma-separated" in _error(capsys, ["sample", str(run), "--sigmas", "80,x"])
     assert main(["eval", str(tmp_path / "s.npz"), "--data", "eight_gaussians"]) == 0
     assert "sw2" in capsys.readouterr().out
     # resume continues to a larger step count
@@ -102,8 +102,8 @@ def test_consistency_sampler_is_routed(tmp_path, capsys, monkeypatch):
     assert seen == [str(tmp_path)] and "2 NFE" in capsys.readouterr().out
     with np.load(out) as z:
         assert z["samples"].shape == (30, 2) and np.isfinite(z["samples"]).all()
-    assert "--grid: does not apply to --sampler consistency" in _error(
-        capsys, ["sample", str(tmp_path), "--sampler", "consistency", "--grid", "edm", "--out", str(tmp_path / "d.npz")])
+    assert "--grid: does not apply to --sampler consistency" in _error(capsys, [
+        "sample", str(tmp_path), "--sampler", "consistency", "--grid", "edm", "--out", str(tmp_path / "d.npz")])
 
 
 def test_python_dash_m():

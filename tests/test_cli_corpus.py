@@ -271,7 +271,7 @@ def test_through_a_real_process(world):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-m", "unifusion", *a], cwd=root, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for a in argvs]
-    for argv, p in zip(argvs, procs):
+    for argv, p in zip(argvs, procs, strict=True):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (argv, err)
         assert err.startswith(f"{_verb(argv)}: error: "), err

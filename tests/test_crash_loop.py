@@ -37,36 +37,46 @@ def _wait(cond, timeout=120.0, poll=0.002):
     return False
 
 
+def _records(folder):
+    return [(r["step"], r["loss"]) for r in map(json.loads, (folder / "log.jsonl").read_text().splitlines())]
+
+
+def _crash(ctx, out, delay):
+    """Start a resumed run and `kill -9` it once it has written a checkpoint of its own: after `delay` seconds, or
+    (`delay=None`) as soon as its next checkpoint write shows its temporary file."""
+    ckpt = out / "checkpoint.safetensors"
+    mtime = ckpt.stat().st_mtime_ns if ckpt.exists() else None
+    p = ctx.Process(target=main, args=(_argv(out, "train.ckpt_every=1"),))
+    p.start()
+    try:
+        assert _wait(lambda: ckpt.exists() and ckpt.stat().st_mtime_ns != mtime or not p.is_alive())
+        assert p.is_alive(), f"the run ended before it was killed (exit code {p.exitcode}); raise STEPS"
+        if delay is None:
+            _wait(lambda: _temps(out, ".checkpoint"), timeout=10.0, poll=0.0005)
+        else:
+            time.sleep(delay)
+    finally:
+        p.kill()
+        p.join()
+
+
 @pytest.mark.slow
 def test_kill_9_loop_resumes_bit_exactly(tmp_path):
     out, ckpt = tmp_path / "run", tmp_path / "run" / "checkpoint.safetensors"
-    ctx = mp.get_context("forkserver")          # children start without re-importing torch (fast, and still SIGKILL-able)
+    ctx = mp.get_context("forkserver")      # children start without re-importing torch (fast; still SIGKILL-able)
     ctx.set_forkserver_preload(["torch", "unifusion.cli", "unifusion.train", "unifusion.data", "unifusion.nets",
                                 "unifusion.losses", "safetensors.torch", "yaml"])
     rng = random.Random(0)
-    trials, inside_write, cut_logs, last_step = 0, 0, 0, 0
-    while trials < 12:
-        mtime = ckpt.stat().st_mtime_ns if ckpt.exists() else None
-        p = ctx.Process(target=main, args=(_argv(out, "train.ckpt_every=1"),))
-        p.start()
-        try:   # wait until this process has written a checkpoint of its own: the training loop is running
-            assert _wait(lambda: ckpt.exists() and ckpt.stat().st_mtime_ns != mtime or not p.is_alive())
-            assert p.is_alive(), f"the run ended before it was killed (exit code {p.exitcode}); raise STEPS"
-            if trials % 2:                      # kill inside a checkpoint write: as soon as its temp file shows
-                _wait(lambda: _temps(out, ".checkpoint"), timeout=10.0, poll=0)
-            else:                               # kill at a random moment
-                time.sleep(rng.uniform(0.0, 0.15))
-        finally:
-            p.kill()
-            p.join()
-        trials += 1
+    trials, inside_write, cut_logs, last_step = 12, 0, 0, 0
+    for trial in range(trials):                 # odd trials: inside a checkpoint write; even: at a random moment
+        _crash(ctx, out, None if trial % 2 else rng.uniform(0.0, 0.15))
         inside_write += bool(_temps(out, ".checkpoint"))
         log = (out / "log.jsonl").read_text()
         cut_logs += bool(log) and not log.endswith("\n")
         _, meta = read_checkpoint(ckpt)         # intact after every crash, and never behind the last one
         assert meta["step"] >= last_step
         last_step = meta["step"]
-    assert trials >= 10 and inside_write >= 3, (trials, inside_write)
+    assert inside_write >= 3, inside_write
     assert last_step < STEPS
 
     p = ctx.Process(target=main, args=(_argv(out, "train.ckpt_every=0"),))   # resume to the end, uninterrupted
@@ -81,7 +91,6 @@ def test_kill_9_loop_resumes_bit_exactly(tmp_path):
     assert ma["step"] == mb["step"] == STEPS and sorted(ta) == sorted(tb)
     for k in ta:
         assert torch.equal(ta[k], tb[k]), k
-    recs = lambda d: [(r["step"], r["loss"]) for r in map(json.loads, (d / "log.jsonl").read_text().splitlines())]
-    assert recs(out) == recs(tmp_path / "ref") and len(recs(out)) == STEPS
+    assert _records(out) == _records(tmp_path / "ref") and len(_records(out)) == STEPS
     print(f"crash loop: {trials} kill -9, {inside_write} inside a checkpoint write, {cut_logs} with a cut log line, "
           f"last checkpoint before the final resume at step {last_step} of {STEPS}")

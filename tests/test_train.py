@@ -95,16 +95,19 @@ def test_temporary_files_of_a_crash_are_removed(tmp_path):
     import os
     from unifusion.utils import remove_stale_temps
     dead = 2 ** 22 + 12345                      # above the default pid_max: no such process
-    stale = [tmp_path / f".checkpoint.tmp-{dead}.safetensors", tmp_path / f".log.tmp-{dead}.jsonl"]
-    live = tmp_path / f".checkpoint.tmp-{os.getppid()}.safetensors"
-    for p in (*stale, live):
-        p.write_bytes(b"partial")
-    save_checkpoint(tmp_path / "checkpoint.safetensors", {"w": torch.ones(3)}, {"step": 1})
-    assert not stale[0].exists() and stale[1].exists() and live.exists()
-    train_from_config(toy_cfg(tmp_path, "train.steps=2"), resume=True)
-    assert not stale[1].exists() and live.exists()
-    assert remove_stale_temps(tmp_path / "checkpoint.safetensors") == []
-    assert not (tmp_path / "checkpoint.json").exists()   # one file holds the checkpoint: nothing can lag behind it
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        for name in (f".checkpoint.tmp-{dead}.safetensors", f".log.tmp-{dead}.jsonl",
+                     f".checkpoint.tmp-{os.getppid()}.safetensors"):      # the last: a live process's
+            (d / name).write_bytes(b"partial")
+    save_checkpoint(a / "checkpoint.safetensors", {"w": torch.ones(3)}, {"step": 1})
+    assert sorted(p.name for p in a.iterdir()) == sorted([f".log.tmp-{dead}.jsonl", "checkpoint.safetensors",
+                                                          f".checkpoint.tmp-{os.getppid()}.safetensors"])
+    train_from_config(toy_cfg(b, "train.steps=2"), resume=True)
+    assert sorted(p.name for p in b.iterdir()) == sorted(["checkpoint.safetensors", "config.yaml", "log.jsonl",
+                                                          f".checkpoint.tmp-{os.getppid()}.safetensors"])
+    assert remove_stale_temps(b / "checkpoint.safetensors") == []   # one file holds the checkpoint: no sidecar
 
 
 def test_fit_leaves_the_thread_count_alone(tmp_path):

@@ -83,7 +83,7 @@ def test_a_lost_process_ends_in_a_short_message(tmp_path):
             ranks = _children(proc.pid)
             assert sorted(ranks) == [0, 1], ranks
             os.kill(ranks[1], signal.SIGKILL if how == "kill" else signal.SIGSTOP)
-        for how, (out, proc) in runs.items():
+        for how, (_, proc) in runs.items():
             _, err = proc.communicate(timeout=120)
             lines = err.strip().splitlines()
             assert proc.returncode == 2 and len(lines) <= 2 and "Traceback" not in err, err

@@ -437,8 +437,8 @@ def build_parser() -> ArgumentParser:
     s.add_argument("checkpoint", help="a checkpoint file or run folder")
     s.add_argument("--sampler", help="a name from unifusion.samplers.SAMPLERS, or 'consistency' (default: the run's "
                                      "sample.sampler, else DEFAULT_SAMPLER)")
-    s.add_argument("--grid", help="a grid name (edm, geometric, log_snr, uniform_t, timesteps, ddim; default: the run's "
-                                  "sample.grid with its sampler, else the sampler's recommended grid)")
+    s.add_argument("--grid", help="a grid name (edm, geometric, log_snr, uniform_t, timesteps, ddim; default: the "
+                                  "run's sample.grid with its sampler, else the sampler's recommended grid)")
     s.add_argument("--steps", type=_positive_int, help="grid levels (default: the run's sample.steps with its "
                                                        "sampler, else 18; for consistency: the number of steps, 1)")
     s.add_argument("--n", type=_positive_int, help="number of samples (default: the run's sample.n, else 64)")

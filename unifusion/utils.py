@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 
 __all__ = [
-    "expand_like", "coef", "atomic_write", "remove_stale_temps", "as_float_tensor", "check_finite", "check_nonnegative", "check_in_range",
+    "expand_like", "coef", "atomic_write", "remove_stale_temps", "as_float_tensor", "check_finite",
+    "check_nonnegative", "check_in_range",
     "check_positive_int", "check_choice", "default_dtype_of", "generator_device", "randn_like",
 ]
 

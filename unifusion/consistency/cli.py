@@ -56,7 +56,8 @@ def _distill(argv) -> int:
     if args.nproc_per_node > 1:
         check_run_folder(args.out or cfg["out"], args.resume)
         return launch(args, ["distill", *([args.teacher] if args.teacher else []), *as_args("--ct", args.ct),
-                             *as_args("--set", args.set), *as_args("--out", args.out), *(["--resume"] if args.resume else [])])
+                             *as_args("--set", args.set), *as_args("--out", args.out),
+                             *(["--resume"] if args.resume else [])])
     apply_threads(train_config(cfg).threads)
     res = distill_from_config(cfg, resume=args.resume, out=args.out)
     if int(os.environ.get("RANK", "0")) != 0:      # torchrun: one summary, from the main process

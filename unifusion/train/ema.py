@@ -29,7 +29,7 @@ def ema_update(target: nn.Module, online: nn.Module, mu: float) -> None:
         raise ValueError(f"target and online models differ: {len(tp)} vs {len(op)} parameters")
     if tp:
         torch._foreach_lerp_(tp, [o.detach() for o in op], 1.0 - mu)
-    for tb, ob in zip(target.buffers(), online.buffers()):
+    for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
         tb.copy_(ob)
 
 

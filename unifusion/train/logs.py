@@ -52,7 +52,8 @@ class JsonlLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ValueError("train.tensorboard=true needs the 'tensorboard' package (pip install tensorboard)") from None
+                raise ValueError("train.tensorboard=true needs the 'tensorboard' package "
+                                 "(pip install tensorboard)") from None
         if resume_step is None:
             atomic_write(self.path, "")
         else:

@@ -72,7 +72,7 @@ class TrainConfig:
     ckpt_every: int = 0                     # steps between checkpoints (0: only at the end)
     progress: bool = True                   # tqdm bar on the main process
     tensorboard: bool = False               # also write TensorBoard scalars (needs `tensorboard`)
-    threads: int = 0                        # torch CPU threads, set by the CLI (0: torch's default; 1 is fastest for small nets)
+    threads: int = 0                        # torch CPU threads, set by the CLI (0: torch's default; 1: small nets)
     dist_timeout: float = 600.0             # DDP: seconds a process waits for the others before it stops with an error
     compile: bool = False                   # torch.compile the trainable modules (GPU: faster steps after a slow first)
 
