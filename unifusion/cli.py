@@ -9,7 +9,6 @@ returns exit code 2, without a traceback. Subcommands:
     eval    SAMPLES.npz | CHECKPOINT [--n N] ...                   metrics with their noise floors
     demo    [--out runs/demo] [--quick]                             VP vs VE on digits, end to end
     configs                                                         list the shipped configs
-    bench samplers ...                                              -> unifusion.bench.samplers.main
     distill ...                                                     -> unifusion.consistency.cli.main
 """
 from __future__ import annotations
@@ -19,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import __version__
 from .utils import atomic_write
 
 __all__ = ["main", "build_parser"]
@@ -201,6 +201,7 @@ def _cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unifusion", description="VP and VE diffusion models as one system.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -249,18 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("configs", help="list the shipped configs")
     c.set_defaults(func=_cmd_configs)
-    sub.add_parser("bench", help="benchmarks: `unifusion bench samplers ...`", add_help=False)
     sub.add_parser("distill", help="consistency distillation (unifusion.consistency.cli)", add_help=False)
     return p
 
 
 def _delegate(command: str, rest: list[str]) -> int:
-    if command == "bench":
-        if not rest or rest[0] != "samplers":
-            raise _UserError("usage: unifusion bench samplers [options]  (the only benchmark here is 'samplers')")
-        module, rest = "unifusion.bench.samplers", rest[1:]
-    else:
-        module = "unifusion.consistency.cli"
+    module = "unifusion.consistency.cli"
     import importlib
     try:
         mod = importlib.import_module(module)
@@ -275,7 +270,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
-        if command in ("bench", "distill") and argv and argv[0] == command:
+        if command == "distill" and argv and argv[0] == command:
             return _delegate(command, argv[1:])
         try:
             args = build_parser().parse_args(argv)

@@ -269,22 +269,27 @@ def save_schedules(processes, path, n: int = 400, title: str | None = None) -> P
 
 
 def save_error_vs_nfe(results, path, title: str | None = None, ylabel: str = "error",
-                      slopes: Sequence[float] = ()) -> Path:
+                      slopes: Sequence[float] = (), styles: Mapping[str, Mapping] | None = None) -> Path:
     """Error against NFE on log-log axes, one line per method; returns the path.
 
     results: `label -> [(nfe, error), ...]` or `label -> {"nfe": [...], "error": [...]}`; errors must be > 0.
     slopes:  orders `p` to draw as dotted guides `C * NFE^-p`, starting at twice the first curve's first point
              (a method of order p runs parallel to its guide).
+    styles:  `label -> matplotlib line properties` that override a curve's defaults, e.g. `{"ls": "--"}` for a
+             group of methods or `{"lw": 2.5}` to pick one out; every label must be one of `results`.
     """
     path = _check_path(path)
     curves = _curves(results, "nfe", "error")
+    styles = dict(styles or {})
+    if set(styles) - set(curves):
+        raise ValueError(f"styles names curves that results does not have: {sorted(set(styles) - set(curves))}")
     for label, (x, y) in curves.items():
         if (x <= 0).any() or (y <= 0).any():
             raise ValueError(f"curve {label!r}: nfe and error must be > 0 on log axes, got min nfe {x.min():g}, "
                              f"min error {y.min():g}")
-    fig, (ax,) = _figure(width=5.2, height=4.0)
+    fig, (ax,) = _figure(width=5.2 if len(curves) <= 8 else 7.0, height=4.0 if len(curves) <= 8 else 5.0)
     for i, (label, (x, y)) in enumerate(curves.items()):
-        ax.plot(x, y, marker="o", ms=3.5, lw=1.2, c=f"C{i}", label=label)
+        ax.plot(x, y, **{"marker": "o", "ms": 3.5, "lw": 1.2, "c": f"C{i}", "label": label, **styles.get(label, {})})
     x0, y0 = next(iter(curves.values()))
     xs = np.array([min(x.min() for x, _ in curves.values()), max(x.max() for x, _ in curves.values())])
     for p in slopes:
@@ -294,7 +299,7 @@ def save_error_vs_nfe(results, path, title: str | None = None, ylabel: str = "er
     ax.set(xscale="log", yscale="log", xlabel="NFE (network evaluations)", ylabel=ylabel, title=title or "")
     _plain_log_ticks(ax, np.concatenate([x for x, _ in curves.values()]))
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8 if len(curves) <= 8 else 6, ncol=1 if len(curves) <= 8 else 2)
     return _save(fig, path)
 
 
