@@ -52,7 +52,7 @@ def test_every_figure_is_a_png_written_atomically(tmp_path):
         save_scatter(o.sample(300, generator=g), tmp_path / "scatter.png", reference=ref, title="eight"),
         save_trajectories(paths, paths * 0.5, tmp_path / "traj.png", reference=ref),
         save_schedules({"VP": VP(), "DDPM": DDPM(), "VE": VE(), "EDM": EDM()}, tmp_path / "sched.png"),
-        save_error_vs_nfe({"euler": list(zip(nfe, 1 / nfe)), "heun": {"nfe": nfe, "error": 1 / nfe ** 2}},
+        save_error_vs_nfe({"euler": list(zip(nfe, 1 / nfe, strict=True)), "heun": {"nfe": nfe, "error": 1 / nfe ** 2}},
                           tmp_path / "nfe.png", slopes=(1, 2)),
         save_metric_vs_steps({"vp": [(1, 9.0), (2, 4.0)], "ve": {"step": [1, 2], "value": [8.0, 3.0]}},
                              tmp_path / "sub" / "steps.png", floor=2.5, logy=True),

@@ -64,7 +64,8 @@ def _consistency_sample(args):
         load = ccli.load_consistency
     except (ImportError, AttributeError):
         raise _UserError("--sampler consistency needs unifusion.consistency.cli.load_consistency, which this "
-                         "installation does not have; train one with `unifusion distill` in a version that has it")
+                         "installation does not have; train one with `unifusion distill` in a version that has it") \
+            from None
     return ccli, load
 
 
@@ -96,7 +97,9 @@ def _cmd_sample(args) -> int:
         ccli, load = _consistency_sample(args)
         f, shape = load(args.checkpoint)
         from .consistency import consistency_sigmas, sample_consistency
-        import torch, time
+        import time
+
+        import torch
         g = torch.Generator().manual_seed(args.seed or 0)
         sig = _sigmas_arg(args) if args.sigmas else consistency_sigmas(args.steps or 1, f.sigma_min, f.sigma_max)
         t0 = time.perf_counter()
@@ -215,8 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("checkpoint", help="a checkpoint file or run folder")
-    s.add_argument("--sampler", help="a name from unifusion.samplers.SAMPLERS, or 'consistency' (default: DEFAULT_SAMPLER)")
-    s.add_argument("--grid", help="a grid name (edm, geometric, log_snr, uniform_t, timesteps, ddim; default: the sampler's)")
+    s.add_argument("--sampler",
+                   help="a name from unifusion.samplers.SAMPLERS, or 'consistency' (default: DEFAULT_SAMPLER)")
+    s.add_argument("--grid",
+                   help="a grid name (edm, geometric, log_snr, uniform_t, timesteps, ddim; default: the sampler's)")
     s.add_argument("--steps", type=int, help="grid levels (default: the run's sample.steps, else 18; "
                                              "for consistency: the number of steps, 1)")
     s.add_argument("--n", type=int, help="number of samples (default: the run's sample.n)")
@@ -242,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, help="torch CPU threads (default: the run's train.threads)")
     e.set_defaults(func=_cmd_eval)
 
-    d = sub.add_parser("demo", help="train VP and VE models on digits and compare samplers (about 2 minutes on 2 idle cores)")
+    d = sub.add_parser("demo",
+                       help="train VP and VE models on digits and compare samplers (about 2 minutes on 2 idle cores)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--quick", action="store_true", help="a tiny run for tests (seconds)")
     d.add_argument("--seed", type=int, default=0)

@@ -88,9 +88,14 @@ def _limits(*sets: np.ndarray, margin: float = 0.1) -> tuple[tuple[float, float]
 
 
 def _plain_log_ticks(ax, x_values=None) -> None:
-    """Log axes with plain numbers: ticks at the data's x values (NFE, steps), no minor labels."""
+    """Log axes with plain numbers: ticks at the data's x values (NFE, steps), no minor labels. Of a run of x values
+    each within 15% of the previous (e.g. NFE 19 beside 20), only the most frequent gets a tick, so labels never
+    overlap."""
     if x_values is not None:
-        ax.xaxis.set_major_locator(FixedLocator(np.unique(x_values)))
+        values, counts = np.unique(x_values, return_counts=True)
+        runs = np.split(np.arange(len(values)), np.nonzero(values[1:] > 1.15 * values[:-1])[0] + 1)
+        ticks = [values[r[np.argmax(counts[r])]] for r in runs]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.yaxis.set_minor_formatter(NullFormatter())
@@ -108,14 +113,16 @@ def _series(label, data, xname: str, yname: str) -> tuple[np.ndarray, np.ndarray
             raise ValueError(f"curve {label!r} must be a list of ({xname}, {yname}) pairs, got shape {a.shape}")
         x, y = a[:, 0], a[:, 1]
     if x.ndim != 1 or x.shape != y.shape or x.size == 0:
-        raise ValueError(f"curve {label!r} needs equal-length, non-empty {xname} and {yname}, got {x.shape} and {y.shape}")
+        raise ValueError(f"curve {label!r} needs equal-length, non-empty {xname} and {yname}, got {x.shape} and "
+                         f"{y.shape}")
     order = np.argsort(x, kind="stable")
     return x[order], y[order]
 
 
 def _curves(results, xname: str, yname: str) -> dict:
     if not isinstance(results, Mapping) or not results:
-        raise ValueError(f"results must be a non-empty mapping label -> [({xname}, {yname}), ...], got {type(results).__name__}")
+        raise ValueError(f"results must be a non-empty mapping label -> [({xname}, {yname}), ...], got "
+                         f"{type(results).__name__}")
     return {str(k): _series(k, v, xname, yname) for k, v in results.items()}
 
 
@@ -217,7 +224,7 @@ def save_trajectories(paths_sde, paths_ode, path, reference=None, n_show: int = 
     ref = None if reference is None else _points(reference, "reference")
     xl, yl = _limits(paths[0][-1], paths[1][-1], *(() if ref is None else (ref,)), margin=0.25)
     fig, axes = _figure(ncols=2, width=4.2, height=4.4)
-    for ax, a, name in zip(axes, paths, titles):
+    for ax, a, name in zip(axes, paths, titles, strict=True):
         if ref is not None:
             ax.scatter(ref[:, 0], ref[:, 1], s=1.5, c="0.8", lw=0, rasterized=True)
         ax.plot(a[:, :, 0], a[:, :, 1], lw=0.6, alpha=0.55, c="C0")

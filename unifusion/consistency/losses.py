@@ -75,7 +75,7 @@ def ema_update(target: torch.nn.Module, online: torch.nn.Module, mu: float) -> N
         raise ValueError(f"target and online models differ: {len(tp)} vs {len(op)} parameters")
     if tp:
         torch._foreach_lerp_(tp, op, 1.0 - mu)
-    for tb, ob in zip(target.buffers(), online.buffers()):
+    for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
         tb.copy_(ob)
 
 

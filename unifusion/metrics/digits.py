@@ -89,7 +89,8 @@ def _digits_pixels(samples, name: str = "samples") -> torch.Tensor:
     if isinstance(samples, np.ndarray):
         samples = torch.from_numpy(samples)
     if not isinstance(samples, torch.Tensor):
-        raise ValueError(f"{name} must be a tensor or array of shape [N, 64] or [N, 1, 8, 8], got {type(samples).__name__}")
+        raise ValueError(f"{name} must be a tensor or array of shape [N, 64] or [N, 1, 8, 8], got "
+                         f"{type(samples).__name__}")
     shape = tuple(samples.shape)
     if not ((len(shape) == 2 and shape[1] == 64) or (len(shape) == 4 and shape[1:] == (1, 8, 8))) or shape[0] < 1:
         raise ValueError(f"{name} must have shape [N, 64] or [N, 1, 8, 8] with N >= 1, got {shape}")

@@ -8,11 +8,10 @@ from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .distributed import DistInfo, init_distributed
 from .ema import EMA
 from .loop import CHECKPOINT_NAME, FitResult, TrainConfig, TrainingDiverged, fit, micro_batch_seed
-
-__all__ = ["fit", "TrainConfig", "FitResult", "TrainingDiverged", "EMA", "CheckpointError", "save_checkpoint",
-           "read_checkpoint", "init_distributed", "DistInfo", "micro_batch_seed", "CHECKPOINT_NAME"]
 from .config import DEFAULTS, apply_overrides, check_config, config_files, load_config
 from .task import DiffusionTask, build_denoiser, build_run, load_model, train_from_config
 
-__all__ += ["DEFAULTS", "load_config", "apply_overrides", "check_config", "config_files", "DiffusionTask",
-            "build_run", "build_denoiser", "train_from_config", "load_model"]
+__all__ = ["fit", "TrainConfig", "FitResult", "TrainingDiverged", "EMA", "CheckpointError", "save_checkpoint",
+           "read_checkpoint", "init_distributed", "DistInfo", "micro_batch_seed", "CHECKPOINT_NAME",
+           "DEFAULTS", "load_config", "apply_overrides", "check_config", "config_files", "DiffusionTask",
+           "build_run", "build_denoiser", "train_from_config", "load_model"]

@@ -47,8 +47,8 @@ class EMA:
         src_b = [b for m in self.modules.values() for b in m.buffers()]
         for i, shadow in enumerate(self.shadows):
             dst = [p for name in self.modules for p in shadow[name].parameters()]
-            torch._foreach_lerp_(dst, [s.to(p.dtype) for s, p in zip(src, dst)], 1.0 - self.decay_at(i, n))
-            for b, s in zip((b for name in self.modules for b in shadow[name].buffers()), src_b):
+            torch._foreach_lerp_(dst, [s.to(p.dtype) for s, p in zip(src, dst, strict=True)], 1.0 - self.decay_at(i, n))
+            for b, s in zip((b for name in self.modules for b in shadow[name].buffers()), src_b, strict=True):
                 b.copy_(s)
 
     def averaged(self, i: int = 0) -> dict[str, nn.Module]:

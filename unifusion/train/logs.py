@@ -31,7 +31,8 @@ class JsonlLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ValueError("train.tensorboard=true needs the 'tensorboard' package (pip install tensorboard)") from None
+                raise ValueError("train.tensorboard=true needs the 'tensorboard' package "
+                                 "(pip install 'unifusion[tensorboard]')") from None
             self.tb = SummaryWriter(str(self.path.parent / "tb"))
 
     def log(self, record: dict) -> None:
