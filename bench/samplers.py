@@ -229,8 +229,9 @@ def _free(x, sigma, **kwargs):
 
 
 def _calls(denoiser, n: int, x, sigma) -> None:
+    """`n` calls of `denoiser`, each with a fresh per-example sigma tensor (as a sampler makes one per step)."""
     for _ in range(n):
-        denoiser(x, sigma)
+        denoiser(x, sigma * 1.0)
 
 
 OVERHEAD_PAIRS = [("euler", "sample_euler", {}), ("heun", "sample_heun", {}), ("dpmpp_2m", "sample_dpmpp_2m", {}),
