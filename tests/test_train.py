@@ -24,8 +24,8 @@ def one_thread():
 def toy_cfg(out, *sets):
     return load_config("toy_ve", [f"out={out}", "train.steps=20", "train.batch_size=64", "train.progress=false",
                                   "net.hidden=32", "net.depth=2", "net.emb_dim=16", "data.n=256",
-                                  "train.log_every=5", "train.warmup=4", "train.ema_decays=[0.9, 0.99]", "train.device=cpu",
-                                  *sets])
+                                  "train.log_every=5", "train.warmup=4", "train.ema_decays=[0.9, 0.99]",
+                                  "train.device=cpu", *sets])
 
 
 def test_resume_is_bit_exact(tmp_path):
@@ -35,7 +35,8 @@ def test_resume_is_bit_exact(tmp_path):
     assert full.step == resumed.step == 20
     ta, ma = read_checkpoint(full.checkpoint)
     tb, mb = read_checkpoint(resumed.checkpoint)
-    assert sorted(ta) == sorted(tb) and any(k.startswith("optim.") for k in ta) and any(k.startswith("ema1.") for k in ta)
+    assert sorted(ta) == sorted(tb)
+    assert any(k.startswith("optim.") for k in ta) and any(k.startswith("ema1.") for k in ta)
     for k in ta:
         assert torch.equal(ta[k], tb[k]), k
     log = lambda d: [json.loads(ln) for ln in (d / "log.jsonl").read_text().splitlines()]
@@ -289,6 +290,6 @@ def test_warmup_stable_decay_schedule_and_its_resume(tmp_path):
         assert torch.equal(ta[k], tb[k]), k
     lrs = [json.loads(ln)["lr"] for ln in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([2e-3, 2e-3, 1.6e-3, 1.1e-3])                   # logged at steps 5, 10, 15, 20
-    with pytest.raises(CheckpointError, match="of step 7,"):                      # the 7th step already ran at the full lr
+    with pytest.raises(CheckpointError, match="of step 7,"):  # the 7th step already ran at the full lr
         train_from_config(toy_cfg(tmp_path / "b", "train.steps=30", "train.decay_start=5", "train.decay_end=30"),
                           resume=True)

@@ -15,7 +15,7 @@ SETS = ["train.steps=8", "train.batch_size=64", "train.progress=false", "net.hid
 def _run(args, retries=1):
     """Run `python args...`; one retry covers a rendezvous port taken by another process in the meantime."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for attempt in range(retries + 1):
+    for _attempt in range(retries + 1):
         proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
         if proc.returncode == 0:
             return proc

@@ -1,7 +1,7 @@
 """The `unifusion` command line (also `python -m unifusion`).
 
 Owns argument parsing and the one error policy every verb follows (`run_cli`, `ArgumentParser`, `UserError`;
-`unifusion distill` and `unifusion bench` use them too): every user error (a bad flag or config value, a missing
+`unifusion distill` uses them too): every user error (a bad flag or config value, a missing
 or unreadable file, a bad checkpoint, NaN data or loss, a full disk, a lost DDP process) prints one line
 `unifusion <verb>: error: ...` on stderr and returns exit code 2, without a traceback; everything is checked
 before anything is written, and files are written to a temporary file and renamed, so a failed command leaves
@@ -15,7 +15,6 @@ the run's `train.threads`. Subcommands:
     eval    SAMPLES.npz | CHECKPOINT [--n N] ...                   metrics with their noise floors
     demo    [--out runs/demo] [--quick]                             VP vs VE on digits, end to end
     configs                                                         list the shipped configs
-    bench samplers ...                                              -> unifusion.bench.samplers.main
     distill ...                                                     -> unifusion.consistency.cli.main
 """
 from __future__ import annotations
@@ -28,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from . import __version__
 from .utils import atomic_write
 
 __all__ = ["main", "build_parser", "run_cli", "report_error", "ArgumentParser", "UserError", "apply_threads",
@@ -421,6 +421,7 @@ def add_nproc_argument(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="unifusion", description="VP and VE diffusion models as one system.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -468,7 +469,8 @@ def build_parser() -> ArgumentParser:
     e.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: the run's train.threads)")
     e.set_defaults(func=_cmd_eval)
 
-    d = sub.add_parser("demo", help="train VP and VE models on digits and compare samplers (about 2 minutes on 2 idle cores)")
+    d = sub.add_parser("demo",
+                       help="train VP and VE models on digits and compare samplers (about 2 minutes on 2 idle cores)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--quick", action="store_true", help="a tiny run for tests (seconds)")
     d.add_argument("--seed", type=_nonnegative_int, default=0)
@@ -476,28 +478,16 @@ def build_parser() -> ArgumentParser:
 
     c = sub.add_parser("configs", help="list the shipped configs")
     c.set_defaults(func=_cmd_configs)
-    sub.add_parser("bench", help="benchmarks: `unifusion bench samplers ...`", add_help=False)
     sub.add_parser("distill", help="consistency distillation (unifusion.consistency.cli)", add_help=False)
     return p
-
-
-def _delegate(command: str, rest: list[str]) -> int:
-    if command == "distill":
-        from .consistency.cli import main as distill_main
-        return distill_main(rest)
-    if not rest or rest[0] != "samplers":
-        got = repr(rest[0]) if rest else "nothing"
-        return report_error("unifusion bench", UserError(f"the only benchmark is 'samplers' "
-                                                         f"(unifusion bench samplers [options]), got {got}"))
-    from .bench.samplers import main as bench_main
-    return bench_main(rest[1:])
 
 
 def main(argv=None) -> int:
     """Run the CLI on `argv` (default `sys.argv[1:]`); returns the exit code (2 for every user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("bench", "distill"):
-        return _delegate(argv[0], argv[1:])
+    if argv and argv[0] == "distill":            # its own parser (unifusion.consistency.cli)
+        from .consistency.cli import main as distill_main
+        return distill_main(argv[1:])
     try:
         args, extra = build_parser().parse_known_args(argv)
         if extra:                     # argparse would report them under "unifusion", not the verb

@@ -45,14 +45,25 @@ def register_rows(fn: Callable) -> Callable:
 
 @dataclass
 class DemoContext:
-    """What a row hook gets: the run folder, the trained models and the evaluation helper."""
+    """What a row hook gets: the run folder, the trained models and the evaluation helper.
+
+    Attributes:
+        out:         the demo's folder.
+        models:      "VP" / "VE" -> trained Denoiser (EMA weights).
+        checkpoints: "VP" / "VE" -> checkpoint path.
+        n:           samples per row.
+        seed, quick: the demo's arguments.
+        evaluate:    `evaluate(samples [n, 64], label) -> {"fd", "confident", "picture"}`.
+        notes:       lines a hook adds to the report.
+    """
+
     out: Path
-    models: dict                            # "VP" / "VE" -> trained Denoiser (EMA weights)
-    checkpoints: dict                       # "VP" / "VE" -> checkpoint path
-    n: int                                  # samples per row
+    models: dict
+    checkpoints: dict
+    n: int
     seed: int
     quick: bool
-    evaluate: Callable                      # evaluate(samples [n, 64], label) -> {"fd", "confident", "picture"}
+    evaluate: Callable
     notes: list = field(default_factory=list)
 
 
@@ -129,7 +140,7 @@ def _trajectories(out: Path, seed: int, quick: bool) -> Path:
         g = torch.Generator().manual_seed(seed)
         x = sigmas[0].item() * torch.randn(64, 2, generator=g, dtype=torch.float64)
         states = [x]
-        get_sampler(name)(oracle, x, sigmas, generator=g, callback=lambda d: states.append(d["x"]))
+        get_sampler(name)(oracle, x, sigmas, generator=g, callback=lambda d, states=states: states.append(d["x"]))
         paths[name] = torch.stack(states)
     ref = oracle.sample(2000, generator=torch.Generator().manual_seed(seed + 1))
     return save_trajectories(paths["euler_maruyama"], paths["heun"], out / "trajectories.png", reference=ref,
@@ -147,7 +158,8 @@ def _fmt(v, spec=".3g"):
     return "–" if v is None else format(v, spec)
 
 
-def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = None, parallel: bool | None = None) -> Path:
+def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = None,
+         parallel: bool | None = None) -> Path:
     """Run the demo into `out`; returns the path of `report.md`. `quick=True`: tiny models and sample counts
     (seconds; what the tests run). `n`: samples per row (default 1000, quick 200)."""
     from .metrics import digits_report
@@ -206,8 +218,8 @@ def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = No
     ]
     for r in rows:
         pic = f"![]({r['picture']})" if r.get("picture") else ""
-        lines.append(f"| {r['model']} | {r['sampler']} | {r['role']} | {_fmt(r['nfe'], 'd') if r['nfe'] is not None else '–'} "
-                     f"| {_fmt(r['fd'], '.2f')} | {_fmt(r['confident'], '.3f')} | {_fmt(r['seconds'], '.1f')} | {pic} |")
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['role']} | {_fmt(r['nfe'], 'd')} | {_fmt(r['fd'], '.2f')} "
+                     f"| {_fmt(r['confident'], '.3f')} | {_fmt(r['seconds'], '.1f')} | {pic} |")
     if floor is not None:
         lines.append(f"| floor | real test vs train | noise floor at n={n} | – | {floor['fd_floor']:.2f} "
                      f"| {floor['confident_fraction_floor']:.3f} | – | |")

@@ -116,7 +116,8 @@ class GaussianMixture(_Oracle):
                 raise ValueError("covs must be symmetric")
             lam, self.U = torch.linalg.eigh(c)
         else:
-            raise ValueError(f"covs must be a scalar or have shape [{K}], [{K}, {d}] or [{K}, {d}, {d}], got {tuple(c.shape)}")
+            raise ValueError(f"covs must be a scalar or have shape [{K}], [{K}, {d}] or [{K}, {d}, {d}], got "
+                             f"{tuple(c.shape)}")
         if (lam < -1e-12 * float(lam.abs().max().clamp_min(1.0))).any():
             raise ValueError(f"covs must be positive semi-definite, got an eigenvalue {lam.min().item():.3g}")
         self.weights, self.means, self.lam = w / w.sum(), means, lam.clamp_min(0.0)

@@ -203,7 +203,8 @@ def load_consistency(path, weights: str = "ema", device="cpu"):
                               f"another --sampler")
     base = merge(DEFAULTS, {k: v for k, v in cfg.items() if k != "consistency"})
     c = check_consistency_section(cfg["consistency"])
-    prefix = {"ema": "ema0." if info.get("ema_decays") else "model.", "raw": "model.", "target": "task.target."}[weights]
+    prefix = {"ema": "ema0." if info.get("ema_decays") else "model.", "raw": "model.",
+              "target": "task.target."}[weights]
     if weights == "target" and c["mode"] != "cd":
         raise ValueError("weights='target' exists only for consistency distillation (CT has no target network)")
     prefix = prefix if weights == "target" else prefix + STUDENT + "."

@@ -75,7 +75,8 @@ def read_checkpoint(path, map_location: str = "cpu") -> tuple[dict[str, torch.Te
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated / garbled headers
-        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file ({type(e).__name__})") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file "
+                              f"({type(e).__name__})") from None
     try:
         meta = json.loads(header["unifusion"])
     except (KeyError, json.JSONDecodeError):

@@ -53,7 +53,7 @@ class JsonlLogger:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise ValueError("train.tensorboard=true needs the 'tensorboard' package "
-                                 "(pip install tensorboard)") from None
+                                 "(pip install 'unifusion[tensorboard]')") from None
         if resume_step is None:
             atomic_write(self.path, "")
         else:

@@ -53,28 +53,54 @@ def _number(v) -> bool:
 
 @dataclass
 class TrainConfig:
-    """Options of `fit` (the `train:` section of a config file)."""
-    steps: int = 1000                       # optimiser steps in total; a resumed run continues up to this
-    batch_size: int = 256                   # global batch per step, over all processes and accumulation
-    grad_accum: int = 1                     # micro-batches per process per step (1: none)
-    lr: float = 2e-4                        # AdamW learning rate after warm-up
-    weight_decay: float = 0.0               # AdamW decoupled weight decay (0: none)
-    betas: tuple = (0.9, 0.999)             # AdamW betas
-    warmup: int = 0                         # linear learning-rate warm-up steps (0: none)
-    decay_start: int = 0                    # step where a linear decay of the lr to 0 begins (0: constant lr)
-    decay_end: int = 0                      # step where that decay reaches 0 (warm-up, stable, decay: "WSD")
-    grad_clip: float = 1.0                  # max global gradient norm (0: no clipping)
-    ema_decays: tuple = (0.999,)            # one weight average per decay (empty: no EMA)
-    ema_warmup: bool = True                 # decay min(d, (1+n)/(10+n)) at update n
-    precision: str = "auto"                 # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16" (GPU only)
-    device: str = "auto"                    # "auto", "cpu" or "cuda" (torchrun picks the GPU by LOCAL_RANK)
-    log_every: int = 100                    # steps between log lines (0: none)
-    ckpt_every: int = 0                     # steps between checkpoints (0: only at the end)
-    progress: bool = True                   # tqdm bar on the main process
-    tensorboard: bool = False               # also write TensorBoard scalars (needs `tensorboard`)
-    threads: int = 0                        # torch CPU threads, set by the CLI (0: torch's default; 1: small nets)
-    dist_timeout: float = 600.0             # DDP: seconds a process waits for the others before it stops with an error
-    compile: bool = False                   # torch.compile the trainable modules (GPU: faster steps after a slow first)
+    """Options of `fit` (the `train:` section of a config file).
+
+    Attributes:
+        steps:        optimiser steps in total; a resumed run continues up to this.
+        batch_size:   global batch per step, over all processes and accumulation.
+        grad_accum:   micro-batches per process per step (1: none).
+        lr:           AdamW learning rate after warm-up.
+        weight_decay: AdamW decoupled weight decay (0: none).
+        betas:        AdamW betas.
+        warmup:       linear learning-rate warm-up steps (0: none).
+        decay_start:  step where a linear decay of the lr to 0 begins (0: constant lr).
+        decay_end:    step where that decay reaches 0 (warm-up, stable, decay: "WSD").
+        grad_clip:    max global gradient norm (0: no clipping).
+        ema_decays:   one weight average per decay (empty: no EMA).
+        ema_warmup:   decay min(d, (1+n)/(10+n)) at update n.
+        precision:    "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16" (GPU only).
+        device:       "auto", "cpu" or "cuda" (torchrun picks the GPU by LOCAL_RANK).
+        log_every:    steps between log lines (0: none).
+        ckpt_every:   steps between checkpoints (0: only at the end).
+        progress:     tqdm bar on the main process.
+        tensorboard:  also write TensorBoard scalars (the `[tensorboard]` extra).
+        threads:      torch CPU threads, applied by the CLI (`fit` leaves them alone; 0: torch's default; 1 is
+                      fastest for small nets).
+        dist_timeout: DDP: seconds a process waits for the others before it stops with an error.
+        compile:      torch.compile the trainable modules (GPU: faster steps after a slow first).
+    """
+
+    steps: int = 1000
+    batch_size: int = 256
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    warmup: int = 0
+    decay_start: int = 0
+    decay_end: int = 0
+    grad_clip: float = 1.0
+    ema_decays: tuple = (0.999,)
+    ema_warmup: bool = True
+    precision: str = "auto"
+    device: str = "auto"
+    log_every: int = 100
+    ckpt_every: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+    threads: int = 0
+    dist_timeout: float = 600.0
+    compile: bool = False
 
     def validate(self) -> "TrainConfig":
         for name in ("steps", "batch_size", "grad_accum"):
@@ -229,9 +255,11 @@ def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: 
     dev, main = dist.device, dist.is_main
     n_micro = dist.world_size * train.grad_accum
     if train.batch_size % n_micro:
-        raise ValueError(f"train.batch_size={train.batch_size} must be divisible by world_size x grad_accum = {n_micro}")
+        raise ValueError(f"train.batch_size={train.batch_size} must be divisible by world_size x grad_accum = "
+                         f"{n_micro}")
     if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 1:
-        raise ValueError(f"data must be a tensor of shape [N, ...] with N >= 1, got {getattr(data, 'shape', type(data))}")
+        raise ValueError(f"data must be a tensor of shape [N, ...] with N >= 1, got "
+                         f"{getattr(data, 'shape', type(data))}")
     if not torch.isfinite(data).all():
         raise ValueError("data contains NaN or Inf; finite values are required")
     if labels is not None and labels.shape[:1] != data.shape[:1]:
