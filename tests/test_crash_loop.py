@@ -64,8 +64,9 @@ def _crash(ctx, out, delay):
 def test_kill_9_loop_resumes_bit_exactly(tmp_path):
     out, ckpt = tmp_path / "run", tmp_path / "run" / "checkpoint.safetensors"
     ctx = mp.get_context("forkserver")      # children start without re-importing torch (fast; still SIGKILL-able)
-    ctx.set_forkserver_preload(["torch", "unifusion.cli", "unifusion.train", "unifusion.data", "unifusion.nets",
-                                "unifusion.losses", "safetensors.torch", "yaml"])
+    # what a training process imports, once (torch._dynamo: the optimiser's first step imports it, seconds a child)
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "unifusion.cli", "unifusion.train", "unifusion.data",
+                                "unifusion.nets", "unifusion.losses", "safetensors.torch", "yaml"])
     rng = random.Random(0)
     trials, inside_write, cut_logs, last_step = 12, 0, 0, 0
     for trial in range(trials):                 # odd trials: inside a checkpoint write; even: at a random moment

@@ -68,12 +68,11 @@ def test_a_lost_process_ends_in_a_short_message(tmp_path):
     import signal
     import time
     sets = _sets("train.steps=1000000", "train.log_every=1", "train.dist_timeout=3")
-    runs = {}
+    runs, env = {}, dict(os.environ, OMP_NUM_THREADS="1")
     for how in ("kill", "hang"):
         out = tmp_path / how
-        runs[how] = (out, subprocess.Popen([sys.executable, "-m", "unifusion", "train", "toy_ve", "--nproc-per-node",
-                                            "2", "--out", str(out), *sets], stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1")))
+        cmd = [sys.executable, "-m", "unifusion", "train", "toy_ve", "--nproc-per-node", "2", "--out", str(out), *sets]
+        runs[how] = (out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     try:
         for how, (out, proc) in runs.items():
             end = time.monotonic() + 240
