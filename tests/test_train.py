@@ -293,3 +293,16 @@ def test_warmup_stable_decay_schedule_and_its_resume(tmp_path):
     with pytest.raises(CheckpointError, match="of step 7,"):  # the 7th step already ran at the full lr
         train_from_config(toy_cfg(tmp_path / "b", "train.steps=30", "train.decay_start=5", "train.decay_end=30"),
                           resume=True)
+
+
+def test_atomic_write_names_the_target_not_its_temporary_file(tmp_path):
+    from unifusion.utils import atomic_write
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        atomic_write(tmp_path / "d.npz", "x")
+    assert e.value.filename == str(tmp_path / "d.npz")
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(OSError) as e:
+        atomic_write(tmp_path / "f" / "x.txt", "x")      # its folder is a file
+    assert str(tmp_path / "f") in str(e.value.filename) and ".tmp-" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "f"]
