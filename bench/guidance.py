@@ -87,7 +87,8 @@ def _step_cost(model, batch: int, repeats: int, seed: int, steps: int = 10) -> d
     med = {k: statistics.median(v) for k, v in times.items()}
     med["euler_step_B"] /= steps - 1
     return {"batch": batch, "repeats": repeats, **{f"seconds_{k}": v for k, v in med.items()},
-            "ratio_cfg_vs_plain_2B": med["cfg_B"] / med["plain_2B"], "ratio_cfg_vs_plain_B": med["cfg_B"] / med["plain_B"],
+            "ratio_cfg_vs_plain_2B": med["cfg_B"] / med["plain_2B"],
+            "ratio_cfg_vs_plain_B": med["cfg_B"] / med["plain_B"],
             "ratio_euler_step_vs_plain_2B": med["euler_step_B"] / med["plain_2B"]}
 
 
@@ -106,8 +107,9 @@ def _tables(res: dict) -> list[str]:
     best_cg = _best([r for r in rows if r["guidance"] == "classifier"]) if any(r["guidance"] == "classifier"
                                                                                for r in rows) else None
     f0 = rows[0]
-    out = [f"## Digits: guidance scale sweep ({res['n']} samples, Heun {res['nfe']} NFE, sample i asks for digit i mod 10)",
-           "", f"Model `{res['model']}` (step {res['model_step']}), guidance classifier `{res['classifier']}`; command: "
+    out = [f"## Digits: guidance scale sweep ({res['n']} samples, Heun {res['nfe']} NFE, sample i asks for digit "
+           f"i mod 10)", "",
+           f"Model `{res['model']}` (step {res['model_step']}), guidance classifier `{res['classifier']}`; command: "
            f"`{res['command']}`. Agreement: the shipped digits classifier's label equals the requested digit (its "
            f"accuracy on the real test split, the ceiling: {f0['agreement_floor']:.1%}). FD: overall, in 360-sample "
            f"chunks that hold every class equally, next to the stratified floor {f0['fd_floor']:.2f} (what a "
@@ -117,8 +119,8 @@ def _tables(res: dict) -> list[str]:
            f"nearest training digit over that of real test digits (< 0.5 flags memorization); copies: the fraction "
            f"closer to a training digit than any test digit is (fresh digits: 0.3 %). **best**: per kind of guidance, "
            f"the lowest FD among the scales whose agreement reaches {AGREEMENT_TARGET:.0%}.", "",
-           "| guidance | scale | agreement | FD | FD / floor | FD / i.i.d. floor | FD per class (mean) | per-class / floor "
-           "| NN ratio | copies | seconds |",
+           "| guidance | scale | agreement | FD | FD / floor | FD / i.i.d. floor | FD per class (mean) "
+           "| per-class / floor | NN ratio | copies | seconds |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mark = " **best**" if r is best_cfg or r is best_cg else ""
@@ -135,7 +137,8 @@ def _tables(res: dict) -> list[str]:
     out += ["", f"Cost of a classifier-free guidance evaluation (batch B = {cost['batch']}, median of "
             f"{cost['repeats']} interleaved timings in one run): one guided evaluation "
             f"{cost['seconds_cfg_B'] * 1e3:.1f} ms, one step of a guided Euler sampler run "
-            f"{cost['seconds_euler_step_B'] * 1e3:.1f} ms, one unguided call at 2B {cost['seconds_plain_2B'] * 1e3:.1f} ms, "
+            f"{cost['seconds_euler_step_B'] * 1e3:.1f} ms, one unguided call at 2B "
+            f"{cost['seconds_plain_2B'] * 1e3:.1f} ms, "
             f"at B {cost['seconds_plain_B'] * 1e3:.1f} ms. **Ratio to the 2B call: evaluation "
             f"{cost['ratio_cfg_vs_plain_2B']:.3f}, sampler step {cost['ratio_euler_step_vs_plain_2B']:.3f}** "
             f"(target <= 1.15); to the B call {cost['ratio_cfg_vs_plain_B']:.2f}.", ""]
@@ -227,9 +230,9 @@ def _write(res: dict, out: Path) -> int:
     atomic_write(out / "guidance.md", text)
     curves = lambda key: {kind: [(r["scale"], r[key]) for r in rows if r["guidance"] == kind]
                           for kind in ("classifier-free", "classifier") if any(r["guidance"] == kind for r in rows)}
+    floors = {"floor (stratified)": rows[0]["fd_floor"], "floor (i.i.d. counts)": rows[0]["fd_floor_iid"]}
     save_metric_vs_steps(curves("fd"), out / "guidance_fd.png", xlabel="guidance scale",
-                         ylabel="digits FD (360-sample chunks)", floor={"floor (stratified)": rows[0]["fd_floor"],
-                                                                        "floor (i.i.d. counts)": rows[0]["fd_floor_iid"]},
+                         ylabel="digits FD (360-sample chunks)", floor=floors,
                          title=f"FD vs guidance scale ({res['n']} samples, Heun {res['nfe']} NFE)")
     save_metric_vs_steps(curves("agreement"), out / "guidance_agreement.png", xlabel="guidance scale",
                          ylabel="class agreement", floor={"real test digits": rows[0]["agreement_floor"]},

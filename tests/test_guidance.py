@@ -189,9 +189,9 @@ def test_bad_guidance_arguments_raise_one_line_errors():
     cfg = classifier_free(o, 2.0)
     for labels, what in ((y[:4], "shape"), (y.double(), "integers"), (y[:, None], "shape"),
                          (torch.full((8,), 25), r"\[-1, 24\]"), (torch.full((8,), -2), r"\[-1, 24\]")):
-        with pytest.raises(ValueError, match="class_labels"):
+        with pytest.raises(ValueError, match="class_labels must .*" + what):
             cfg(x, s, class_labels=labels)
-        with pytest.raises(ValueError, match="class_labels"):
+        with pytest.raises(ValueError, match="class_labels must .*" + what):
             o.denoiser(x, s, class_labels=labels)
     uncond = Denoiser(MLP(2, hidden=8, depth=1, emb_dim=8), None, "edm")
     assert num_classes(uncond) == 0 and num_classes(o) == 25 and num_classes(cfg) == 25

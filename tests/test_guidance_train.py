@@ -53,7 +53,8 @@ def test_sample_with_classes_and_guidance(runs, tmp_path):
         assert z["labels"].tolist() == [3] * 5 + [5] * 5
         info = __import__("json").loads(str(z["info"]))
     assert info["classes"] == [3, 5] and info["guidance"] == 2.0 and info["guidance_interval"] == [0.1, 5.0]
-    assert main(["sample", str(cond), "--class", "all", "--n", "16", "--steps", "3", "--out", str(tmp_path / "a.npz")]) == 0
+    assert main(["sample", str(cond), "--class", "all", "--n", "16", "--steps", "3",
+                 "--out", str(tmp_path / "a.npz")]) == 0
     with np.load(tmp_path / "a.npz") as z:
         assert sorted(set(z["labels"].tolist())) == list(range(8))
     assert (tmp_path / "a.png").stat().st_size > 0
@@ -107,7 +108,10 @@ def test_consistency_task_drops_labels_for_teacher_and_student_alike(runs):
     assert task.label_dropout == 0.2 and task.f.denoiser.net.emb.label_dropout == 0.0
     seen = []
     teacher = task.teacher
-    task.teacher = lambda x, s, class_labels=None: seen.append(class_labels.clone()) or teacher(x, s, class_labels=class_labels)
+    def recording(x, s, class_labels=None):
+        seen.append(class_labels.clone())
+        return teacher(x, s, class_labels=class_labels)
+    task.teacher = recording
     y = torch.arange(64) % 8
     task.loss((data[:64], y), torch.Generator().manual_seed(0))
     dropped = seen[0] < 0
@@ -120,7 +124,8 @@ def test_noise_conditional_classifier_learns_the_exact_mixture_classifier(runs, 
     samples into the requested component."""
     cfg = tmp_path / "clf.yaml"
     cfg.write_text("task: classifier\ndata: {name: eight_gaussians, n: 4000}\nprocess: {name: edm}\n"
-                   "model: {target: edm, sigma_data: 1.4}\nnet: {kind: mlp, hidden: 64, depth: 2, emb_dim: 32, out_dim: 8}\n"
+                   "model: {target: edm, sigma_data: 1.4}\n"
+                   "net: {kind: mlp, hidden: 64, depth: 2, emb_dim: 32, out_dim: 8}\n"
                    "loss: {name: cross_entropy, noise: lognormal, p_mean: 0.0, p_std: 1.5}\n"
                    "train: {steps: 400, batch_size: 256, lr: 3.0e-3, warmup: 20, ema_decays: [0.99], threads: 1, "
                    "progress: false, log_every: 0}\n")
@@ -152,13 +157,15 @@ def test_classifier_config_errors(tmp_path, capsys):
     base = ["--out", str(tmp_path / "c"), "--set", "train.steps=2", "--set", "train.progress=false"]
     assert "net.out_dim" in _error(capsys, ["train", "digits_classifier", *base, "--set", "net.out_dim=5"])
     assert "labelled data set" in _error(capsys, ["train", "digits_classifier", *base, "--set", "data.name=moons"])
-    assert "loss.name of a classifier" in _error(capsys, ["train", "digits_classifier", *base, "--set", "loss.name=edm"])
+    assert "loss.name of a classifier" in _error(capsys, ["train", "digits_classifier", *base,
+                                                          "--set", "loss.name=edm"])
     assert "config key 'task' must be one of" in _error(capsys, ["train", "toy_ve", *base, "--set", "task=bogus"])
     assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("loss,process,target", [("ddpm", "ddpm", "eps"), ("ncsn", "ve", "score"),
-                                                 ("score_sde", "vp", "score"), ("vdm", "vp-cosine", "eps"), ("mse", "rf", "flow"),
+                                                 ("score_sde", "vp", "score"), ("vdm", "vp-cosine", "eps"),
+                                                 ("mse", "rf", "flow"),
                                                  ("edm", None, "edm"), ("x0", "subvp", "x0"), ("v", "vp", "v")])
 @pytest.mark.parametrize("kind", ["mlp", "unet"])
 def test_every_loss_process_and_network_trains_the_label_embedding(loss, process, target, kind):
@@ -183,3 +190,21 @@ def test_every_loss_process_and_network_trains_the_label_embedding(loss, process
     build_loss(loss, p).__call__(den, x0, torch.Generator().manual_seed(0), class_labels=y).mean().backward()
     used = net.emb.label.weight.grad.abs().sum(1) > 0
     assert used.tolist() == [True, False, True, False, False, False], used
+
+
+def test_digits_class_report_of_the_test_split_is_its_own_floor():
+    """The real test digits asked to be their own labels: agreement, per-class FD and (round-robin) FD equal their
+    floors exactly; bad labels raise."""
+    from unifusion.data import load_digits
+    from unifusion.metrics import digits_class_report
+    x, y = load_digits("test")
+    perm = torch.randperm(360, generator=torch.Generator().manual_seed(0))
+    rep = digits_class_report(x[perm], y[perm])
+    assert rep["agreement"] == rep["agreement_floor"] > 0.98
+    for c in range(10):
+        assert abs(rep["fd_per_class"][c] - rep["fd_floor_per_class"][c]) < 1e-5     # the same points, reordered
+    assert abs(rep["fd"] - rep["fd_floor"]) < 1e-5
+    wrong = digits_class_report(x, (y + 1) % 10)
+    assert wrong["agreement"] < 0.05 and all(wrong["fd_per_class"][c] > rep["fd_per_class"][c] for c in range(10))
+    with pytest.raises(ValueError, match="labels must be 360 integers in 0..9"):
+        digits_class_report(x, y[:10])

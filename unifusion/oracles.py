@@ -26,7 +26,8 @@ from torch import nn
 
 from .parametrization import eps_from_score, target_from_x0
 from .processes import NoiseProcess
-from .utils import as_float_tensor, check_choice, check_class_labels, check_finite, check_nonnegative, check_positive_int
+from .utils import (as_float_tensor, check_choice, check_class_labels, check_finite, check_nonnegative,
+                    check_positive_int)
 
 __all__ = ["GaussianMixture", "EmpiricalData", "eight_gaussians", "grid_gaussians", "mixture_64d"]
 
@@ -131,7 +132,8 @@ class GaussianMixture(_Oracle):
                 raise ValueError("covs must be symmetric")
             lam, self.U = torch.linalg.eigh(c)
         else:
-            raise ValueError(f"covs must be a scalar or have shape [{K}], [{K}, {d}] or [{K}, {d}, {d}], got {tuple(c.shape)}")
+            raise ValueError(f"covs must be a scalar or have shape [{K}], [{K}, {d}] or [{K}, {d}, {d}], got "
+                             f"{tuple(c.shape)}")
         if (lam < -1e-12 * float(lam.abs().max().clamp_min(1.0))).any():
             raise ValueError(f"covs must be positive semi-definite, got an eigenvalue {lam.min().item():.3g}")
         self.weights, self.means, self.lam = w / w.sum(), means, lam.clamp_min(0.0)

@@ -47,7 +47,7 @@ DISTILL_DEFAULTS: dict = {
 }
 
 
-TRAIN_DEFAULTS: dict = {"steps": 2000, "ema_decays": [0.999], "log_every": 100}   # over the train: defaults
+TRAIN_DEFAULTS: dict = {"steps": 2000, "ema_decays": [0.999], "log_every": 100}   # over the teacher's / config's
 
 
 class ConsistencyTask:
@@ -225,7 +225,8 @@ def load_consistency(path, weights: str = "ema", device="cpu"):
                               f"another --sampler")
     base = merge(DEFAULTS, {k: v for k, v in cfg.items() if k != "consistency"})
     c = check_consistency_section(cfg["consistency"])
-    prefix = {"ema": "ema0." if info.get("ema_decays") else "model.", "raw": "model.", "target": "task.target."}[weights]
+    prefix = {"ema": "ema0." if info.get("ema_decays") else "model.", "raw": "model.",
+              "target": "task.target."}[weights]
     if weights == "target" and c["mode"] != "cd":
         raise ValueError("weights='target' exists only for consistency distillation (CT has no target network)")
     prefix = prefix if weights == "target" else prefix + STUDENT + "."
@@ -240,10 +241,12 @@ def load_consistency(path, weights: str = "ema", device="cpu"):
 
 
 def distill_config(base: dict | None = None, teacher=None, sets=()) -> dict:
-    """A checked distill config. CD (`teacher` a checkpoint): the teacher's data / process / model / net sections;
-    CT: those of `base` (a config dict from `unifusion.train.load_config`). Then `TRAIN_DEFAULTS`, then `sets`
-    (`key=value` strings as in `unifusion train --set`; `consistency.*` keys are checked here)."""
-    from ..train.config import DEFAULTS, apply_overrides, check_config, merge, parse_value
+    """A checked distill config. CD (`teacher` a checkpoint): the teacher's seed and data / process / model / net /
+    train sections (its training settings: lr, batch, ...); CT: those of `base` (a config dict from
+    `unifusion.train.load_config`). Then `TRAIN_DEFAULTS` (steps, EMA, logging), then `sets` (`key=value` strings as
+    in `unifusion train --set`; `consistency.*` keys are checked here). There is no `loss` section: the loss is the
+    consistency loss of `consistency.distance`."""
+    from ..train.config import DEFAULTS, apply_overrides, check_config, merge, parse_value, train_config
     from ..train.checkpoint import read_checkpoint
     from ..train import CHECKPOINT_NAME
 
@@ -253,12 +256,12 @@ def distill_config(base: dict | None = None, teacher=None, sets=()) -> dict:
         path = Path(teacher)
         _, info = read_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
         tcfg = merge(DEFAULTS, info.get("config", {}))
-        for sec in ("data", "process", "model", "net"):
+        for sec in ("seed", "data", "process", "model", "net", "train"):
             cfg[sec] = copy.deepcopy(tcfg[sec])
-        cfg["train"]["threads"] = tcfg["train"].get("threads", 0)
         cons.update(mode="cd", teacher=str(teacher))
     else:
         cons.setdefault("mode", "ct")
+    cfg.pop("loss", None)
     cfg["train"] = merge(cfg["train"], TRAIN_DEFAULTS)
     cfg["out"] = "runs/distill" if teacher is not None else "runs/ct"
     rest = []
@@ -268,9 +271,13 @@ def distill_config(base: dict | None = None, teacher=None, sets=()) -> dict:
             if not eq:
                 raise ValueError(f"--set expects key=value, got {item!r}")
             cons[key.strip()[len("consistency."):]] = parse_value(text)
+        elif key.strip().split(".")[0] == "loss":
+            raise ValueError(f"--set {key.strip()} does not apply to distill: its loss is the consistency loss "
+                             f"(consistency.distance)")
         else:
             rest.append(item)
     cfg = check_config(apply_overrides(cfg, rest))
+    train_config(cfg)
     cfg["consistency"] = check_consistency_section(cons)
     return cfg
 

@@ -22,7 +22,8 @@ from .digits import digits_split, load_digits
 from .files import IMAGE_EXTENSIONS, ImageFolder, load_npz
 from .toys import TOYS, toy_2d, toy_2d_labelled, toy_oracle
 
-__all__ = ["get_dataset", "DATASETS", "toy_2d", "toy_2d_labelled", "toy_oracle", "TOYS", "load_digits", "digits_split", "load_npz",
+__all__ = ["get_dataset", "DATASETS", "toy_2d", "toy_2d_labelled", "toy_oracle", "TOYS", "load_digits", "digits_split",
+           "load_npz",
            "ImageFolder", "IMAGE_EXTENSIONS"]
 
 DATASETS = tuple(sorted(TOYS)) + ("digits", "mixture_64d")

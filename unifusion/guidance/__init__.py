@@ -15,6 +15,7 @@ from .noise_classifier import (CLASSIFIER_LOSSES, ClassifierTask, NoiseClassifie
 from .transforms import (ClassifierFree, ClassifierGuided, check_interval, check_labels, check_scale, classifier,
                          classifier_free, num_classes)
 
-__all__ = ["classifier_free", "classifier", "ClassifierFree", "ClassifierGuided", "num_classes", "check_labels", "check_scale",
+__all__ = ["classifier_free", "classifier", "ClassifierFree", "ClassifierGuided", "num_classes", "check_labels",
+           "check_scale",
            "check_interval", "NoiseClassifier", "NoisyCrossEntropy", "CLASSIFIER_LOSSES", "ClassifierTask",
            "build_classifier_run", "load_classifier"]

@@ -170,7 +170,8 @@ class ClassifierGuided(nn.Module):
         return f"scale={self.scale:g}, conditional={self.conditional}"
 
 
-def classifier(denoiser: Callable, classifier: Callable, scale: float, *, conditional: bool = False) -> ClassifierGuided:
+def classifier(denoiser: Callable, classifier: Callable, scale: float, *,
+               conditional: bool = False) -> ClassifierGuided:
     """Classifier guidance (Dhariwal & Nichol 2021, Algorithm 1 / Sec. 4.1) as a denoiser transform.
 
     Args:

@@ -45,7 +45,8 @@ class MLP(nn.Module):
         emb_max_positions: positional frequencies run from `emb_scale` to `emb_scale / emb_max_positions` (default
                        1000 .. 1e-4: fits integer timesteps, t in [0, 1] and `ln(sigma)/4` alike; DDPM's own: 1, 1e4).
         label_dropout: training-time probability of dropping a label to "no label" (0 = never).
-        out_dim:       output size (`None`: `dim`, a denoiser; the number of classes for a noise-conditional classifier).
+        out_dim:       output size (`None`: `dim`, a denoiser; the number of classes for a noise-conditional
+                       classifier).
     """
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 4, emb_dim: int = 128, num_classes: int = 0,

@@ -42,4 +42,5 @@ def save_picture(samples: torch.Tensor, path, data_shape, title: str = "", max_i
     if imgs is not None:
         return save_image_grid(imgs[:max_images], path, title=title or None)
     x = samples.reshape(samples.shape[0], -1)
-    return save_scatter(x[:, :2] if x.shape[1] >= 2 else torch.cat([x, torch.zeros_like(x)], 1), path, title=title or None)
+    points = x[:, :2] if x.shape[1] >= 2 else torch.cat([x, torch.zeros_like(x)], 1)
+    return save_scatter(points, path, title=title or None)
