@@ -158,6 +158,21 @@ def test_per_example_labels_work_in_every_sampler(sampler):
     assert (o.component(out.double()) == y).double().mean() >= 0.95, sampler
 
 
+def test_guided_eps_model_in_the_process_time_samplers():
+    """The guided oracle viewed as a VP-SDE eps-network (`ProcessModel`) in DDIM on timesteps and Euler-Maruyama in t:
+    the labels reach it through `model_kwargs` and the samples land in the requested component."""
+    from unifusion.samplers import sample_ddim_discrete, sample_euler_maruyama_t
+    o, vp = ORACLES["grid"], VP()
+    g = torch.Generator().manual_seed(5)
+    y = torch.randint(0, o.K, (400,), generator=g)
+    eps = ProcessModel(classifier_free(o, 1.5), vp, "eps")
+    x_T = torch.randn(400, 2, generator=g, dtype=torch.float64)
+    ts = torch.linspace(1.0, 1e-3, 100, dtype=torch.float64)
+    for out in (sample_ddim_discrete(eps, vp, x_T, ts, model_kwargs={"class_labels": y}),
+                sample_euler_maruyama_t(eps, vp, x_T, ts, generator=g, model_kwargs={"class_labels": y})):
+        assert (o.component(out) == y).double().mean() >= 0.97
+
+
 def test_labels_in_consistency_sampling_and_likelihood():
     o = ORACLES["grid"]
     g = torch.Generator().manual_seed(2)

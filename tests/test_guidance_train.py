@@ -16,14 +16,6 @@ TINY = ["train.steps=6", "train.batch_size=32", "train.progress=false", "net.hid
         "net.emb_dim=8", "data.n=128", "train.threads=1", "train.log_every=0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A class-conditional and an unconditional tiny eight-Gaussians model."""

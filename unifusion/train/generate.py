@@ -70,6 +70,7 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
     name = sampler or DEFAULT_SAMPLER
     fn = get_sampler(name)
     check_positive_int(n, "n")
+    kwargs = dict(options.pop("model_kwargs", None) or {})
     if class_labels is not None:
         from ..guidance import check_labels
         class_labels = check_labels(denoiser, class_labels, n)
@@ -84,8 +85,8 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
         counted = count_nfe(denoiser)
         x = sigmas[0].item() * torch.randn((m, *shape), generator=g).to(device)
         if class_labels is not None:
-            options["model_kwargs"] = {"class_labels": class_labels[i:i + m].to(device)}
-        out.append(fn(counted, x, sigmas, generator=g, **options).cpu())
+            kwargs["class_labels"] = class_labels[i:i + m].to(device)
+        out.append(fn(counted, x, sigmas, generator=g, model_kwargs=kwargs, **options).cpu())
         nfe = counted.nfe
     info = {"sampler": name, "grid": grid if isinstance(grid, str) else ("recommended" if grid is None else "custom"),
             "steps": len(sigmas) - 1, "nfe": nfe,
