@@ -43,7 +43,7 @@ def main(argv=None) -> list[dict]:
         ref = toy_2d(name, 20000, torch.Generator().manual_seed(123))
         radius = ref.norm(dim=1).max().item()
         for n in args.n:
-            floor = metrics.vector_floor(lambda m, g: toy_2d(name, m, g), ref, n,
+            floor = metrics.vector_floor(lambda m, g, name=name: toy_2d(name, m, g), ref, n,
                                          generator=torch.Generator().manual_seed(5))["sw2"]
             for clip in (False, True):
                 for seed in args.seeds:
@@ -52,7 +52,8 @@ def main(argv=None) -> list[dict]:
                     sw2 = metrics.vector_report(x, ref, generator=torch.Generator().manual_seed(5))["sw2"]
                     rows.append({"config": config, "sampler": sc["sampler"], "grid": sc["grid"], "steps": sc["steps"],
                                  "n": n, "seed": seed, "clip_x0": info["clip_x0"], "sw2": sw2, "floor": floor,
-                                 "sw2_over_floor": sw2 / floor, "max_norm_over_radius": x.norm(dim=1).max().item() / radius})
+                                 "sw2_over_floor": sw2 / floor,
+                                 "max_norm_over_radius": x.norm(dim=1).max().item() / radius})
                     r = rows[-1]
                     print(f"{config:9s} {r['sampler']}/{r['grid']}/{r['steps']} n {n} seed {seed} clip_x0 "
                           f"{'-' if r['clip_x0'] is None else format(r['clip_x0'], '.3f'):>6s}: SW2/floor "

@@ -68,8 +68,8 @@ def test_cli_writes_nothing_for_non_finite_samples(tmp_path, capsys):
     assert load_model(run).data_bound == pytest.approx(data.abs().max().item())
     path = run / "checkpoint.safetensors"
     tensors, meta = read_checkpoint(path)
-    save_checkpoint(path, {k: v * float("nan") if v.is_floating_point() and ".net." in k else v
-                           for k, v in tensors.items()}, {k: v for k, v in meta.items() if k not in ("sha256", "format")})
+    nan = {k: v * float("nan") if v.is_floating_point() and ".net." in k else v for k, v in tensors.items()}
+    save_checkpoint(path, nan, {k: v for k, v in meta.items() if k not in ("sha256", "format")})
     before = sorted(p.name for p in run.iterdir())
     capsys.readouterr()
     assert main(["sample", str(run), "--steps", "3", "--n", "5"]) == 2

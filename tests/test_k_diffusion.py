@@ -2,13 +2,14 @@
 `Denoiser` and take the same steps as ours, and our samplers take its keywords and give its callback keys.
 
 k-diffusion is installed with `pip install --no-deps k-diffusion` (`make test` does); its package `__init__`
-imports torchvision, so `sampling.py` and `external.py` are loaded on their own (`load_k_diffusion`)."""
+imports torchvision, so `sampling.py` and `external.py` are loaded on their own (`load_k_diffusion` of
+`bench/samplers.py`)."""
 import pytest
 import torch
+from bench_scripts import load_bench
 
 from unifusion import DDPM, VP, Denoiser, grids
 from unifusion import samplers as S
-from unifusion.bench.samplers import load_k_diffusion
 from unifusion.nets import build_net
 from unifusion.oracles import eight_gaussians
 
@@ -20,7 +21,7 @@ FAST = {"langevin": {"n_steps_each": 2}, "dopri5": {"rtol": 1e-2}}
 def kd():
     """`(sampling, external)` of k-diffusion, loaded without its package `__init__`."""
     try:
-        return load_k_diffusion("sampling", "external")
+        return load_bench("samplers").load_k_diffusion("sampling", "external")
     except ImportError as e:
         pytest.skip(f"{e} (make test installs it)")
 
@@ -84,7 +85,7 @@ def test_callback_carries_k_diffusion_keys(kd):
     sampling.sample_euler(MIX, x, sigmas, callback=theirs.append, disable=True)
     S.sample_euler(MIX, x, sigmas, callback=ours.append)
     assert len(theirs) == len(ours) == 5
-    for a, b in zip(theirs, ours):
+    for a, b in zip(theirs, ours, strict=True):
         assert a["i"] == b["i"] and float(a["sigma"]) == b["sigma"] and float(a["sigma_hat"]) == b["sigma_hat"]
         torch.testing.assert_close(a["x"], b["x"])
         torch.testing.assert_close(a["denoised"], b["denoised"])

@@ -31,7 +31,7 @@ def test_dynamic_threshold_follows_imagen():
     d = torch.randn(5, 200, generator=g) * torch.tensor([0.2, 0.5, 1.0, 2.0, 4.0])[:, None]
     for p, bound in ((0.995, 1.0), (0.9, 1.0), (0.995, 2.5), (1.0, 1.0)):
         out = dynamic_threshold(constant(d), p, bound)(torch.zeros_like(d), 1.0)
-        for row, o in zip(d, out):
+        for row, o in zip(d, out, strict=True):
             s = max(bound, torch.quantile(row.abs(), p).item())
             torch.testing.assert_close(o, row.clamp(-s, s) * (bound / s))
         assert out.abs().max() <= bound * (1 + 1e-6)
@@ -54,7 +54,7 @@ def test_transformed_denoiser_is_a_denoiser():
         assert t.process is vp and t.target == "eps"
         torch.testing.assert_close(S.sample_heun(t, x, sig), plain)
     with pytest.raises(AttributeError):
-        clip_x0(d).no_such_attribute
+        _ = clip_x0(d).no_such_attribute
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan"), "1", True])

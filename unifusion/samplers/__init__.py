@@ -22,9 +22,9 @@ The arguments every sampler takes (its own options are in its docstring's `Args:
                   None tqdm's choice (a bar on a terminal).
 `count_nfe(denoiser)` wraps any denoiser with a `.nfe` counter.
 
-k-diffusion: its samplers of the same name take the same steps as `euler`, `heun` (with `s_churn > 0`: `edm_stochastic`),
-`dpmpp_2m` and `ancestral` (its `sample_euler_ancestral`), and run on a `unifusion.Denoiser`; `lms` and
-`dpmpp_3m` differ, and their docstrings say which options give k-diffusion's variant.
+k-diffusion: its samplers of the same name take the same steps as `euler`, `heun` (with `s_churn > 0`:
+`edm_stochastic`), `dpmpp_2m` and `ancestral` (its `sample_euler_ancestral`), and run on a `unifusion.Denoiser`;
+`lms` and `dpmpp_3m` differ, and their docstrings say how (and which options give k-diffusion's variant).
 
 Registries: `SAMPLERS` (name -> function), `get_sampler(name)`, `RECOMMENDED` (name -> grid function
 `(n, sigma_min, sigma_max) -> sigmas`, n positive levels plus a final 0) and `DEFAULT_SAMPLER`.
@@ -69,4 +69,7 @@ def get_sampler(name: str):
 
 __all__ = ["SAMPLERS", "DETERMINISTIC", "STOCHASTIC", "RECOMMENDED", "DEFAULT_SAMPLER", "get_sampler", "to_d",
            "count_nfe", "NFECounter", "ancestral_step", "exp_adams_weights", "adams_weights", "PREDICTORS",
-           *(f.__name__ for f in SAMPLERS.values()), "sample_ddpm", "sample_ddim_discrete", "sample_euler_maruyama_t"]
+           "sample_euler", "sample_heun", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_exp_adams", "sample_unipc",
+           "sample_lms", "sample_hybrid", "sample_dopri5", "sample_ddim", "sample_ancestral", "sample_euler_maruyama",
+           "sample_pc", "sample_langevin", "sample_edm_stochastic",
+           "sample_ddpm", "sample_ddim_discrete", "sample_euler_maruyama_t"]

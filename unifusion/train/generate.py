@@ -5,6 +5,8 @@ seeded, NFE-counted call of a sampler from `unifusion.samplers` on a `Denoiser` 
 start from `sigmas[0] * z` in VE coordinates, Karras et al. 2022, Algorithm 1): by default with the clean-data
 estimate clipped to the training data's range (`unifusion.transforms.clip_x0`), and with every sample checked
 (non-finite samples raise an error that names the sampler, the step and the likely cause, and are never returned).
+Class labels reach the model through the samplers' `model_kwargs`, one label per sample (`class_labels`), batched
+with the samples.
 """
 from __future__ import annotations
 
@@ -93,27 +95,30 @@ class _Watch:
 @torch.no_grad()
 def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str | None = None, steps: int = 18,
              seed: int = 0, batch_size: int = 1000, sigma_min: float | None = None, sigma_max: float | None = None,
-             device="cpu", clip_x0: bool | float = True, **options) -> tuple[torch.Tensor, dict]:
+             device="cpu", class_labels=None, clip_x0: bool | float = True, **options) -> tuple[torch.Tensor, dict]:
     """`n` samples of shape `shape` from `denoiser` (a VE-coordinate `D(x, sigma)`) with `sampler`.
 
     Args:
-        denoiser:   a `Denoiser` (as `load_model` returns it) or any `D(x, sigma)`.
-        n:          number of samples, >= 1.
-        shape:      the shape of one sample.
-        sampler:    a name in `unifusion.samplers.SAMPLERS`; None: `DEFAULT_SAMPLER`.
-        grid:       a name in `GRIDS`, a list of sigmas (a final 0 appended), or None: the sampler's `RECOMMENDED`.
-        steps:      positive noise levels of a named grid, >= 1.
-        seed:       seeds the start noise and every noise draw of the sampler.
-        batch_size: samples per sampler call.
-        sigma_min:  lowest positive level of a named grid; None: `grids.default_sigma_range` of the model's process.
-        sigma_max:  the start level; None: as `sigma_min`.
-        device:     where the start noise and the sampling live (the samples come back on the CPU).
-        clip_x0:    True: clip the model's clean-data estimate to the training data's range `[-b, b]` where the
-                    model records one (`b = denoiser.data_bound`, set by `unifusion train`), with
-                    `transforms.clip_x0`; a number: clip to that bound; False: the model as it is. An exact
-                    denoiser never leaves the data's range; an eps-prediction network does where it extrapolates
-                    (rare starts in low dimension), and its error is multiplied by sigma~ there.
-        **options:  the sampler's own options (its `Args:`).
+        denoiser:     a `Denoiser` (as `load_model` returns it) or any `D(x, sigma, **model_kwargs)`.
+        n:            number of samples, >= 1.
+        shape:        the shape of one sample.
+        sampler:      a name in `unifusion.samplers.SAMPLERS`; None: `DEFAULT_SAMPLER`.
+        grid:         a name in `GRIDS`, a list of sigmas (a final 0 appended), or None: the sampler's `RECOMMENDED`.
+        steps:        positive noise levels of a named grid, >= 1.
+        seed:         seeds the start noise and every noise draw of the sampler.
+        batch_size:   samples per sampler call.
+        sigma_min:    lowest positive level of a named grid; None: `grids.default_sigma_range` of the model's process.
+        sigma_max:    the start level; None: as `sigma_min`.
+        device:       where the start noise and the sampling live (the samples come back on the CPU).
+        class_labels: int64 `[n]`, sample `i`'s class (-1: none), passed to the model as
+                      `model_kwargs={"class_labels": ...}` (a guided denoiser from `unifusion.guidance` takes them the
+                      same way); None: no labels.
+        clip_x0:      True: clip the model's clean-data estimate to the training data's range `[-b, b]` where the
+                      model records one (`b = denoiser.data_bound`, set by `unifusion train`), with
+                      `transforms.clip_x0`; a number: clip to that bound; False: the model as it is. An exact
+                      denoiser never leaves the data's range; an eps-prediction network does where it extrapolates
+                      (rare starts in low dimension), and its error is multiplied by sigma~ there.
+        **options:    the sampler's own options (its `Args:`), `model_kwargs` and `callback`.
 
     Returns `(samples, info)`, `info = {"sampler", "grid", "steps", "nfe", "clip_x0", "seconds"}` (`nfe` per batch).
     Raises `ValueError` naming the sampler, the first step with non-finite values and the likely cause if any
@@ -125,6 +130,10 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
     name = sampler or DEFAULT_SAMPLER
     fn = get_sampler(name)
     check_positive_int(n, "n")
+    kwargs = dict(options.pop("model_kwargs", None) or {})
+    if class_labels is not None:
+        from ..guidance import check_labels
+        class_labels = check_labels(denoiser, class_labels, n)
     process = getattr(denoiser, "process", None)
     lo, hi = grids.default_sigma_range(process)
     sigmas = make_grid(process, name, grid, steps, lo if sigma_min is None else sigma_min,
@@ -138,7 +147,9 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
         m = min(batch_size, n - i)
         watch = _Watch(model, user_callback)
         x = sigmas[0].item() * torch.randn((m, *shape), generator=g).to(device)
-        x = fn(watch.model, x, sigmas, generator=g, callback=watch, **options)
+        if class_labels is not None:
+            kwargs["class_labels"] = class_labels[i:i + m].to(device)
+        x = fn(watch.model, x, sigmas, generator=g, callback=watch, model_kwargs=kwargs, **options)
         if not bool(torch.isfinite(x).all()):
             raise watch.error(name, len(sigmas) - 1)
         out.append(x.cpu())
