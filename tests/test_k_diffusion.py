@@ -76,6 +76,20 @@ def test_k_diffusion_samplers_on_our_denoiser_equal_ours(kd, theirs, ours, opts)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("heun", [False, True])
+def test_k_diffusion_churn_is_edm_stochastic(kd, heun):
+    """k-diffusion's Euler / Heun with churn are `edm_stochastic(heun=...)`: with `s_noise=0` the churn raises sigma
+    without drawing noise, so the two are comparable step by step (float64)."""
+    sampling, _ = kd
+    sigmas = grids.edm_grid(10, 0.01, 20.0)
+    x = 20 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    churn = {"s_churn": 5.0, "s_tmin": 0.05, "s_tmax": 10.0, "s_noise": 0.0}
+    theirs = getattr(sampling, "sample_heun" if heun else "sample_euler")(MIX, x, sigmas, disable=True, **churn)
+    ours = S.sample_edm_stochastic(MIX, x, sigmas, heun=heun, **churn)
+    torch.testing.assert_close(theirs, ours)
+    assert (ours - S.get_sampler("heun" if heun else "euler")(MIX, x, sigmas)).abs().max() > 1e-3  # churn acts
+
+
 def test_callback_carries_k_diffusion_keys(kd):
     """Step by step, our callback's `x, i, sigma, sigma_hat, denoised` are k-diffusion's (Euler, float64)."""
     sampling, _ = kd

@@ -165,8 +165,8 @@ def sample_dpmpp_3m(denoiser, x, sigmas, *, generator=None, callback=None, model
     """DPM-Solver++(3M): the third-order exponential Adams-Bashforth method in log-sigma (Lu et al. 2022b, Sec. 4
     for the multistep construction), `sample_exp_adams(order=3)`. k-diffusion's `sample_dpmpp_3m_sde` at `eta=0`
     differs twice: it starts with first- and second-order steps (ours self-start), and it weights the second
-    difference by `h phi_3(-h)`, half the exact integral of the quadratic (as DPM-Solver's reference code does), which
-    makes it second order; with the exact weight its steps are `sample_exp_adams(order=3, self_start=False)`."""
+    difference by `h phi_3(-h)`, half the exact integral of the quadratic (as DPM-Solver's reference code does);
+    with the exact weight its steps are `sample_exp_adams(order=3, self_start=False)`."""
     return sample_exp_adams(denoiser, x, sigmas, callback=callback, model_kwargs=model_kwargs, extra_args=extra_args,
                             disable=disable, order=3)
 

@@ -25,8 +25,8 @@ def _is_zero(s) -> bool:
 def sample_euler(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None, extra_args=None,
                  disable=True):
     """Euler's method on the PF-ODE (Song et al. 2021, Sec. 4.3; Karras et al. 2022, Alg. 1 without the correction).
-    First order; one evaluation per step; per-example grids allowed. k-diffusion's `sample_euler` (at its default
-    `s_churn=0`)."""
+    First order; one evaluation per step; per-example grids allowed. k-diffusion's `sample_euler` at its default
+    `s_churn=0` (with churn it is `sample_edm_stochastic(heun=False)`)."""
     run = _Run(denoiser, x, sigmas, callback, model_kwargs, extra_args, disable, per_example=True)
     for i, s, s_next in run.steps():
         den = run.model(x, s)

@@ -178,16 +178,18 @@ def sample_langevin(denoiser, x, sigmas, *, generator=None, callback=None, model
 @torch.no_grad()
 def sample_edm_stochastic(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None, extra_args=None,
                           disable=True, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
-                          s_noise: float = 1.0):
+                          s_noise: float = 1.0, heun: bool = True):
     """EDM stochastic sampler (Karras et al. 2022, Algorithm 2): raise sigma_i to `sigma_hat = (1 + gamma_i) sigma_i`
     with fresh noise `sqrt(sigma_hat^2 - sigma_i^2) s_noise z`, then a Heun step to sigma_{i+1} (Euler to 0).
-    With `s_churn = 0` it is Algorithm 1 (`sample_heun`). k-diffusion's `sample_heun` with churn.
+    With `s_churn = 0` it is Algorithm 1 (`sample_heun`). k-diffusion's `sample_heun` with churn; with `heun=False`
+    its `sample_euler` with churn.
 
     Args:
         s_churn: total churn >= 0; `gamma_i = min(s_churn / N, sqrt(2) - 1)` (0: no churn).
         s_tmin:  churn only where `s_tmin <= sigma_i <= s_tmax`.
         s_tmax:  see `s_tmin`.
         s_noise: inflation of the churn's noise (1: none).
+        heun:    True: Heun steps (EDM); False: Euler steps, one evaluation per step.
     """
     if s_churn < 0 or s_noise < 0 or s_tmin < 0 or s_tmax < s_tmin:
         raise ValueError(f"need s_churn, s_noise >= 0 and 0 <= s_tmin <= s_tmax, got {s_churn!r}, {s_noise!r}, "
@@ -202,7 +204,7 @@ def sample_edm_stochastic(denoiser, x, sigmas, *, generator=None, callback=None,
         den = run.model(x, s_hat)
         d = to_d(x, s_hat, den)
         x_next = x + d * (s_next - s_hat)
-        if s_next > 0:
+        if s_next > 0 and heun:
             x_next = x + (d + to_d(x_next, s_next, run.model(x_next, s_next))) * ((s_next - s_hat) / 2)
         run.report(i, x, s, s_next, den, x_next, sigma_hat=s_hat)
         x = x_next
