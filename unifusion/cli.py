@@ -38,7 +38,8 @@ def _cmd_configs(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import load_config, train_from_config
+    from .latent import train_from_config         # pixel, latent and autoencoder configs
+    from .train import load_config
 
     cfg = load_config(args.config, args.set)
     if args.out:
@@ -121,6 +122,9 @@ def _cmd_sample(args) -> int:
                                  batch_size=args.batch_size or sc.get("batch_size") or 1000,
                                  sigma_min=args.sigma_min, sigma_max=args.sigma_max)
         shape = d.data_shape
+    from .latent import decode_samples
+    samples, image_shape = decode_samples(args.checkpoint, samples, info)     # latent models: decoded images
+    shape = image_shape or shape
     info["checkpoint"] = str(args.checkpoint)
     folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
     out = Path(args.out) if args.out else folder / f"samples_{info['sampler']}_{info['nfe']}nfe.npz"
@@ -161,11 +165,16 @@ def _cmd_eval(args) -> int:
         _threads(args.threads, d)
         samples, _ = generate(d, args.n or 1000, d.data_shape, sampler=args.sampler, steps=args.steps or 18,
                               seed=args.seed)
+        from .latent import decode_samples
+        samples, _ = decode_samples(path, samples)
         data = args.data or d.config["data"]["name"]
     if not torch.isfinite(samples).all():
         raise _UserError(f"samples from {path} contain NaN or Inf")
     flat = samples.reshape(samples.shape[0], -1)
-    if data in (None, "digits") and flat.shape[1] == 64:
+    if data in (None, "digits", "digits32") and flat.shape[1] == 1024:    # digits32: scored at 8x8
+        from .data import digits32_to_digits
+        flat = digits32_to_digits(flat)
+    if data in (None, "digits", "digits32") and flat.shape[1] == 64:
         rep = metrics.digits_report(flat.clamp(-1, 1), n=args.n)
         rows = [("Frechet distance (classifier features)", rep["fd"], rep["fd_floor"]),
                 ("same, floor with i.i.d. class counts", rep["fd"], rep["fd_floor_iid"]),

@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError, read_checkpoint
 from .config import check_config, merge, DEFAULTS
 from .loop import CHECKPOINT_NAME, FitResult, TrainConfig, fit
 
-__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_run", "run_config", "train_from_config",
+__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_task", "build_run", "run_config", "train_from_config",
            "load_model"]
 
 
@@ -113,21 +113,27 @@ def build_denoiser(cfg: dict, data_shape) -> Denoiser:
     return Denoiser(net, process, m["target"], m["sigma_data"], m["noise_cond"], m["time_scale"])
 
 
-def build_run(cfg: dict):
-    """`(task, data, labels)` for a checked config."""
+def build_task(cfg: dict, data_shape) -> DiffusionTask:
+    """The `DiffusionTask` of the config's process / model / net / loss sections for data of shape
+    `[N, *data_shape]`, the network initialised from `cfg["seed"]`."""
     from ..losses import build_loss
     import inspect
     from ..losses import LOSSES
 
-    check_config(cfg)
-    data, labels = build_data(cfg)
     torch.manual_seed(cfg["seed"])                  # network initialisation
-    denoiser = build_denoiser(cfg, data.shape[1:])
+    denoiser = build_denoiser(cfg, data_shape)
     lname, lkw = _section(cfg, "loss", "name")
     if lname in LOSSES and "sigma_data" in inspect.signature(LOSSES[lname]).parameters:
         lkw.setdefault("sigma_data", cfg["model"]["sigma_data"])
     loss = _build("loss", LOSSES.get(lname), build_loss, lkw, lname, denoiser.process)
-    return DiffusionTask(denoiser, loss), data, labels
+    return DiffusionTask(denoiser, loss)
+
+
+def build_run(cfg: dict):
+    """`(task, data, labels)` for a checked config."""
+    check_config(cfg)
+    data, labels = build_data(cfg)
+    return build_task(cfg, data.shape[1:]), data, labels
 
 
 def train_config(cfg: dict) -> TrainConfig:
@@ -139,8 +145,9 @@ def train_config(cfg: dict) -> TrainConfig:
 def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None) -> FitResult:
     """Build a run with `build(cfg) -> (task, data, labels)` and `fit` it: the one set-up shared by
     `unifusion train` (`train_from_config`) and `unifusion distill`. Refuses to overwrite a checkpoint unless
-    `resume`; rank 0 writes `config.yaml` atomically; the checkpoint's meta holds the data shape plus
-    `extra_meta(task)`. `out` overrides `cfg['out']`."""
+    `resume`; rank 0 writes `config.yaml` atomically; the checkpoint's meta holds the data shape, the task's
+    own `meta` dict if it has one (a transformed task's data shape, e.g. latents), and `extra_meta(task)`.
+    `out` overrides `cfg['out']`."""
     cfg = copy.deepcopy(cfg)
     if out is not None:
         cfg["out"] = str(out)
@@ -150,7 +157,8 @@ def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None
         raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
     if int(os.environ.get("RANK", "0")) == 0:
         atomic_write(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    meta = {"data_shape": list(data.shape[1:]), **(extra_meta(task) if extra_meta is not None else {})}
+    meta = {"data_shape": list(data.shape[1:]), **getattr(task, "meta", {}),
+            **(extra_meta(task) if extra_meta is not None else {})}
     return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg, meta=meta,
                resume=resume)
 
