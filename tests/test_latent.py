@@ -272,9 +272,9 @@ def test_cli_latent_user_errors(tmp_path, capsys):
     assert "no autoencoder checkpoint" in err
     err = _error(capsys, base + ["--set", f"latent.autoencoder={ae}", "--set", "net.in_channels=3"])
     assert "latents of shape [4, 8, 8]" in err and "net.in_channels=3" in err
-    err = _error(capsys, base + ["--set", f"latent.autoencoder={ae}", "--set", "data.name=digits",
-                                 "--set", "data.as_images=true", "--set", "net.img_resolution=8"])
-    assert "divisible by its downsampling factor 4" in err
+    np.savez(tmp_path / "x30.npz", x=np.zeros((16, 1, 30, 30), np.float32))
+    err = _error(capsys, base + ["--set", f"latent.autoencoder={ae}", "--set", f"data.name={tmp_path / 'x30.npz'}"])
+    assert "[1, 30, 30]" in err and "divisible by its downsampling factor 4" in err
     err = _error(capsys, base + ["--set", f"latent.autoencoder={ae}", "--set", "latent.encode=sometimes"])
     assert "latent.encode" in err
     err = _error(capsys, base + ["--set", f"latent.autoencoder={ae}", "--set", "latent.typo=1"])

@@ -142,15 +142,13 @@ def _cache_path(path: str) -> Path:
 
 
 def build_latent_run(cfg: dict, build_task=None):
-    """`(task, data, labels)` of a config with a `latent:` section: `build_task(cfg, latent_shape)` (default
+    """`(task, data, labels)` of a checked config with a `latent:` section: `build_task(cfg, latent_shape)` (default
     `unifusion.train.task.build_task`, the diffusion task) wrapped in a `LatentTask`, with the data `fit` sees
     (cached posterior moments, latents, or images for `encode: online`). Errors (no autoencoder, latent shape
     other than the net section's, images the autoencoder cannot take) come before anything is encoded."""
-    from ..train.config import check_config
     from ..train.task import build_data
     from ..train.task import build_task as build_diffusion_task
 
-    check_config(cfg)
     if cfg.get("autoencoder") is not None:
         raise ValueError("a config has either an 'autoencoder' section (train an autoencoder) or a 'latent' section "
                          "(latent diffusion), not both")
@@ -193,13 +191,14 @@ def latent_info(autoencoder: Autoencoder, path: str, image_shape) -> dict:
 def train_from_config(cfg: dict, resume: bool = False, out=None):
     """Train any config: an autoencoder (`autoencoder:` section), a latent diffusion model (`latent:` section) or a
     pixel-space model (`unifusion.train.train_from_config`). Returns `fit`'s `FitResult`."""
+    from ..train.config import check_config
     from ..train.task import run_config
     from ..train.task import train_from_config as train_pixels
 
     if cfg.get("autoencoder") is not None and cfg.get("latent") is None:
         return train_autoencoder_from_config(cfg, resume=resume, out=out)
     if cfg.get("latent") is not None:
-        return run_config(cfg, build_latent_run, resume=resume, out=out)
+        return run_config(check_config(cfg), build_latent_run, resume=resume, out=out)
     return train_pixels(cfg, resume=resume, out=out)
 
 
