@@ -168,17 +168,19 @@ def build_latent_run(cfg: dict, build_task=None):
     meta = {"data_shape": list(shape), "latent": latent_info(ae, where, data.shape[1:])}
     scale, shift = ae.scale_factor, ae.shift_factor
     if sec["encode"] == "online":
-        to_latents = lambda x, g: ae.latents_from_images(x, g, sec["sample_posterior"])   # noqa: E731
-        return LatentTask(task, to_latents, meta, ae), data, labels
+        def encode(x, g):
+            return ae.latents_from_images(x, g, sec["sample_posterior"])
+        return LatentTask(task, encode, meta, ae), data, labels
     key = {"autoencoder": meta["latent"]["sha256"], "data": cfg["data"]}
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     mean, std = encode_dataset(ae, data, _cache_path(where) / f"{name}.safetensors", key)
     if std is None or not sec["sample_posterior"]:
         return LatentTask(task, None, meta, ae), latents_from_posterior(mean, scale, shift), labels
     c = mean.shape[1]
-    to_latents = lambda m, g: latents_from_posterior(DiagonalGaussian(m[:, :c], 2 * m[:, c:].log()),  # noqa: E731
-                                                     scale, shift, g)
-    return LatentTask(task, to_latents, meta, ae), torch.cat([mean, std], 1), labels
+
+    def draw(moments, g):                    # cached [mean, std] -> a posterior sample, normalised
+        return latents_from_posterior(DiagonalGaussian(moments[:, :c], 2 * moments[:, c:].log()), scale, shift, g)
+    return LatentTask(task, draw, meta, ae), torch.cat([mean, std], 1), labels
 
 
 def latent_info(autoencoder: Autoencoder, path: str, image_shape) -> dict:
