@@ -286,3 +286,17 @@ def test_cli_latent_user_errors(tmp_path, capsys):
                  "--set", "net.hidden=8", "--set", "data.n=64"]) == 0
     assert "not an autoencoder checkpoint" in _error(capsys, base + ["--set", f"latent.autoencoder={run}"])
     assert not out.exists()
+
+
+def test_class_conditional_latent_model_sees_labels(tmp_path):
+    path = save_autoencoder(IdentityAutoencoder((1, 8, 8)), tmp_path / "identity.safetensors")
+    cfg = _latent_config(tmp_path, "cond", path)
+    cfg["net"]["num_classes"] = 10
+    task, data, labels = build_latent_run(cfg)
+    assert labels is not None and labels.shape == data.shape[:1]
+    with torch.no_grad():
+        for p in task.modules["net"].parameters():       # away from the zero-initialised output layer
+            p.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+    a = task.loss((data[:8], labels[:8]), torch.Generator().manual_seed(0))
+    b = task.loss((data[:8], (labels[:8] + 1) % 10), torch.Generator().manual_seed(0))
+    assert not torch.allclose(a, b)
