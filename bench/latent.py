@@ -17,7 +17,8 @@ FD: the Frechet distance in the shipped digits classifier's features of the imag
 (`unifusion.data.digits32_to_digits`, the least-squares inverse of the bicubic upsampling, exact on real digits32),
 at n = 360 (the test split's count, where `digits_report`'s floor is exact); `resid` is the RMS of what that 8x8
 view cannot see (`residual_rms`; 0 for real digits32). Stages can run in separate processes (`--stage ae`, then
-`vp` and `edm` side by side, then `cd`, then `report`), each writing its JSON under `--runs`; `report` writes
+`vp` and `edm`, each `--space latent` and `--space pixel`, side by side, then `cd`, then `report`), each writing its
+JSON under `--runs`; `report` writes
 `bench/results/latent.json` and `.md`.
 
     python bench/latent.py                           # every stage, then the report
@@ -103,17 +104,23 @@ def _sample_scores(run: Path, n: int, steps: int, seed: int = 0) -> dict:
             "decode_cpu_ms": 1000 * dcpu / n, **_score(images)}
 
 
-def stage_formulation(kind: str, runs: Path, args) -> dict:
-    """Latent and pixel model of one formulation (`vp` or `edm`) at one CPU budget, then their samples."""
-    out = {}
-    for space in ("latent", "pixel"):
-        run = runs / f"{space}_{kind}"
-        sets = [f"latent.autoencoder={runs / 'ae4'}"] if space == "latent" else []
-        res = _train_budget(f"digits32_{space}_{kind}", run, sets, args.budget, args.chunk if space == "latent" else
-                            max(1, args.chunk // 8))
-        res.update(_sample_scores(run, args.n, args.steps))
-        out[space] = res
-        print(f"[{kind}/{space}] {res}", flush=True)
+def stage_formulation(kind: str, space: str, runs: Path, args) -> dict:
+    """The latent or pixel model of one formulation (`vp` or `edm`) at the CPU budget, then its samples."""
+    run = runs / f"{space}_{kind}"
+    sets = [f"latent.autoencoder={runs / 'ae4'}"] if space == "latent" else []
+    res = _train_budget(f"digits32_{space}_{kind}", run, sets, args.budget,
+                        args.chunk if space == "latent" else max(1, args.chunk // 8))
+    res.update(_sample_scores(run, args.n, args.steps))
+    print(f"[{kind}/{space}] {res}", flush=True)
+    return res
+
+
+def _formulation(runs: Path, kind: str) -> dict | None:
+    """The latent and pixel results of one formulation and their two ratios (None if either is missing)."""
+    files = [runs / f"{kind}_{space}.json" for space in ("latent", "pixel")]
+    if not all(f.exists() for f in files):
+        return None
+    out = {space: json.loads(f.read_text()) for space, f in zip(("latent", "pixel"), files)}
     out["fd_ratio_latent_over_pixel"] = out["latent"]["fd"] / out["pixel"]["fd"]
     out["sampling_speedup"] = out["pixel"]["sample_cpu_ms"] / out["latent"]["sample_cpu_ms"]
     return out
@@ -138,7 +145,7 @@ def stage_cd(runs: Path, args) -> dict:
             z = sample_consistency(f, sig[0].item() * torch.randn((args.n, *shape), generator=g), sig, generator=g)
         images, _ = decode_samples(run, z)
         out[f"{k}_step"] = _score(images)
-    teacher_fd = json.loads((runs / "edm.json").read_text())["latent"]["fd"]
+    teacher_fd = json.loads((runs / "edm_latent.json").read_text())["fd"]
     out["teacher_fd"] = teacher_fd
     out["ratio_1step_over_teacher"] = out["1_step"]["fd"] / teacher_fd
     print(f"[cd] {out}", flush=True)
@@ -146,8 +153,8 @@ def stage_cd(runs: Path, args) -> dict:
 
 
 def report(runs: Path, args) -> None:
-    parts = {k: json.loads((runs / f"{k}.json").read_text()) for k in ("ae", "vp", "edm", "cd")
-             if (runs / f"{k}.json").exists()}
+    parts = {k: json.loads((runs / f"{k}.json").read_text()) for k in ("ae", "cd") if (runs / f"{k}.json").exists()}
+    parts.update({k: v for k in ("vp", "edm") if (v := _formulation(runs, k)) is not None})
     res = {"machine": platform.platform(), "torch": torch.__version__, "threads": 1, "budget_cpu_s": args.budget,
            "n": args.n, "heun_steps": args.steps, **parts}
     atomic_write(ROOT / "results" / "latent.json", json.dumps(res, indent=2))
@@ -203,6 +210,8 @@ def report(runs: Path, args) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", choices=["all", "ae", "vp", "edm", "cd", "report"], default="all")
+    p.add_argument("--space", choices=["both", "latent", "pixel"], default="both",
+                   help="stages vp / edm: train and score only this space (run the two side by side)")
     p.add_argument("--runs", default="runs/bench_latent", help="folder of the runs and the stages' JSON")
     p.add_argument("--budget", type=float, default=300.0, help="training CPU seconds per diffusion model")
     p.add_argument("--chunk", type=int, default=200, help="latent steps between budget checks (pixel: chunk / 8)")
@@ -217,7 +226,12 @@ def main(argv=None) -> int:
         if s == "report":
             report(runs, args)
             continue
-        out = {"ae": stage_ae, "cd": stage_cd}.get(s, lambda r, a: stage_formulation(s, r, a))(runs, args)
+        if s in ("vp", "edm"):
+            for space in (("latent", "pixel") if args.space == "both" else (args.space,)):
+                out = stage_formulation(s, space, runs, args)
+                atomic_write(runs / f"{s}_{space}.json", json.dumps(out, indent=2))
+            continue
+        out = (stage_ae if s == "ae" else stage_cd)(runs, args)
         atomic_write(runs / f"{s}.json", json.dumps(out, indent=2))
     return 0
 

@@ -15,17 +15,11 @@ from unifusion.oracles import GaussianMixture
 from unifusion.train import CheckpointError, load_config, load_model
 from unifusion.train.generate import generate
 
+from test_cli import _error     # one line on stderr, exit 2
+
 TINY_AE = {"kind": "kl", "latent_channels": 4, "channels": 4, "channel_mult": [1, 2, 2], "num_blocks": 1}
 TINY_UNET = {"kind": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [],
              "dropout": 0.0}
-
-
-def _error(capsys, argv):
-    rc = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert rc == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 # ---- data ------------------------------------------------------------------------------------------------

@@ -55,26 +55,26 @@ class AutoencoderTask:
     def __init__(self, autoencoder: Autoencoder, kl_weight: float = 1e-6, perceptual_weight: float = 0.0):
         self.autoencoder, self.kl_weight, self.perceptual_weight = autoencoder, float(kl_weight), float(perceptual_weight)
         self.modules = {MODULE: autoencoder}
-        self.features = None
+        self.classifier = None
         if self.perceptual_weight:
             from ..metrics import DigitsClassifier
-            self.features = copy.deepcopy(DigitsClassifier.load()).features   # a private copy: `to` moves it
+            self.classifier = copy.deepcopy(DigitsClassifier.load())   # a private copy: `to` moves it
 
     def loss(self, batch, generator):
         x, _ = batch
         posterior = self.autoencoder.encode(x)
         recon = self.autoencoder.decode(posterior.sample(generator))
         loss = (recon - x).abs().flatten(1).sum(1) + self.kl_weight * posterior.kl()
-        if self.features is not None:
+        if self.classifier is not None:
             from ..data.digits32 import digits32_to_digits
-            feats = self.features(digits32_to_digits(torch.cat([x, recon])))
+            feats = self.classifier.features(digits32_to_digits(torch.cat([x, recon])))
             loss = loss + self.perceptual_weight * (feats[:len(x)] - feats[len(x):]).pow(2).sum(1)
         return loss
 
     def to(self, device):
         self.autoencoder.to(device)
-        if self.features is not None:
-            self.features.__self__.to(device)
+        if self.classifier is not None:
+            self.classifier.to(device)
         return self
 
 
@@ -148,13 +148,12 @@ def train_autoencoder_from_config(cfg: dict, resume: bool = False, out=None):
 
     res = run_config(cfg, build_autoencoder_run, resume=resume, out=out)
     if res.checkpoint is not None and int(os.environ.get("RANK", "0")) == 0:
-        cfg = dict(cfg, out=str(out) if out is not None else cfg["out"])
-        sec = check_autoencoder_section(cfg["autoencoder"])
         ae = load_autoencoder(res.checkpoint, scaled=False)
         data, _ = build_data(cfg)
-        scale, shift = estimate_latent_scale(ae, data, torch.Generator().manual_seed(cfg["seed"]), sec["shift"])
+        shift = check_autoencoder_section(cfg["autoencoder"])["shift"]
+        scale, shift = estimate_latent_scale(ae, data, torch.Generator().manual_seed(cfg["seed"]), shift)
         tensors, info = read_checkpoint(res.checkpoint)
-        info.pop("sha256"), info.pop("format")
+        info = {k: v for k, v in info.items() if k not in ("sha256", "format")}    # save_checkpoint sets them anew
         save_checkpoint(res.checkpoint, tensors, dict(info, latent_scale={"scale_factor": scale, "shift_factor": shift}))
     return res
 
