@@ -129,9 +129,9 @@ def test_identity_autoencoder_equals_pixel_space(tmp_path, encode):
         assert torch.equal(a, b)                       # same seed, same data: bit-identical training
     xs, _ = generate(pix, 6, (1, 8, 8), sampler="heun", steps=4, seed=3)
     zs, _ = generate(lat, 6, lat.data_shape, sampler="heun", steps=4, seed=3)
-    images, shape = decode_samples(tmp_path / "latent", zs)
+    images, shape = decode_samples(lat, tmp_path / "latent", zs)
     assert shape == (1, 8, 8) and torch.equal(images, xs)
-    assert decode_samples(tmp_path / "pixel", xs) == (xs, None)
+    assert decode_samples(pix, tmp_path / "pixel", xs) == (xs, None)
 
 
 class LinearAutoencoder(Autoencoder):

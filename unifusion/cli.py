@@ -123,7 +123,8 @@ def _cmd_sample(args) -> int:
                                  sigma_min=args.sigma_min, sigma_max=args.sigma_max)
         shape = d.data_shape
     from .latent import decode_samples
-    samples, image_shape = decode_samples(args.checkpoint, samples, info)     # latent models: decoded images
+    model = f if args.sampler == "consistency" else d
+    samples, image_shape = decode_samples(model, args.checkpoint, samples, info)   # latent models: decoded images
     shape = image_shape or shape
     info["checkpoint"] = str(args.checkpoint)
     folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
@@ -166,7 +167,7 @@ def _cmd_eval(args) -> int:
         samples, _ = generate(d, args.n or 1000, d.data_shape, sampler=args.sampler, steps=args.steps or 18,
                               seed=args.seed)
         from .latent import decode_samples
-        samples, _ = decode_samples(path, samples)
+        samples, _ = decode_samples(d, path, samples)
         data = args.data or d.config["data"]["name"]
     if not torch.isfinite(samples).all():
         raise _UserError(f"samples from {path} contain NaN or Inf")

@@ -228,15 +228,17 @@ def autoencoder_of(checkpoint, device="cpu") -> Autoencoder | None:
 
 
 @torch.no_grad()
-def decode_samples(checkpoint, samples: torch.Tensor, info: dict | None = None, batch_size: int = 500):
-    """`(images, image_shape)`: `samples` of the model at `checkpoint` decoded to images if it is a latent model
-    (`(samples, None)` for a pixel-space one). With `info` (`generate`'s), adds `decode_seconds` to its
-    `seconds`."""
+def decode_samples(model, checkpoint, samples: torch.Tensor, info: dict | None = None, batch_size: int = 500):
+    """`(images, image_shape)`: `samples` of `model`, loaded from `checkpoint`, decoded to images if it is a latent
+    model (its `config` has a `latent:` section; then the checkpoint says which autoencoder), else
+    `(samples, None)`. With `info` (`generate`'s), adds `decode_seconds` to its `seconds`."""
     import time
 
+    if (getattr(model, "config", None) or {}).get("latent") is None:
+        return samples, None
     ae = autoencoder_of(checkpoint)
     if ae is None:
-        return samples, None
+        raise CheckpointError(f"{checkpoint} has a latent: section but no autoencoder in its metadata")
     t0 = time.perf_counter()
     images = torch.cat([ae.images_from_latents(samples[i:i + batch_size]) for i in range(0, samples.shape[0], batch_size)])
     if info is not None:
