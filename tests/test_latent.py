@@ -256,6 +256,9 @@ def test_cli_latent_train_sample_eval_distill(tmp_path, capsys):
     a.scale_factor = 3.0
     save_autoencoder(a, ae / "checkpoint.safetensors", dict(TINY_AE, channels=4, channel_mult=[1, 2, 4]))
     assert "changed since" in _error(capsys, ["sample", str(run)])
+    assert "changed since" in _error(capsys, ["train", "digits32_latent_edm", "--out", str(run), "--resume",
+                                              "--set", f"latent.autoencoder={ae}", *LATENT_TINY,
+                                              "--set", "train.steps=3"])
 
 
 def test_cli_latent_user_errors(tmp_path, capsys):

@@ -74,10 +74,27 @@ class LatentTask:
                 x = self.to_latents(x, generator)
         return self.task.loss((x, labels), generator)
 
-    def __getattr__(self, name):            # after_step, state_tensors, load_state_tensors, ... of the task
+    def __getattr__(self, name):            # after_step and the other hooks of the task
         if name == "task":
             raise AttributeError(name)
         return getattr(self.task, name)
+
+    def _digest(self) -> torch.Tensor:
+        return torch.frombuffer(bytearray.fromhex(self.meta["latent"]["sha256"]), dtype=torch.uint8)
+
+    def state_tensors(self) -> dict:
+        """The task's state plus the autoencoder's fingerprint, so that a resumed run checks its latents."""
+        inner = self.task.state_tensors() if hasattr(self.task, "state_tensors") else {}
+        return {**inner, "autoencoder_sha256": self._digest()} if "latent" in self.meta else inner
+
+    def load_state_tensors(self, tensors: dict) -> None:
+        tensors = dict(tensors)
+        saved = tensors.pop("autoencoder_sha256", None)
+        if saved is not None and "latent" in self.meta and not torch.equal(saved, self._digest()):
+            raise CheckpointError(f"autoencoder {self.meta['latent']['autoencoder']} changed since this run's "
+                                  f"checkpoint was written; resume with the autoencoder it was trained with")
+        if hasattr(self.task, "load_state_tensors"):
+            self.task.load_state_tensors(tensors)
 
     def to(self, device):
         if hasattr(self.task, "to"):
