@@ -186,9 +186,7 @@ def build_consistency_task(cfg: dict, data_shape) -> "ConsistencyTask":
                              f"data has shape {list(data_shape)}")
         student = copy.deepcopy(teacher).requires_grad_(True).train()
     else:
-        student = teacher = None
-    if student is None:
-        student = build_denoiser(cfg, data_shape)
+        teacher, student = None, build_denoiser(cfg, data_shape)
     lo, hi, sd = _levels(c, student)
     f = ConsistencyFunction(student, lo, hi, sd)
     distance = c["distance"] or ("l2" if teacher is not None else "pseudo_huber")

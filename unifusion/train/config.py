@@ -5,9 +5,9 @@ known here (`seed`, `out`, `model`, `train`, `sample`) and open sections whose k
 of the builder they name (`data` -> `unifusion.data.get_dataset(name, ...)`, `process` -> `get_process(name, ...)`,
 `net` -> `unifusion.nets.build_net(kind, ...)`, `loss` -> `unifusion.losses.build_loss(name, process, ...)`),
 which check them when the run is built. Sections whose default is `None` (`latent`, `autoencoder`) belong to
-another module, which checks them when it builds the run (`unifusion.latent`). An unknown key is named with the list of valid ones; a value of the
-wrong type is named with the type expected. Numbers such as `1e-3` are read as floats (YAML 1.2), unlike
-PyYAML's YAML 1.1 default.
+another module, which checks them when it builds the run (`unifusion.latent`). An unknown key is named with the
+list of valid ones; a value of the wrong type is named with the type expected. Numbers such as `1e-3` are read as
+floats (YAML 1.2), unlike PyYAML's YAML 1.1 default.
 """
 from __future__ import annotations
 
