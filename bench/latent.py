@@ -163,7 +163,10 @@ def report(runs: Path, args) -> None:
              "time (the machine's 2 cores were shared with other jobs, so wall times are noisy and only context). FD in "
              f"the digits classifier's features at 8x8, n = {args.n}; `x floor` divides by the FD of the real test "
              "split (the i.i.d.-count floor, the one for unconditional samples, `digits_report`'s `fd_floor_iid`); "
-             "`resid`: RMS of the 32x32 part the 8x8 view projects away (0 for real digits32).", ""]
+             "`resid`: RMS of the 32x32 part the 8x8 view projects away (0 for real digits32).", "",
+             f"Command: `python bench/latent.py --budget {args.budget:.0f} --chunk {args.chunk} --n {args.n} "
+             f"--cd-steps {parts.get('cd', {}).get('steps', args.cd_steps)}` (run here as its stages, side by side: "
+             "`--stage ae`, `--stage vp|edm --space latent|pixel`, `--stage cd`, `--stage report`).", ""]
     if "ae" in parts:
         a = parts["ae"]
         lines += ["## Autoencoders (reconstruction of the 360 test digits, posterior mean)", "",
@@ -183,7 +186,11 @@ def report(runs: Path, args) -> None:
         if kind not in parts:
             continue
         p = parts[kind]
-        lines += [f"## {kind.upper()}: latent vs pixel at {args.budget:.0f} s of training CPU each", "",
+        lines += [f"## {kind.upper()}: latent vs pixel, {args.budget:.0f} s of training CPU each", "",
+                  "Each run trains until its process CPU time passes the budget, checked every chunk (latent: "
+                  f"{args.chunk} steps, pixel: {max(1, args.chunk // 8)}), so the actual CPU times differ by up to a "
+                  "chunk; the latent model's budget excludes the autoencoder's training (shared by every latent "
+                  "model). Sampling: Heun, 35 NFE, CPU time per sample including decoding.", "",
                   "| space | steps | train CPU s | FD | x floor | x i.i.d.-count floor | resid | "
                   "sampling CPU ms / sample (of it decoding) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
