@@ -2,9 +2,9 @@
 
 Every process is `x_t = alpha(t) x0 + sigma(t) eps`; every model is presented as a VE-coordinate denoiser
 `D(x~, sigma~)`; every sampler is a plain function of such a denoiser and a descending sigma grid.
-The folder layout is the architecture (DESIGN.md): processes -> parametrization -> losses / nets / data ->
-train -> samplers / consistency -> likelihood / metrics / plots -> cli. README.md maps modules to docs.
-Heavy optional pieces (`metrics`, `plots`, `train`, `cli`, `bench`) are imported on demand.
+The folder layout is the architecture: processes -> parametrization -> losses / nets / data -> train ->
+samplers / consistency -> likelihood / metrics / plots -> cli. README.md maps modules to docs.
+Heavy pieces (`metrics`, `plots`, `train`, `cli`) are imported on demand.
 """
 from . import grids, samplers
 from .consistency import ConsistencyFunction, sample_consistency
@@ -17,7 +17,7 @@ from .parametrization import Denoiser, ProcessModel, edm_precond
 from .processes import DDPM, EDM, PROCESSES, VE, VP, NoiseProcess, RectifiedFlow, SubVP, VPCosine, get_process
 from .samplers import DEFAULT_SAMPLER, RECOMMENDED, SAMPLERS, get_sampler
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = [
     "NoiseProcess", "DDPM", "VP", "VPCosine", "SubVP", "VE", "EDM", "RectifiedFlow", "PROCESSES", "get_process",

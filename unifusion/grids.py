@@ -54,8 +54,9 @@ def _finish(sigmas: torch.Tensor, zero: bool) -> torch.Tensor:
 
 def edm_grid(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, *,
              zero: bool = True) -> torch.Tensor:
-    """EDM schedule (Karras et al. 2022, eq. 5): `sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho`,
-    `i = 0..n-1`, then a final 0 if `zero`. `rho=1` is uniform in sigma; `rho -> inf` tends to geometric."""
+    """EDM schedule (Karras et al. 2022, eq. 5):
+    `sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho`, `i = 0..n-1`, then a final 0 if `zero`.
+    `rho=1` is uniform in sigma; `rho -> inf` tends to geometric."""
     check_positive_int(n, "n")
     _check_range(sigma_min, sigma_max)
     if not (rho > 0):
@@ -94,7 +95,8 @@ def uniform_t_grid(process: NoiseProcess, n: int, t_min: float | None = None, t_
     t_max = process.t_max if t_max is None else t_max
     if not (t_min < t_max):
         raise ValueError(f"need t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}")
-    t = torch.linspace(t_max, t_min, n, dtype=torch.float64) if n > 1 else torch.tensor([float(t_max)], dtype=torch.float64)
+    t = torch.linspace(t_max, t_min, n, dtype=torch.float64) if n > 1 else \
+        torch.tensor([float(t_max)], dtype=torch.float64)
     return _finish(process.sigma_ve(t), zero)
 
 
@@ -131,7 +133,7 @@ def sigmas_from_timesteps(process: NoiseProcess, timesteps, *, zero: bool = True
 # n -> (sigma_hi, sigma_lo, rho), fitted by Nelder-Mead per n on 5 training mixtures (three 2-D, a 64-D and a 32-D,
 # none of them a benchmark oracle) to minimise a log RMS + (1 - a) log median relative endpoint error: "unipc" and
 # "lms" with a = 0.7 on 1000 starts each, "hybrid" with a = 0.85 on 3000 starts each (RMS, set by the few starts that
-# end in another component, weighted more); bench.samplers.TUNE_SETTINGS and docs/samplers.md say how. The values
+# end in another component, weighted more); bench/sampler_tuning.py and docs/samplers.md say how. The values
 # assume data of about unit scale (as normalised images or the toy sets).
 TUNED = {
     "unipc": {5: (6.276, 0.2073, 153.0), 10: (6.573, 0.0368, 180.3), 20: (8.706, 0.0226, 6.458),
@@ -161,7 +163,7 @@ def _interpolate(table: dict, n: int) -> tuple:
     a, b = items[j][1], items[k][1]
     if not isinstance(a, tuple):
         return math.exp((1 - f) * math.log(a) + f * math.log(b))
-    return tuple(math.exp((1 - f) * math.log(u) + f * math.log(v)) for u, v in zip(a, b))
+    return tuple(math.exp((1 - f) * math.log(u) + f * math.log(v)) for u, v in zip(a, b, strict=True))
 
 
 def hybrid_switch(n: int) -> float:
@@ -172,9 +174,10 @@ def hybrid_switch(n: int) -> float:
 
 def tuned_grid(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, sampler: str = "unipc",
                zero: bool = True) -> torch.Tensor:
-    """`[sigma_max]`, then `n - 1` levels of a rho-schedule (`edm_grid`) from `sigma_hi(n)` down to `sigma_lo(n)`, then 0.
-    `(sigma_hi, sigma_lo, rho)` come from `TUNED[sampler]`, interpolated linearly in `log n` between tuned `n` (held
-    at the ends), and clipped into `[sigma_min, sigma_max]`. One evaluation per level for one-step-per-level samplers."""
+    """`[sigma_max]`, then `n - 1` levels of a rho-schedule (`edm_grid`) from `sigma_hi(n)` down to `sigma_lo(n)`,
+    then 0. `(sigma_hi, sigma_lo, rho)` come from `TUNED[sampler]`, interpolated linearly in `log n` between tuned `n`
+    (held at the ends), and clipped into `[sigma_min, sigma_max]`. One evaluation per level for one-step-per-level
+    samplers."""
     check_positive_int(n, "n")
     _check_range(sigma_min, sigma_max)
     check_choice(sampler, "sampler", TUNED)

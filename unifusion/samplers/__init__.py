@@ -49,4 +49,7 @@ def get_sampler(name: str):
 
 __all__ = ["SAMPLERS", "DETERMINISTIC", "STOCHASTIC", "RECOMMENDED", "DEFAULT_SAMPLER", "get_sampler", "to_d",
            "count_nfe", "NFECounter", "ancestral_step", "exp_adams_weights", "adams_weights", "PREDICTORS",
-           *(f.__name__ for f in SAMPLERS.values()), "sample_ddpm", "sample_ddim_discrete", "sample_euler_maruyama_t"]
+           "sample_euler", "sample_heun", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_exp_adams", "sample_unipc",
+           "sample_lms", "sample_hybrid", "sample_dopri5", "sample_ddim", "sample_ancestral", "sample_euler_maruyama",
+           "sample_pc", "sample_langevin", "sample_edm_stochastic",
+           "sample_ddpm", "sample_ddim_discrete", "sample_euler_maruyama_t"]

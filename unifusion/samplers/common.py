@@ -21,7 +21,7 @@ __all__ = ["to_d", "coef", "ancestral_step", "count_nfe", "NFECounter", "exp_ada
 
 def to_d(x: torch.Tensor, sigma, denoised: torch.Tensor) -> torch.Tensor:
     """PF-ODE derivative in VE coordinates, `dx/dsigma = (x - D(x, sigma)) / sigma` (Karras et al. 2022, eq. 3 with
-    `s(t) = 1`, `sigma(t) = t`; DESIGN.md). `sigma`: a float, a 0-d or a per-example `[B]` tensor."""
+    `s(t) = 1`, `sigma(t) = t`). `sigma`: a float, a 0-d or a per-example `[B]` tensor."""
     return (x - denoised) / coef(sigma, x)
 
 

@@ -39,8 +39,9 @@ def _eps(model, x, t: float, model_kwargs):
 
 
 def sample_ddpm(model, process: DDPM, x, *, generator=None, callback=None, model_kwargs=None):
-    """Ho et al. 2020, Algorithm 2 on all `N` timesteps: `x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(1 - beta_t)
-    + sigma_t z` with `sigma_t^2 = beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)`, no noise on the last step.
+    """Ho et al. 2020, Algorithm 2 on all `N` timesteps:
+    `x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(1 - beta_t) + sigma_t z` with
+    `sigma_t^2 = beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)`, no noise on the last step.
     `model(x_t, t)` predicts eps; `x` is `x_T` in the process's coordinates. NFE = N."""
     if not isinstance(process, DDPM):
         raise ValueError(f"sample_ddpm needs a DDPM process, got {process!r}; use sample_ddim_discrete(eta=1)")

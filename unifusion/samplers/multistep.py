@@ -55,13 +55,14 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None, model
 def _combine(x, decay: float, weights, values):
     """`decay * x + sum_j weights[j] * values[j]`."""
     out = decay * x
-    for w, v in zip(weights, values):
+    for w, v in zip(weights, values, strict=True):
         out = out + w * v
     return out
 
 
 class _Space:
-    """Where a linear multistep method interpolates: `x_next = decay x + sum_j w_j v_j`, nodes `u_j = c(sigma_j) - c(sigma)`.
+    """Where a linear multistep method interpolates: `x_next = decay x + sum_j w_j v_j`, nodes
+    `u_j = c(sigma_j) - c(sigma)`.
 
     "exp":  c = -log sigma (half log-SNR), v = D, decay = sigma_next / sigma, exponential weights (DPM-Solver++, DEIS,
             UniPC in data prediction); the step to sigma = 0 is `x = D`.

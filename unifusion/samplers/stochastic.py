@@ -31,13 +31,15 @@ def ddim_step(x, den, s, s_next, generator, eta=1.0):
 
 
 def euler_maruyama_step(x, den, s, s_next, generator):
-    """Euler-Maruyama on the reverse SDE: `x + 2 (sigma - sigma_next) (D - x)/sigma + sqrt(2 sigma (sigma - sigma_next)) z`."""
+    """Euler-Maruyama on the reverse SDE:
+    `x + 2 (sigma - sigma_next) (D - x)/sigma + sqrt(2 sigma (sigma - sigma_next)) z`."""
     dt = s - s_next
     return x + (2 * s * dt) * score_from_x0(x, den, 1.0, s) + math.sqrt(2 * s * dt) * randn_like(x, generator)
 
 
 def reverse_diffusion_step(x, den, s, s_next, generator):
-    """Score SDE's reverse-diffusion predictor (Song et al. 2021, eq. 46): `x + (s^2 - s_next^2) score + sqrt(s^2 - s_next^2) z`."""
+    """Score SDE's reverse-diffusion predictor (Song et al. 2021, eq. 46):
+    `x + (s^2 - s_next^2) score + sqrt(s^2 - s_next^2) z`."""
     v = s * s - s_next * s_next
     return x + v * score_from_x0(x, den, 1.0, s) + math.sqrt(v) * randn_like(x, generator)
 
