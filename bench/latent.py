@@ -47,9 +47,10 @@ ROOT = Path(__file__).resolve().parent
 AES = {"ae4": [], "ae8": ["autoencoder.channel_mult=[1,2,4,4]"]}
 
 
-def _timed(fn):
+def _timed(fn, *args, **kwargs):
+    """`(fn(*args, **kwargs), wall seconds, process CPU seconds)`."""
     t0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
+    out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -68,7 +69,7 @@ def stage_ae(runs: Path, args) -> dict:
         timing = run / "timing.json"
         if not timing.exists():
             cfg = load_config("digits32_ae", [f"out={run}", "train.progress=false", *sets])
-            _, wall, cpu = _timed(lambda: train_from_config(cfg))
+            _, wall, cpu = _timed(train_from_config, cfg)
             atomic_write(timing, json.dumps({"wall_s": wall, "cpu_s": cpu}))
         t = json.loads(timing.read_text())
         ae = load_autoencoder(run)
@@ -91,7 +92,7 @@ def _train_budget(config: str, run: Path, sets: list[str], budget: float, chunk:
     while cpu < budget:
         step += chunk
         cfg["train"]["steps"] = step
-        _, w, c = _timed(lambda: train_from_config(cfg, resume=step > chunk))
+        _, w, c = _timed(train_from_config, cfg, resume=step > chunk)
         cpu, wall = cpu + c, wall + w
     return {"steps": step, "train_cpu_s": cpu, "train_wall_s": wall}
 
@@ -120,7 +121,7 @@ def _formulation(runs: Path, kind: str) -> dict | None:
     files = [runs / f"{kind}_{space}.json" for space in ("latent", "pixel")]
     if not all(f.exists() for f in files):
         return None
-    out = {space: json.loads(f.read_text()) for space, f in zip(("latent", "pixel"), files)}
+    out = {space: json.loads(f.read_text()) for space, f in zip(("latent", "pixel"), files, strict=True)}
     out["fd_ratio_latent_over_pixel"] = out["latent"]["fd"] / out["pixel"]["fd"]
     out["sampling_speedup"] = out["pixel"]["sample_cpu_ms"] / out["latent"]["sample_cpu_ms"]
     return out
@@ -132,9 +133,9 @@ def stage_cd(runs: Path, args) -> dict:
     from unifusion.consistency.task import distill_config, distill_from_config, load_consistency
 
     teacher, run = runs / "latent_edm", runs / "cd_latent_edm"
-    cfg = distill_config(teacher=str(teacher), sets=[f"out={run}", f"train.steps={args.cd_steps}", "train.batch_size=64",
-                                                     "train.lr=1e-4", "train.progress=false", "train.log_every=0",
-                                                     "consistency.N=18", "consistency.mu=0.9"])
+    sets = [f"out={run}", f"train.steps={args.cd_steps}", "train.batch_size=64", "train.lr=1e-4",
+            "train.progress=false", "train.log_every=0", "consistency.N=18", "consistency.mu=0.9"]
+    cfg = distill_config(teacher=str(teacher), sets=sets)
     _, wall, cpu = _timed(lambda: distill_from_config(cfg))
     f, shape = load_consistency(run)
     out = {"steps": args.cd_steps, "train_cpu_s": cpu, "train_wall_s": wall}
@@ -160,7 +161,8 @@ def report(runs: Path, args) -> None:
     atomic_write(ROOT / "results" / "latent.json", json.dumps(res, indent=2))
     lines = ["# Latent diffusion: benchmark results", "",
              "Written by `bench/latent.py`; numbers in `latent.json`. One torch thread per process, CPU time = process "
-             "time (the machine's 2 cores were shared with other jobs, so wall times are noisy and only context). FD in "
+             "time (the machine's 2 cores were shared with other jobs, so wall times are noisy and only context). "
+             "FD in "
              f"the digits classifier's features at 8x8, n = {args.n}; `x floor` divides by the FD of the real test "
              "split (the i.i.d.-count floor, the one for unconditional samples, `digits_report`'s `fd_floor_iid`); "
              "`resid`: RMS of the 32x32 part the 8x8 view projects away (0 for real digits32).", "",
@@ -201,11 +203,13 @@ def report(runs: Path, args) -> None:
                          f"({r['decode_cpu_ms']:.2f}) |")
         lines += ["", f"Latent FD / pixel FD = **{p['fd_ratio_latent_over_pixel']:.2f}** (target <= 1.2: "
                       f"{'met' if p['fd_ratio_latent_over_pixel'] <= 1.2 else 'not met'}); sampling speed-up "
-                      f"**{p['sampling_speedup']:.1f}x** (target >= 3: {'met' if p['sampling_speedup'] >= 3 else 'not met'}).", ""]
+                      f"**{p['sampling_speedup']:.1f}x** (target >= 3: "
+                      f"{'met' if p['sampling_speedup'] >= 3 else 'not met'}).", ""]
     if "cd" in parts:
         c = parts["cd"]
         lines += ["## Consistency distillation of the latent EDM model", "",
-                  f"{c['steps']} steps ({c['train_cpu_s']:.0f} s CPU). Teacher (Heun, 35 NFE) FD {c['teacher_fd']:.3f}.", "",
+                  f"{c['steps']} steps ({c['train_cpu_s']:.0f} s CPU). Teacher (Heun, 35 NFE) FD "
+                  f"{c['teacher_fd']:.3f}.", "",
                   "| sampler | FD | x floor | x teacher |", "|---|---:|---:|---:|"]
         for k in (1, 2):
             r = c[f"{k}_step"]

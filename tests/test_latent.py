@@ -125,7 +125,7 @@ def test_identity_autoencoder_equals_pixel_space(tmp_path, encode):
     cfg["latent"]["encode"] = encode
     train_from_config(cfg)
     pix, lat = load_model(tmp_path / "pixel", ema=False), load_model(tmp_path / "latent", ema=False)
-    for a, b in zip(pix.net.state_dict().values(), lat.net.state_dict().values()):
+    for a, b in zip(pix.net.state_dict().values(), lat.net.state_dict().values(), strict=True):
         assert torch.equal(a, b)                       # same seed, same data: bit-identical training
     xs, _ = generate(pix, 6, (1, 8, 8), sampler="heun", steps=4, seed=3)
     zs, _ = generate(lat, 6, lat.data_shape, sampler="heun", steps=4, seed=3)
@@ -168,7 +168,8 @@ def test_latent_oracle_decodes_to_the_exact_pixel_mixture():
     images = ae.images_from_latents(z.double()).flatten(1)
     # the exact pixel mixture: x = W (z / s + shift) + b
     s, t = ae.scale_factor, ae.shift_factor
-    pixel = GaussianMixture(weights, (means / s + t) @ ae.W.T + ae.b, ae.W @ covs @ ae.W.T / s ** 2 + 1e-12 * torch.eye(16))
+    pixel = GaussianMixture(weights, (means / s + t) @ ae.W.T + ae.b,
+                            ae.W @ covs @ ae.W.T / s ** 2 + 1e-12 * torch.eye(16))
     ref = pixel.sample(n, torch.Generator().manual_seed(2))
     floor = np.mean([sliced_wasserstein(pixel.sample(n, torch.Generator().manual_seed(10 + i)), ref,
                                         generator=torch.Generator().manual_seed(i)) for i in range(3)])
@@ -212,7 +213,8 @@ def test_diffusers_autoencoder_round_trip(tmp_path):
         assert torch.allclose(z, (dist.mean - 0.1) * 0.6)
         assert torch.allclose(ae.images_from_latents(z), vae.decode(dist.mean).sample, atol=1e-6)
         g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
-        assert torch.allclose(ae.encode(x).sample(g1), dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g2))
+        eps = torch.randn(dist.mean.shape, generator=g2)
+        assert torch.allclose(ae.encode(x).sample(g1), dist.mean + dist.std * eps)
     vae.save_pretrained(tmp_path / "vae")
     back = load_autoencoder(tmp_path / "vae")
     with torch.no_grad():

@@ -131,7 +131,8 @@ class KLAutoencoder(Autoencoder):
             raise ValueError(f"channel_mult must be a non-empty list of integers >= 1, got {list(mult)!r}")
         for v, name in ((latent_channels, "latent_channels"), (channels, "channels"), (num_blocks, "num_blocks")):
             check_positive_int(v, name)
-        self.image_shape, self.factor, self.latent_channels = tuple(int(s) for s in image_shape), 2 ** (len(mult) - 1), latent_channels
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.factor, self.latent_channels = 2 ** (len(mult) - 1), latent_channels
         self.latent_shape_of(self.image_shape)        # checks the image shape
         c_in, chans = self.image_shape[0], [channels * m for m in mult]
         enc = [nn.Conv2d(c_in, chans[0], 3, padding=1)]

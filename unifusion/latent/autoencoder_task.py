@@ -53,7 +53,8 @@ class AutoencoderTask:
     """
 
     def __init__(self, autoencoder: Autoencoder, kl_weight: float = 1e-6, perceptual_weight: float = 0.0):
-        self.autoencoder, self.kl_weight, self.perceptual_weight = autoencoder, float(kl_weight), float(perceptual_weight)
+        self.autoencoder = autoencoder
+        self.kl_weight, self.perceptual_weight = float(kl_weight), float(perceptual_weight)
         self.modules = {MODULE: autoencoder}
         self.classifier = None
         if self.perceptual_weight:
@@ -154,7 +155,8 @@ def train_autoencoder_from_config(cfg: dict, resume: bool = False, out=None):
         scale, shift = estimate_latent_scale(ae, data, torch.Generator().manual_seed(cfg["seed"]), shift)
         tensors, info = read_checkpoint(res.checkpoint)
         info = {k: v for k, v in info.items() if k not in ("sha256", "format")}    # save_checkpoint sets them anew
-        save_checkpoint(res.checkpoint, tensors, dict(info, latent_scale={"scale_factor": scale, "shift_factor": shift}))
+        info["latent_scale"] = {"scale_factor": scale, "shift_factor": shift}
+        save_checkpoint(res.checkpoint, tensors, info)
     return res
 
 
@@ -225,7 +227,8 @@ def load_autoencoder(path, scaled: bool = True, device="cpu") -> Autoencoder:
         ae = _build_autoencoder(check_autoencoder_section(sec), info["data_shape"])
         ae.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     except (RuntimeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"autoencoder checkpoint {p} does not match its config: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"autoencoder checkpoint {p} does not match its config: "
+                              f"{str(e).splitlines()[0]}") from None
     if scaled:
         s = info.get("latent_scale") or {"scale_factor": 1.0, "shift_factor": 0.0}
         ae.scale_factor, ae.shift_factor = float(s["scale_factor"]), float(s["shift_factor"])

@@ -257,7 +257,8 @@ def decode_samples(model, checkpoint, samples: torch.Tensor, info: dict | None =
     if ae is None:
         raise CheckpointError(f"{checkpoint} has a latent: section but no autoencoder in its metadata")
     t0 = time.perf_counter()
-    images = torch.cat([ae.images_from_latents(samples[i:i + batch_size]) for i in range(0, samples.shape[0], batch_size)])
+    images = torch.cat([ae.images_from_latents(samples[i:i + batch_size])
+                        for i in range(0, samples.shape[0], batch_size)])
     if info is not None:
         info["decode_seconds"] = time.perf_counter() - t0
         info["seconds"] = info.get("seconds", 0.0) + info["decode_seconds"]
