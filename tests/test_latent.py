@@ -253,6 +253,14 @@ def test_cli_latent_train_sample_eval_distill(tmp_path, capsys):
     with np.load(tmp_path / "c.npz") as z:
         assert z["samples"].shape == (3, 1, 32, 32)
     assert main(["eval", str(tmp_path / "c.npz")]) == 0
+    # a class-conditional latent model with classifier-free guidance: labels in, decoded images out
+    cond = tmp_path / "cond"
+    assert main(["train", "digits32_latent_vp", "--out", str(cond), "--set", f"latent.autoencoder={ae}", *LATENT_TINY,
+                 "--set", "net.num_classes=10", "--set", "net.label_dropout=0.1"]) == 0
+    assert main(["sample", str(cond), "--class", "3,5", "--guidance", "2", "--n", "4",
+                 "--out", str(tmp_path / "g.npz")]) == 0
+    with np.load(tmp_path / "g.npz") as z:
+        assert z["samples"].shape == (4, 1, 32, 32) and z["labels"].tolist() == [3, 3, 5, 5]
     # an autoencoder that changed since the model was trained is refused
     a = load_autoencoder(ae)
     a.scale_factor = 3.0
