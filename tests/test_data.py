@@ -151,7 +151,7 @@ def test_registry_errors():
         get_dataset("moons", size=3)
     x, y = get_dataset("moons", n=100, seed=3)
     assert x.shape == (100, 2) and y is None and torch.equal(x, get_dataset("moons", n=100, seed=3)[0])
-    assert set(DATASETS) == set(TOYS) | {"digits", "mixture_64d"}
+    assert set(DATASETS) == set(TOYS) | {"digits", "digits32", "mixture_64d"}
 
 
 def test_mixture_data_sets_are_labelled_by_component():

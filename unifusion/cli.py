@@ -134,7 +134,8 @@ def _cmd_configs(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import load_config, train_from_config
+    from .latent import train_from_config         # pixel, latent and autoencoder configs
+    from .train import load_config
     from .train.config import check_config, train_config
     from .train.task import check_run_folder
 
@@ -305,6 +306,7 @@ def _consistency_samples(args):
     from .consistency import consistency_sigmas, sample_consistency
     from .consistency.cli import load_consistency
     from .guidance.options import conditioning
+    from .latent import decode_samples
 
     _reject(args, {"grid": "--grid", "sigma_min": "--sigma-min", "sigma_max": "--sigma-max", "raw": "--raw",
                    "option": "--option", "batch_size": "--batch-size"}, "to --sampler consistency")
@@ -321,7 +323,8 @@ def _consistency_samples(args):
                            model_kwargs=None if labels is None else {"class_labels": labels})
     steps = len(sig) - int(float(sig[-1]) == 0.0)
     info = {"sampler": "consistency", "steps": steps, "nfe": steps, "seconds": time.perf_counter() - t0, **cond}
-    return x.detach().cpu(), info, shape, labels
+    x, image_shape = decode_samples(f, args.checkpoint, x.detach().cpu(), info)   # latent models: decoded images
+    return x, info, image_shape or shape, labels
 
 
 def _cmd_sample(args) -> int:
@@ -331,6 +334,7 @@ def _cmd_sample(args) -> int:
         samples, info, shape, labels = _consistency_samples(args)
     else:
         from .guidance.options import conditioning
+        from .latent import decode_samples
         from .train import load_model
         from .train.generate import generate
 
@@ -343,7 +347,8 @@ def _cmd_sample(args) -> int:
         model, labels, cond = conditioning(d, n, args.classes, args.guidance, args.guidance_interval)
         samples, info = generate(model, n, d.data_shape, class_labels=labels, **plan, **options)
         info.update(cond, options=options)
-        shape = d.data_shape
+        samples, image_shape = decode_samples(d, args.checkpoint, samples, info)   # latent models: decoded images
+        shape = image_shape or d.data_shape
     info["checkpoint"] = str(args.checkpoint)
     folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
     out = Path(args.out) if args.out else folder / f"samples_{info['sampler']}_{info['nfe']}nfe.npz"
@@ -366,6 +371,7 @@ def _eval_samples(args):
             raise UserError(f"argument --n: {args.n} exceeds the {samples.shape[0]} samples in {path}")
         apply_threads(args.threads)
         return samples[:args.n] if args.n else samples, args.data
+    from .latent import decode_samples
     from .train import load_model
     from .train.generate import generate
 
@@ -373,6 +379,7 @@ def _eval_samples(args):
     apply_threads(args.threads if args.threads is not None else d.config["train"].get("threads", 0))
     samples, _ = generate(d, args.n or 1000, d.data_shape, sampler=args.sampler, steps=args.steps or 18,
                           seed=args.seed)
+    samples, _ = decode_samples(d, path, samples)              # latent models: decoded images
     return samples, args.data or d.config["data"]["name"]
 
 
@@ -384,13 +391,16 @@ def _cmd_eval(args) -> int:
 
     if args.json is not None and Path(args.json).is_dir():
         raise UserError(f"argument --json: {args.json} is a folder")
-    if args.data is not None and args.data != "digits" and args.data not in TOYS:
-        raise UserError(f"argument --data: must be digits or a 2-D toy in {sorted(TOYS)}, got {args.data!r}")
+    if args.data is not None and args.data not in ("digits", "digits32") and args.data not in TOYS:
+        raise UserError(f"argument --data: must be digits, digits32 or a 2-D toy in {sorted(TOYS)}, got {args.data!r}")
     samples, data = _eval_samples(args)
     flat = samples.reshape(samples.shape[0], -1)
     if not torch.isfinite(flat).all():
         raise UserError(f"samples from {args.samples} contain NaN or Inf")
-    if data in (None, "digits") and flat.shape[1] == 64:
+    if data in (None, "digits", "digits32") and flat.shape[1] == 1024:    # digits32: scored at 8x8
+        from .data import digits32_to_digits
+        flat = digits32_to_digits(flat)
+    if data in (None, "digits", "digits32") and flat.shape[1] == 64:
         rep = metrics.digits_report(flat.clamp(-1, 1), n=args.n)
         rows = [("Frechet distance (classifier features)", rep["fd"], rep["fd_floor"]),
                 ("same, floor with i.i.d. class counts", rep["fd"], rep["fd_floor_iid"]),
@@ -479,7 +489,8 @@ def build_parser() -> ArgumentParser:
 
     e = sub.add_parser("eval", help="metrics of samples (.npz) or of a checkpoint, with noise floors")
     e.add_argument("samples", help="a .npz from `unifusion sample`, or a checkpoint / run folder")
-    e.add_argument("--data", help="reference data: digits or a 2-D toy name (default: from the checkpoint / digits)")
+    e.add_argument("--data", help="reference data: digits, digits32 (scored at 8x8) or a 2-D toy name (default: from "
+                                  "the checkpoint / digits)")
     e.add_argument("--n", type=_positive_int, help="samples to evaluate (default: all; 1000 drawn from a checkpoint)")
     e.add_argument("--sampler", help="sampler when evaluating a checkpoint")
     e.add_argument("--steps", type=_positive_int, help="grid levels when evaluating a checkpoint (default 18)")

@@ -25,7 +25,7 @@ from .losses import DISTANCES, cd_loss, ct_loss, ema_update, ict_num_scales
 from .model import ConsistencyFunction, karras_sigmas
 
 __all__ = ["DISTILL_DEFAULTS", "TRAIN_DEFAULTS", "ConsistencyTask", "check_consistency_section", "distill_config",
-           "build_consistency_run", "distill_from_config", "load_consistency"]
+           "build_consistency_run", "build_consistency_task", "distill_from_config", "load_consistency"]
 
 STUDENT = "student"   # the trainable module's name in checkpoints (not "net": `load_model` must not mistake it)
 
@@ -174,26 +174,38 @@ def _levels(c: dict, denoiser) -> tuple[float, float, float]:
 
 def build_consistency_run(cfg: dict):
     """`(task, data, labels)` for a distill config: the training config's sections plus `consistency:`.
-    CD: the student starts as a copy of the teacher (`cfg`'s data / process / model / net sections are the
-    teacher's, see `distill_config`); CT: a fresh network of `cfg`."""
+    CD: the student starts as a copy of the teacher (`cfg`'s data / process / model / net / latent sections are
+    the teacher's, see `distill_config`); CT: a fresh network of `cfg`. With a `latent:` section the task runs on
+    the autoencoder's latents (`unifusion.latent.build_latent_run`)."""
+    from ..train.task import build_data
+
+    if cfg.get("latent") is not None:
+        from ..latent import build_latent_run
+        return build_latent_run(cfg, build_consistency_task)
+    data, labels = build_data(cfg)
+    return build_consistency_task(cfg, data.shape[1:]), data, labels
+
+
+def build_consistency_task(cfg: dict, data_shape) -> "ConsistencyTask":
+    """The `ConsistencyTask` of a distill config for data of shape `[N, *data_shape]`."""
     from ..train import load_model
-    from ..train.task import build_data, build_denoiser
+    from ..train.task import build_denoiser
 
     c = check_consistency_section(cfg.get("consistency", {}))
     torch.manual_seed(cfg["seed"])
     if c["mode"] == "cd":
         teacher = load_model(c["teacher"])
+        if tuple(teacher.data_shape) != tuple(data_shape):
+            raise ValueError(f"teacher {c['teacher']} models data of shape {list(teacher.data_shape)}, but this run's "
+                             f"data has shape {list(data_shape)}")
         student = copy.deepcopy(teacher).requires_grad_(True).train()
     else:
-        teacher, student = None, None
+        teacher, student = None, build_denoiser(cfg, data_shape)
     if c["guidance"] is not None:
         from ..guidance import classifier_free, num_classes
         if not num_classes(teacher):
             raise ValueError("consistency.guidance needs a class-conditional teacher (trained with net.num_classes)")
         teacher = classifier_free(teacher, c["guidance"])
-    data, labels = build_data(cfg)
-    if student is None:
-        student = build_denoiser(cfg, data.shape[1:])
     label_dropout = 0.0
     for m in student.modules():     # labels are dropped once per example, in the task, for every model call alike
         if isinstance(m, NoiseEmbedding):
@@ -204,7 +216,7 @@ def build_consistency_run(cfg: dict):
     task = ConsistencyTask(f, teacher, N=c["N"], mu=c["mu"], distance=distance, solver=c["solver"],
                            total_steps=cfg["train"]["steps"], rho=c["rho"], s0=c["s0"], s1=c["s1"],
                            p_mean=c["p_mean"], p_std=c["p_std"], label_dropout=label_dropout)
-    return task, data, labels
+    return task
 
 
 def load_consistency(path, weights: str = "ema", device="cpu"):
@@ -257,7 +269,7 @@ def distill_config(base: dict | None = None, teacher=None, sets=()) -> dict:
         path = Path(teacher)
         _, info = read_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
         tcfg = merge(DEFAULTS, info.get("config", {}))
-        for sec in ("seed", "data", "process", "model", "net", "train"):
+        for sec in ("seed", "data", "process", "model", "net", "train", "latent"):
             cfg[sec] = copy.deepcopy(tcfg[sec])
         cons.update(mode="cd", teacher=str(teacher))
     else:

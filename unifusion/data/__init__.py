@@ -7,6 +7,7 @@
   component;
 * "digits" with `split=` ("train" / "test") and `as_images=` (`[N, 64]` or `[N, 1, 8, 8]`), through
   `load_digits` (the project's fixed split, `data/digits.py`);
+* "digits32": the same digits upsampled bicubically to `[N, 1, 32, 32]` (`data/digits32.py`), with `split=`;
 * a path: a `.npz` file (`load_npz`, option `key=`) or a folder of PNG/JPEG images (`ImageFolder`, options
   `channels=`, `labels=`).
 """
@@ -19,14 +20,14 @@ from pathlib import Path
 import torch
 
 from .digits import digits_split, load_digits
+from .digits32 import digits32_to_digits, load_digits32
 from .files import IMAGE_EXTENSIONS, ImageFolder, load_npz
 from .toys import TOYS, toy_2d, toy_2d_labelled, toy_oracle
 
 __all__ = ["get_dataset", "DATASETS", "toy_2d", "toy_2d_labelled", "toy_oracle", "TOYS", "load_digits", "digits_split",
-           "load_npz",
-           "ImageFolder", "IMAGE_EXTENSIONS"]
+           "load_npz", "ImageFolder", "IMAGE_EXTENSIONS", "load_digits32", "digits32_to_digits"]
 
-DATASETS = tuple(sorted(TOYS)) + ("digits", "mixture_64d")
+DATASETS = tuple(sorted(TOYS)) + ("digits", "digits32", "mixture_64d")
 
 
 def _toy(name, n: int = 10000, seed: int = 0):
@@ -60,6 +61,9 @@ def get_dataset(name_or_path, **kwargs) -> tuple[torch.Tensor, torch.Tensor | No
     if name == "digits":
         _options(_digits, kwargs, name)
         return _digits(**kwargs)
+    if name == "digits32":
+        _options(load_digits32, kwargs, name)
+        return load_digits32(**kwargs)
     if name == "mixture_64d":
         _options(_mixture_64d, kwargs, name)
         return _mixture_64d(**kwargs)

@@ -4,9 +4,10 @@ Owns the config schema (`DEFAULTS`) and its checks. A config has fixed sections 
 known here (`seed`, `out`, `model`, `train`, `sample`) and open sections whose keys are the keyword arguments
 of the builder they name (`data` -> `unifusion.data.get_dataset(name, ...)`, `process` -> `get_process(name, ...)`,
 `net` -> `unifusion.nets.build_net(kind, ...)`, `loss` -> `unifusion.losses.build_loss(name, process, ...)`),
-which check them when the run is built. An unknown key is named with the list of valid ones; a value of the
-wrong type is named with the type expected. Numbers such as `1e-3` are read as floats (YAML 1.2), unlike
-PyYAML's YAML 1.1 default.
+which check them when the run is built. Sections whose default is `None` (`latent`, `autoencoder`) belong to
+another module, which checks them when it builds the run (`unifusion.latent`). An unknown key is named with the
+list of valid ones; a value of the wrong type is named with the type expected. Numbers such as `1e-3` are read as
+floats (YAML 1.2), unlike PyYAML's YAML 1.1 default.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ DEFAULTS: dict = {
         "seed": 0,
         "ema": True,                        # sample with the EMA weights (first decay)
     },
+    "latent": None,                         # latent diffusion: {autoencoder: checkpoint, ...} (unifusion.latent)
+    "autoencoder": None,                    # an autoencoder config: {kind: kl, ...} (unifusion.latent)
 }
 
 
@@ -167,8 +170,10 @@ def apply_overrides(cfg: dict, sets) -> dict:
         if len(parts) == 1:
             cfg[parts[0]] = parse_value(text)
         else:
-            if not isinstance(DEFAULTS[parts[0]], dict):
+            if DEFAULTS[parts[0]] is not None and not isinstance(DEFAULTS[parts[0]], dict):
                 raise ValueError(f"config key {parts[0]!r} has no sub-keys")
+            if cfg.get(parts[0]) is None:
+                cfg[parts[0]] = {}          # a section another module owns (default None)
             if parts[0] in OPEN_SECTIONS and parts[1] in ("name", "kind"):
                 cfg[parts[0]] = {}          # another builder: its options no longer apply
             cfg.setdefault(parts[0], {})[parts[1]] = parse_value(text)

@@ -18,16 +18,17 @@ from .checkpoint import CheckpointError, read_checkpoint
 from .config import DEFAULTS, check_config, merge, train_config
 from .loop import CHECKPOINT_NAME, FitResult, fit
 
-__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_run", "check_run_folder", "run_config",
-           "train_from_config", "load_model"]
+__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_task", "build_run", "check_run_folder",
+           "run_config", "train_from_config", "load_model"]
 
 
 class DiffusionTask:
     """The task of a denoising loss: one trainable module `net`, the loss `loss_fn(denoiser, x0, generator,
-    class_labels) -> [B]` of `unifusion.losses`."""
+    class_labels) -> [B]` of `unifusion.losses`, and `meta`, what its checkpoints record beside the data shape
+    (`build_run` sets `data_bound`, the training data's max |x0|)."""
 
-    def __init__(self, denoiser: Denoiser, loss_fn):
-        self.denoiser, self.loss_fn = denoiser, loss_fn
+    def __init__(self, denoiser: Denoiser, loss_fn, meta: dict | None = None):
+        self.denoiser, self.loss_fn, self.meta = denoiser, loss_fn, dict(meta or {})  # meta: for the checkpoint
         self.modules = {"net": denoiser.net}
 
     def loss(self, batch, generator):
@@ -110,21 +111,29 @@ def build_denoiser(cfg: dict, data_shape) -> Denoiser:
     return Denoiser(net, process, m["target"], m["sigma_data"], m["noise_cond"], m["time_scale"])
 
 
-def build_run(cfg: dict):
-    """`(task, data, labels)` for a checked config."""
+def build_task(cfg: dict, data_shape) -> DiffusionTask:
+    """The `DiffusionTask` of the config's process / model / net / loss sections for data of shape
+    `[N, *data_shape]`, the network initialised from `cfg["seed"]`."""
     from ..losses import build_loss
     import inspect
     from ..losses import LOSSES
 
-    check_config(cfg)
-    data, labels = build_data(cfg)
     torch.manual_seed(cfg["seed"])                  # network initialisation
-    denoiser = build_denoiser(cfg, data.shape[1:])
+    denoiser = build_denoiser(cfg, data_shape)
     lname, lkw = _section(cfg, "loss", "name")
     if lname in LOSSES and "sigma_data" in inspect.signature(LOSSES[lname]).parameters:
         lkw.setdefault("sigma_data", cfg["model"]["sigma_data"])
     loss = _build("loss", LOSSES.get(lname), build_loss, lkw, lname, denoiser.process)
-    return DiffusionTask(denoiser, loss), data, labels
+    return DiffusionTask(denoiser, loss)
+
+
+def build_run(cfg: dict):
+    """`(task, data, labels)` for a checked config."""
+    check_config(cfg)
+    data, labels = build_data(cfg)
+    task = build_task(cfg, data.shape[1:])
+    task.meta["data_bound"] = float(data.abs().max())  # max |x0|, which sampling clips the model's estimate to
+    return task, data, labels
 
 
 def check_run_folder(out, resume: bool) -> Path:
@@ -140,14 +149,15 @@ def check_run_folder(out, resume: bool) -> Path:
 def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None) -> FitResult:
     """Build a run with `build(cfg) -> (task, data, labels)` and `fit` it: the one set-up shared by
     `unifusion train` (`train_from_config`) and `unifusion distill`. Refuses to overwrite a checkpoint unless
-    `resume`; `fit` writes `config.yaml` once its checks have passed; the checkpoint's meta holds the data shape, the
-    data bound (max |x0|, which sampling clips to) plus `extra_meta(task)`. `out` overrides `cfg['out']`."""
+    `resume`; `fit` writes `config.yaml` once its checks have passed; the checkpoint's meta holds the data shape,
+    the task's own `meta` dict if it has one (a transformed task's data shape, e.g. latents; a diffusion task's data
+    bound), and `extra_meta(task)`. `out` overrides `cfg['out']`."""
     cfg = copy.deepcopy(cfg)
     if out is not None:
         cfg["out"] = str(out)
     out = check_run_folder(cfg["out"], resume)
     task, data, labels = build(cfg)
-    meta = {"data_shape": list(data.shape[1:]), "data_bound": float(data.abs().max()),
+    meta = {"data_shape": list(data.shape[1:]), **getattr(task, "meta", {}),
             **(extra_meta(task) if extra_meta is not None else {})}
     return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg, meta=meta,
                resume=resume)
