@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 4, as one script for a lent GPU (no install: the machine's python3 has torch and every
-# dependency). Writes into ${OUT:-bench/results/gpu}: the GPU tests' log and the CIFAR-sized U-Net's img/s table.
+# The GPU checks (GPU tests, U-Net throughput), as one script for a machine with a CUDA GPU (no install: the
+# machine's python3 has torch and every dependency). Writes into ${OUT:-bench/results/gpu}: the GPU tests' log and the CIFAR-sized U-Net's img/s table.
 #   OUT=/tmp/gpu bash bench/gpu.sh
 set -uo pipefail
 out=${OUT:-bench/results/gpu}

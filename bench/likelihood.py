@@ -74,7 +74,8 @@ def main(argv=None):
              "|---|---:|---|---:|---:|---:|---:|---:|"]
     pm = lambda r, k: (f"{r[k]:.3f} +- {r[k + '_se']:.3f}" if k in r else "-")  # noqa: E731
     for r in rows:
-        lines.append(f"| {r['run']} | {r['step']} | {r['process']} | {pm(r, 'pf_ode_bpd')} | {pm(r, 'pf_ode_minus_first')} "
+        lines.append(f"| {r['run']} | {r['step']} | {r['process']} | {pm(r, 'pf_ode_bpd')} "
+                     f"| {pm(r, 'pf_ode_minus_first')} "
                      f"| {pm(r, 'elbo_bpd')} | {pm(r, 'elbo_minus_first')} | {r['nfe']} |")
     atomic_write(Path(a.out + ".md"), "\n".join(lines) + "\n")
     atomic_write(Path(a.out + ".json"), json.dumps(rows, indent=1))

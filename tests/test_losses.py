@@ -329,7 +329,8 @@ def test_vdm_diffusion_term_equals_its_gaussian_closed_form(shape):
 
 
 def test_vdm_reconstruction_term_closed_form():
-    """Two levels (+-1): p(x = +1 | z_0) = sigmoid(2 x~_0 / sigma~_0^2), so -log p = softplus(-2 x x~_0 / sigma~_0^2)."""
+    """Two levels (+-1): p(x = +1 | z_0) = sigmoid(2 x~_0 / sigma~_0^2), so -log p(x | z_0) is
+    softplus(-2 x x~_0 / sigma~_0^2)."""
     from unifusion.losses import VDMLoss
     from unifusion.processes import VDM
 

@@ -103,8 +103,8 @@ def test_t_from_log_snr_inverts_log_snr(p, u):
 
 @pytest.mark.parametrize("p", ALL, ids=IDS)
 def test_log_snr_strictly_decreasing(p):
-    l = p.log_snr(interior(p, 500))
-    assert (l[1:] < l[:-1]).all()
+    lam = p.log_snr(interior(p, 500))
+    assert (lam[1:] < lam[:-1]).all()
 
 
 def test_ddpm_integer_timesteps_are_the_discrete_schedule():
@@ -230,7 +230,7 @@ def test_vdm_with_the_vp_shape_is_vp():
     t = torch.cat([torch.tensor([1e-5, 1e-5 + 1e-9, 1 - 1e-9, 1.0], dtype=torch.float64),
                    torch.rand(200, generator=torch.Generator().manual_seed(0), dtype=torch.float64)])
     for a, b in [(q.alpha(t), v.alpha(t)), (q.sigma(t), v.sigma(t)), (q.sigma_ve(t), v.sigma_ve(t)),
-                 *zip(q.sde_coeffs(t), v.sde_coeffs(t))]:
+                 *zip(q.sde_coeffs(t), v.sde_coeffs(t), strict=True)]:
         torch.testing.assert_close(a, b, rtol=1e-13, atol=0)
     torch.testing.assert_close(q.log_snr(t), v.log_snr(t), rtol=0, atol=1e-12)
     torch.testing.assert_close(q.t_from_log_snr(v.log_snr(t)), v.t_from_log_snr(v.log_snr(t)), rtol=1e-12, atol=1e-15)

@@ -60,7 +60,8 @@ def nll(denoiser, x: torch.Tensor, *, levels: int = 0, hutchinson: int = 0, step
         seed:       seeds the dequantization noise and the probes (batch `i` uses `seed + i`).
         rtol, atol: tolerances of the adaptive solve.
         sigma_min:  start of the ODE (None: the process's `sigma~(t_min)`).
-        sigma_max:  end of the ODE, where the prior `N(0, sigma_max^2 I)` is taken (None: the process's `sigma~(t_max)`).
+        sigma_max:  end of the ODE, where the prior `N(0, sigma_max^2 I)` is taken (None: the process's
+                    `sigma~(t_max)`).
         progress:   a tqdm bar over batches.
 
     Returns a dict of float64 tensors `nats` (`[N]`: `-log p`, before the dequantization offset), `nats_se`
@@ -101,7 +102,8 @@ def summarize(res: dict, dims: int, levels: int) -> dict:
     dequantization noise, which are independent across examples)."""
     n = res["nats"].numel()
     se = lambda v: float(v.std() / math.sqrt(n)) if n > 1 else float("nan")  # noqa: E731
-    return {"n": n, "dims": dims, "levels": levels, "nll_nats": float(res["nats"].mean()), "nll_nats_se": se(res["nats"]),
+    return {"n": n, "dims": dims, "levels": levels, "nll_nats": float(res["nats"].mean()),
+            "nll_nats_se": se(res["nats"]),
             "nats_per_dim": float(res["nats"].mean()) / dims, "nats_per_dim_se": se(res["nats"]) / dims,
             "bits_per_dim": float(res["bpd"].mean()), "bits_per_dim_se": se(res["bpd"]),
             "bin_width": None if levels == 0 else 2.0 / (levels - 1),
@@ -175,15 +177,16 @@ def _gather(values: dict, idx: torch.Tensor, n: int) -> dict:
     return out
 
 
-def run(args) -> int:
-    """`unifusion nll`: load the run, shard the data over torchrun processes, evaluate, report on rank 0."""
+def run(args, set_threads=None) -> int:
+    """`unifusion nll`: load the run, shard the data over torchrun processes, evaluate, report on rank 0.
+    `set_threads(n)` is the CLI's (library code leaves torch's thread count alone): it gets `--threads`, else
+    the run's `train.threads`."""
     from .train import load_model
     from .train.distributed import init_distributed
 
     denoiser = load_model(args.run, ema=not args.raw)
-    threads = args.threads if args.threads is not None else denoiser.config.get("train", {}).get("threads", 0)
-    if threads:
-        torch.set_num_threads(threads)
+    if set_threads is not None:
+        set_threads(args.threads if args.threads is not None else denoiser.config.get("train", {}).get("threads", 0))
     info = init_distributed("cpu")
     x, levels = _data(args, denoiser)
     levels = args.levels if args.levels is not None else levels

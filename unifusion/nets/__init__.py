@@ -16,7 +16,8 @@ from .mlp import MLP
 from .oracle import MixtureOracle
 from .unet import UNet
 
-__all__ = ["MLP", "UNet", "MixtureOracle", "NETS", "build_net", "PositionalEmbedding", "FourierEmbedding", "NoiseEmbedding",
+__all__ = ["MLP", "UNet", "MixtureOracle", "NETS", "build_net", "PositionalEmbedding", "FourierEmbedding",
+           "NoiseEmbedding",
            "EMBEDDINGS"]
 
 NETS = {"mlp": MLP, "unet": UNet, "mixture_oracle": MixtureOracle}

@@ -80,7 +80,8 @@ def digits_config(target: str, seed: int, budget: Budget, steps: int | None = No
 
 def train_configs(cfgs: dict, out: Path, workers: int = 2) -> dict:
     """Train every config (`name -> config`) into `out / name`, `workers` processes at once (one CPU thread each,
-    `demo._train_one`); returns `name -> (checkpoint path, seconds)`. An old checkpoint there is replaced."""
+    `demo._train_one`; `workers=1`: in this process, on its threads); returns `name -> (checkpoint path, seconds)`.
+    An old checkpoint there is replaced."""
     from ..demo import _train_one
 
     for name, cfg in cfgs.items():
@@ -91,7 +92,8 @@ def train_configs(cfgs: dict, out: Path, workers: int = 2) -> dict:
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                initializer=torch.set_num_threads, initargs=(1,)) as ex:   # its own processes
         futures = {name: ex.submit(_train_one, cfg) for name, cfg in cfgs.items()}
         return {name: f.result() for name, f in futures.items()}
 

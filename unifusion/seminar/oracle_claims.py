@@ -83,7 +83,7 @@ def same_endpoints(out: Path, n: int = 2000, steps=(4, 8, 16, 32, 64, 128), seed
         e_t, e_ve = _max_diff(heun_t, exact), _max_diff(heun_ve, exact)
         nfe_1, nfe_2 = k, 2 * k - 1
         rows.append((k, nfe_1, d_first, nfe_2, d_second, e_t, e_ve))
-        for name, nfe, v in zip(curves, (nfe_1, nfe_2, nfe_2, nfe_2), (d_first, d_second, e_t, e_ve)):
+        for name, nfe, v in zip(curves, (nfe_1, nfe_2, nfe_2, nfe_2), (d_first, d_second, e_t, e_ve), strict=True):
             curves[name].append((nfe, max(v, 1e-17)))
     fig = save_error_vs_nfe(curves, Path(out) / "claim1_endpoints.png", ylabel="max |difference| of endpoints",
                             title="the exact eight-Gaussians model, VP vs VE samplers")
@@ -125,7 +125,8 @@ def exact_conversions(n: int = 256, seed: int = 0) -> ClaimResult:
         checks = {"x0 <- eps <- score": (P.x0_from_eps(x_t, eps, c.alpha, c.sigma), x0),
                   "x0 <- score (Tweedie)": (P.x0_from_score(x_t, score, c.alpha, c.sigma), x0),
                   "x0 <- v <- x0": (P.x0_from_v(x_t, P.v_from_x0(x_t, x0, c.alpha, c.sigma), c.alpha, c.sigma), x0),
-                  "eps <- v <- eps": (P.eps_from_v(x_t, P.v_from_eps(x_t, eps, c.alpha, c.sigma), c.alpha, c.sigma), eps),
+                  "eps <- v <- eps": (P.eps_from_v(x_t, P.v_from_eps(x_t, eps, c.alpha, c.sigma), c.alpha, c.sigma),
+                                      eps),
                   "x0 <- flow <- x0": (P.x0_from_flow(x_t, P.flow_from_x0(x_t, x0, *c), *c), x0)}
         errs = {k: float(((a - b).abs() / (1 + b.abs())).max()) for k, (a, b) in checks.items()}
         worst = max(worst, *errs.values())
@@ -137,6 +138,14 @@ def exact_conversions(n: int = 256, seed: int = 0) -> ClaimResult:
         "2a", "noise, clean-data, score, velocity and flow outputs are exact conversions of one another",
         "largest relative error <= 1e-12 over 5 processes x 5 conversions, oracle outputs in float64",
         worst <= 1e-12, f"largest relative error {worst:.1e}", table, [], time.perf_counter() - t0)
+
+
+def _keep(states: list, every: int, active: bool):
+    """A sampler callback that appends the first 32 particles of every `every`-th state to `states` (if `active`)."""
+    def callback(d):
+        if active and d["i"] % every == 0:
+            states.append(d["x"][:32])
+    return callback
 
 
 def sde_ode_marginals(out: Path, n: int = 4000, sde_steps: int = 1000, ode_steps: int = 128, pairs: int = 4,
@@ -158,9 +167,8 @@ def sde_ode_marginals(out: Path, n: int = 4000, sde_steps: int = 1000, ode_steps
     between, to_exact, paths = [], {"SDE": [], "ODE": []}, {"sde": [], "ode": []}
     for r in range(pairs):
         z = 80.0 * torch.randn(n, 2, generator=g, dtype=torch.float64)
-        keep = lambda key, every: (lambda d: paths[key].append(d["x"][:32]) if r == 0 and d["i"] % every == 0 else None)  # noqa: E731
-        x_sde = sample_euler_maruyama(oracle, z, sde_grid, generator=g, callback=keep("sde", 20))
-        x_ode = sample_heun(oracle, z, ode_grid, callback=keep("ode", 4))
+        x_sde = sample_euler_maruyama(oracle, z, sde_grid, generator=g, callback=_keep(paths["sde"], 20, r == 0))
+        x_ode = sample_heun(oracle, z, ode_grid, callback=_keep(paths["ode"], 4, r == 0))
         if r == 0:
             paths["sde"].append(x_sde[:32])
             paths["ode"].append(x_ode[:32])
@@ -176,7 +184,8 @@ def sde_ode_marginals(out: Path, n: int = 4000, sde_steps: int = 1000, ode_steps
     table = ["| pair (n = %d each; mean +- sd over pairs) | SW2 |" % n, "|---|---:|",
              f"| reverse SDE (Euler-Maruyama, {sde_steps} steps) vs PF-ODE (Heun, {2 * ode_steps - 1} NFE), "
              f"{pairs} pairs | {ms(between)} |",
-             f"| reverse SDE vs an exact draw | {ms(to_exact['SDE'])} |", f"| PF-ODE vs an exact draw | {ms(to_exact['ODE'])} |",
+             f"| reverse SDE vs an exact draw | {ms(to_exact['SDE'])} |",
+             f"| PF-ODE vs an exact draw | {ms(to_exact['ODE'])} |",
              f"| exact vs exact (the floor), {2 * pairs} pairs | {ms(floor)} |"]
     return ClaimResult(
         "3", "the reverse SDE and the probability-flow ODE share marginals",
@@ -220,7 +229,8 @@ def error_vs_nfe(out: Path, n: int = 512, steps=(4, 6, 8, 12, 16, 24, 32, 48), s
     passed = all(r <= -0.9 for r in rho.values()) and all(last[k] < last["Euler"] for k in last if k != "Euler")
     table = ["| method | " + " | ".join(f"{k} steps" for k in steps) + " | Spearman(NFE, error) |",
              "|---|" + "---:|" * (len(steps) + 1)]
-    table += [f"| {k} | " + " | ".join(f"{e:.2e} ({m})" for m, e in v) + f" | {rho[k]:.2f} |" for k, v in curves.items()]
+    table += [f"| {k} | " + " | ".join(f"{e:.2e} ({m})" for m, e in v) + f" | {rho[k]:.2f} |"
+              for k, v in curves.items()]
     return ClaimResult(
         "4", "ODE error grows as steps shrink, and how fast depends on the method",
         "every method: Spearman(NFE, error) <= -0.9; at the most steps every higher-order method beats Euler",

@@ -39,12 +39,6 @@ def _cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _one_thread(fn, *args):
-    """Run `fn(*args)` in a worker process with one torch thread."""
-    torch.set_num_threads(1)
-    return fn(*args)
-
-
 def build_report(out: Path, budget: Budget, seed: int = 0) -> list[ClaimResult]:
     """Measure every claim into `out`; returns the results in the seminar's order (1, 2a, 2b, 3, ..., 7)."""
     import concurrent.futures as cf
@@ -64,8 +58,9 @@ def build_report(out: Path, budget: Budget, seed: int = 0) -> list[ClaimResult]:
         r4 = oc.error_vs_nfe(out, seed=seed, **small)
         trained = training.result()
     teacher = trained["edm"][0][0]
-    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as procs:
-        cd = procs.submit(_one_thread, dc.consistency_distillation, teacher, out, budget, seed)
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
+                                initargs=(1,)) as procs:   # its own process, one thread
+        cd = procs.submit(dc.consistency_distillation, teacher, out, budget, seed)
         r2b = dc.targets_same_fd(trained, out, budget, seed)
         names = {"eps": "VP (eps)", "edm": "EDM", "v": "VP (v)", "x0": "VP (x0)"}   # seed 0 of each target
         models = {names[t]: load_model(trained[t][0][0]) for t in names}
@@ -137,7 +132,6 @@ def to_html(markdown: str, folder: Path) -> str:
 def run(args) -> int:
     """`unifusion seminar`: measure every claim, write `report.md` and `report.html`, print the summary; exit 1 if
     any claim fails."""
-    torch.set_num_threads(1)
     out, t0, cpu0 = Path(args.out), time.perf_counter(), _cpu_seconds()
     budget = Budget.quick_budget() if args.quick else Budget()
     if args.workers is not None:

@@ -4,9 +4,10 @@ Owns the config schema (`DEFAULTS`) and its checks. A config has fixed sections 
 known here (`seed`, `out`, `model`, `train`, `sample`) and open sections whose keys are the keyword arguments
 of the builder they name (`data` -> `unifusion.data.get_dataset(name, ...)`, `process` -> `get_process(name, ...)`,
 `net` -> `unifusion.nets.build_net(kind, ...)`, `loss` -> `unifusion.losses.build_loss(name, process, ...)`),
-which check them when the run is built. An unknown key is named with the list of valid ones; a value of the
-wrong type is named with the type expected. Numbers such as `1e-3` are read as floats (YAML 1.2), unlike
-PyYAML's YAML 1.1 default.
+which check them when the run is built. Sections whose default is `None` (`latent`, `autoencoder`) belong to
+another module, which checks them when it builds the run (`unifusion.latent`). An unknown key is named with the
+list of valid ones; a value of the wrong type is named with the type expected. Numbers such as `1e-3` are read as
+floats (YAML 1.2), unlike PyYAML's YAML 1.1 default.
 """
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ import yaml
 
 from .loop import TrainConfig
 
-__all__ = ["DEFAULTS", "OPEN_SECTIONS", "load_config", "apply_overrides", "check_config", "parse_value",
-           "config_files", "merge"]
+__all__ = ["DEFAULTS", "TASKS", "OPEN_SECTIONS", "load_config", "config_path", "apply_overrides", "check_config",
+           "train_config", "parse_value", "config_files", "merge"]
 
 OPEN_SECTIONS = ("data", "process", "net", "loss")
 
+TASKS = ("diffusion", "classifier")       # what `unifusion train` trains: a denoiser, or a noise-conditional classifier
+
 DEFAULTS: dict = {
+    "task": None,                           # one of TASKS; None = "diffusion" (so older runs' configs still match)
     "seed": 0,                              # every random draw of training derives from it
     "out": "runs/train",                    # run folder: checkpoint.safetensors, log.jsonl, config.yaml
     "data": {"name": "digits"},             # get_dataset(name, **rest)
@@ -47,6 +51,8 @@ DEFAULTS: dict = {
         "seed": 0,
         "ema": True,                        # sample with the EMA weights (first decay)
     },
+    "latent": None,                         # latent diffusion: {autoencoder: checkpoint, ...} (unifusion.latent)
+    "autoencoder": None,                    # an autoencoder config: {kind: kl, ...} (unifusion.latent)
 }
 
 
@@ -120,7 +126,33 @@ def check_config(cfg: dict) -> dict:
             ok, what = _type_ok(d, v)
             if not ok:
                 raise ValueError(f"config key {k!r} must be {what}, got {v!r}")
+    _check_values(cfg)
     return cfg
+
+
+def _check_values(cfg: dict) -> None:
+    """The value checks of the fixed keys that no builder sees before training starts (`train:` is checked by
+    `TrainConfig.validate`)."""
+    from ..samplers import SAMPLERS
+    from ..utils import check_choice, check_positive_int
+    from .generate import GRIDS
+
+    if cfg.get("task") is not None and cfg["task"] not in TASKS:
+        raise ValueError(f"config key 'task' must be one of {list(TASKS)}, got {cfg['task']!r}")
+    if "seed" in cfg and cfg["seed"] < 0:
+        raise ValueError(f"config key 'seed' must be an integer >= 0, got {cfg['seed']!r}")
+    if "out" in cfg and not str(cfg["out"]).strip():
+        raise ValueError("config key 'out' must name a folder, got an empty string")
+    sample = cfg.get("sample", {})
+    for k in ("n", "batch_size", "steps"):
+        if sample.get(k) is not None:
+            check_positive_int(sample[k], f"sample.{k}")
+    if sample.get("seed") is not None and not (isinstance(sample["seed"], int) and sample["seed"] >= 0):
+        raise ValueError(f"config key 'sample.seed' must be an integer >= 0, got {sample['seed']!r}")
+    if sample.get("sampler") is not None:
+        check_choice(sample["sampler"], "sample.sampler", SAMPLERS)
+    if sample.get("grid") is not None:
+        check_choice(sample["grid"], "sample.grid", GRIDS)
 
 
 def apply_overrides(cfg: dict, sets) -> dict:
@@ -138,8 +170,10 @@ def apply_overrides(cfg: dict, sets) -> dict:
         if len(parts) == 1:
             cfg[parts[0]] = parse_value(text)
         else:
-            if not isinstance(DEFAULTS[parts[0]], dict):
+            if DEFAULTS[parts[0]] is not None and not isinstance(DEFAULTS[parts[0]], dict):
                 raise ValueError(f"config key {parts[0]!r} has no sub-keys")
+            if cfg.get(parts[0]) is None:
+                cfg[parts[0]] = {}          # a section another module owns (default None)
             if parts[0] in OPEN_SECTIONS and parts[1] in ("name", "kind"):
                 cfg[parts[0]] = {}          # another builder: its options no longer apply
             cfg.setdefault(parts[0], {})[parts[1]] = parse_value(text)
@@ -147,29 +181,48 @@ def apply_overrides(cfg: dict, sets) -> dict:
     return cfg
 
 
+def config_path(name) -> Path:
+    """The file a config argument names: a bare name of a shipped config (no folder, no extension: `digits_vp`) is
+    always that shipped file, whatever lies in the working directory (write `./digits_vp` for a file of that name);
+    anything else is a path, which must be a file."""
+    text, shipped = str(name), config_files()
+    if text in shipped:
+        return shipped[text]
+    p = Path(text)
+    if p.is_file():
+        return p
+    if p.exists():
+        raise ValueError(f"config {text!r} is a {'folder' if p.is_dir() else 'special file'}, not a YAML file")
+    raise ValueError(f"config file {text} does not exist (shipped configs: {sorted(shipped)})")
+
+
 def load_config(path=None, sets=()) -> dict:
     """`DEFAULTS` merged with the YAML file at `path` (a path, or the name of a shipped config such as
-    `digits_vp`) and the `--set` overrides, checked."""
+    `digits_vp`: `config_path`) and the `--set` overrides, checked."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            shipped = config_files()
-            if str(path) in shipped:
-                p = shipped[str(path)]
-            else:
-                raise ValueError(f"config file {path} does not exist (shipped configs: {sorted(shipped)})")
+        p = config_path(path)
         try:
             user = yaml.load(p.read_text(), Loader=_Loader) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"config file {p} is not a text (YAML) file") from None
         check_config(user)
         for sec in OPEN_SECTIONS:       # an open section given in the file replaces the default one
             if sec in user:
                 cfg[sec] = {}
         cfg = merge(cfg, user)
-    cfg = apply_overrides(cfg, sets)
-    return check_config(cfg)
+    cfg = check_config(apply_overrides(cfg, sets))
+    train_config(cfg)
+    return cfg
+
+
+def train_config(cfg: dict) -> TrainConfig:
+    """The checked `TrainConfig` of a config's `train:` section (raises `ValueError` naming a bad value)."""
+    t = dict(cfg["train"])
+    t["betas"], t["ema_decays"] = tuple(t["betas"]), tuple(t["ema_decays"])
+    return TrainConfig(**t).validate()
 
 
 def config_files() -> dict[str, Path]:

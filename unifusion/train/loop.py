@@ -31,42 +31,76 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
-from ..utils import check_choice, check_positive_int
+from ..utils import atomic_write, check_choice, check_positive_int, remove_stale_temps
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .distributed import (DistInfo, DistributedFailure, all_reduce_mean, barrier, init_distributed, peer_failures,
+                          raise_peer_failure)
 from .ema import EMA
 from .logs import JsonlLogger
 
-__all__ = ["TrainConfig", "FitResult", "TrainingDiverged", "fit", "micro_batch_seed", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "FitResult", "TrainingDiverged", "DistributedFailure", "fit", "write_checkpoint",
+           "micro_batch_seed", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 @dataclass
 class TrainConfig:
-    """Options of `fit` (the `train:` section of a config file)."""
-    steps: int = 1000                       # optimiser steps in total; a resumed run continues up to this
-    batch_size: int = 256                   # global batch per step, over all processes and accumulation
-    grad_accum: int = 1                     # micro-batches per process per step (1: none)
-    lr: float = 2e-4                        # AdamW learning rate after warm-up
-    weight_decay: float = 0.0               # AdamW decoupled weight decay (0: none)
-    betas: tuple = (0.9, 0.999)             # AdamW betas
-    warmup: int = 0                         # linear learning-rate warm-up steps (0: none)
-    decay_start: int = 0                    # step where a linear decay of the lr to 0 begins (0: constant lr)
-    decay_end: int = 0                      # step where that decay reaches 0 (warm-up, stable, decay: "WSD")
-    grad_clip: float = 1.0                  # max global gradient norm (0: no clipping)
-    ema_decays: tuple = (0.999,)            # one weight average per decay (empty: no EMA)
-    ema_warmup: bool = True                 # decay min(d, (1+n)/(10+n)) at update n
-    precision: str = "auto"                 # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16" (GPU only)
-    device: str = "auto"                    # "auto", "cpu" or "cuda" (torchrun picks the GPU by LOCAL_RANK)
-    log_every: int = 100                    # steps between log lines (0: none)
-    ckpt_every: int = 0                     # steps between checkpoints (0: only at the end)
-    progress: bool = True                   # tqdm bar on the main process
-    tensorboard: bool = False               # also write TensorBoard scalars (needs `tensorboard`)
-    threads: int = 0                        # torch CPU threads (0: torch's default; 1 is fastest for small nets)
-    compile: bool = False                   # torch.compile the trainable modules (GPU: faster steps after a slow first)
+    """Options of `fit` (the `train:` section of a config file).
+
+    Attributes:
+        steps:        optimiser steps in total; a resumed run continues up to this.
+        batch_size:   global batch per step, over all processes and accumulation.
+        grad_accum:   micro-batches per process per step (1: none).
+        lr:           AdamW learning rate after warm-up.
+        weight_decay: AdamW decoupled weight decay (0: none).
+        betas:        AdamW betas.
+        warmup:       linear learning-rate warm-up steps (0: none).
+        decay_start:  step where a linear decay of the lr to 0 begins (0: constant lr).
+        decay_end:    step where that decay reaches 0 (warm-up, stable, decay: "WSD").
+        grad_clip:    max global gradient norm (0: no clipping).
+        ema_decays:   one weight average per decay (empty: no EMA).
+        ema_warmup:   decay min(d, (1+n)/(10+n)) at update n.
+        precision:    "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16" (GPU only).
+        device:       "auto", "cpu" or "cuda" (torchrun picks the GPU by LOCAL_RANK).
+        log_every:    steps between log lines (0: none).
+        ckpt_every:   steps between checkpoints (0: only at the end).
+        progress:     tqdm bar on the main process.
+        tensorboard:  also write TensorBoard scalars (the `[tensorboard]` extra).
+        threads:      torch CPU threads, applied by the CLI (`fit` leaves them alone; 0: torch's default; 1 is
+                      fastest for small nets).
+        dist_timeout: DDP: seconds a process waits for the others before it stops with an error.
+        compile:      torch.compile the trainable modules (GPU: faster steps after a slow first).
+    """
+
+    steps: int = 1000
+    batch_size: int = 256
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    warmup: int = 0
+    decay_start: int = 0
+    decay_end: int = 0
+    grad_clip: float = 1.0
+    ema_decays: tuple = (0.999,)
+    ema_warmup: bool = True
+    precision: str = "auto"
+    device: str = "auto"
+    log_every: int = 100
+    ckpt_every: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+    threads: int = 0
+    dist_timeout: float = 600.0
+    compile: bool = False
 
     def validate(self) -> "TrainConfig":
         for name in ("steps", "batch_size", "grad_accum"):
@@ -75,20 +109,23 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"train.{name} must be an integer >= 0, got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if not (_number(self.dist_timeout) and 0 < self.dist_timeout < math.inf):
+            raise ValueError(f"train.dist_timeout must be a number of seconds > 0, got {self.dist_timeout!r}")
+        if not (_number(self.lr) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
-        if not (self.weight_decay >= 0 and self.grad_clip >= 0):
+        if not (_number(self.weight_decay) and _number(self.grad_clip) and self.weight_decay >= 0
+                and self.grad_clip >= 0):
             raise ValueError(f"train.weight_decay and train.grad_clip must be >= 0, got "
                              f"{self.weight_decay!r} and {self.grad_clip!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if len(self.betas) != 2 or not all(_number(b) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)!r}")
-        for d in self.ema_decays:
-            if not (0 < d < 1):
-                raise ValueError(f"train.ema_decays must lie in (0, 1), got {list(self.ema_decays)!r}")
+        if not all(_number(d) and 0 < d < 1 for d in self.ema_decays):
+            raise ValueError(f"train.ema_decays must be numbers in (0, 1), got {list(self.ema_decays)!r}")
         if (self.decay_start or self.decay_end) and not self.decay_start < self.decay_end:
             raise ValueError(f"train.decay_start must be < train.decay_end (or both 0), got {self.decay_start} "
                              f"and {self.decay_end}")
         check_choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
+        check_choice(self.device, "train.device", ("auto", "cpu", "cuda"))
         return self
 
     def lr_at(self, s: int) -> float:
@@ -165,7 +202,7 @@ def _precision(name: str, device: torch.device) -> torch.dtype | None:
 
 
 _RESUMABLE = {"train.steps", "train.log_every", "train.ckpt_every", "train.progress", "train.device",
-              "train.tensorboard", "train.threads", "train.compile", "out"}
+              "train.tensorboard", "train.threads", "train.compile", "train.dist_timeout", "out"}
 _SCHEDULE = {"train.decay_start", "train.decay_end"}   # resumable while the steps already taken keep their lr
 
 
@@ -199,34 +236,40 @@ def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: 
     Args:
         train:  the loop's options (`TrainConfig()` if None).
         seed:   the one seed every random draw derives from (see the module docstring).
-        out:    run folder for `checkpoint.safetensors` (+ `.json`) and `log.jsonl` (None: write nothing).
-        config: the full run configuration stored in checkpoints (what `load_model` rebuilds the model from).
+        out:    run folder for `checkpoint.safetensors`, `log.jsonl` and `config.yaml` (None: write nothing). Nothing
+                is written there before every check (the resume check included) has passed.
+        config: the full run configuration stored in checkpoints and `config.yaml` (what `load_model` rebuilds the
+                model from).
         meta:   extra JSON stored in checkpoints (e.g. the data shape).
         resume: continue from `out/checkpoint.safetensors` if it exists (its config must match `config`, except
-                `train.steps` and logging options).
-        dist:   process info (default: `init_distributed(train.device)`, i.e. torchrun's environment).
+                `train.steps` and logging options; checked before anything else is done).
+        dist:   process info (default: `init_distributed(train.device, train.dist_timeout)`, i.e. torchrun's
+                environment).
 
-    Raises `TrainingDiverged` (a `ValueError`) on a non-finite loss, naming the step and the last good checkpoint.
+    Raises `TrainingDiverged` (a `ValueError`) on a non-finite loss, naming the step and the last good checkpoint,
+    and `DistributedFailure` (a `ValueError`) when another process fails or does not answer within
+    `train.dist_timeout` seconds. Leaves torch's thread count alone (the CLI applies `train.threads`).
     """
     train = (train or TrainConfig()).validate()
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    dist = dist or init_distributed(train.device)
+    dist = dist or init_distributed(train.device, train.dist_timeout)
     dev, main = dist.device, dist.is_main
     n_micro = dist.world_size * train.grad_accum
     if train.batch_size % n_micro:
-        raise ValueError(f"train.batch_size={train.batch_size} must be divisible by world_size x grad_accum = {n_micro}")
+        raise ValueError(f"train.batch_size={train.batch_size} must be divisible by world_size x grad_accum = "
+                         f"{n_micro}")
     if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 1:
-        raise ValueError(f"data must be a tensor of shape [N, ...] with N >= 1, got {getattr(data, 'shape', type(data))}")
+        raise ValueError(f"data must be a tensor of shape [N, ...] with N >= 1, got "
+                         f"{getattr(data, 'shape', type(data))}")
     if not torch.isfinite(data).all():
         raise ValueError("data contains NaN or Inf; finite values are required")
     if labels is not None and labels.shape[:1] != data.shape[:1]:
         raise ValueError(f"labels must have shape [{data.shape[0]}], got {tuple(labels.shape)}")
     micro = train.batch_size // n_micro
     autocast_dtype = _precision(train.precision, dev)
-    config = config if config is not None else {"train": asdict(train), "seed": seed}
+    config = config if config is not None else {"train": _plain(asdict(train)), "seed": seed}
     out = Path(out) if out is not None else None
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None
+    state = _read_resumable(ckpt_path, config, n_micro) if resume and ckpt_path is not None else None
 
     if hasattr(task, "to"):
         task.to(dev)
@@ -239,7 +282,8 @@ def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: 
         raise ValueError("the task has no trainable parameters")
     model = wrapper
     if dist.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(wrapper, device_ids=[dev] if dev.type == "cuda" else None)
+        with peer_failures(dist.rank, train.dist_timeout):
+            model = torch.nn.parallel.DistributedDataParallel(wrapper, device_ids=[dev] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay,
                             fused=dev.type == "cuda" or None)  # one kernel for all parameters on a GPU
     ema = EMA(task.modules, train.ema_decays, train.ema_warmup) if train.ema_decays else None
@@ -248,33 +292,12 @@ def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: 
     if train.compile:
         for m in task.modules.values():
             m.compile()                      # in place: parameters and state_dict keys stay those of the module
-    start = 0
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        start = _load_state(ckpt_path, task, opt, ema, scaler, config, n_micro)
-    logger = JsonlLogger(out / "log.jsonl" if (out is not None and main) else None,
-                         resume_step=start if resume else None, tensorboard=train.tensorboard)
+    start = _restore(ckpt_path, state, task, opt, ema, scaler) if state is not None else 0
+    logger = _open_run_folder(out if main else None, config, start if resume else None, train.tensorboard)
     order = _Order(data.shape[0], train.batch_size, seed)
     last_good = (ckpt_path, start) if start else (None, 0)
-
-    def save(step):
-        tensors = {f"model.{name}.{k}": v for name, m in task.modules.items() for k, v in m.state_dict().items()}
-        if ema is not None:
-            tensors.update(ema.state_tensors())
-        osd = opt.state_dict()
-        tensors.update({f"optim.{pid}.{k}": v for pid, st in osd["state"].items() for k, v in st.items()})
-        if hasattr(task, "state_tensors"):
-            tensors.update({f"task.{k}": v for k, v in task.state_tensors().items()})
-        info = dict(meta or {}, step=step, seed=seed, config=config, micro_batches=n_micro,
-                    world_size=dist.world_size,
-                    ema_decays=list(train.ema_decays), modules=sorted(task.modules),
-                    param_groups=[{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
-                                  for g in osd["param_groups"]],
-                    scaler=scaler.state_dict() if scaler is not None else None,
-                    rng={"seed": seed, "next_step": step,
-                         "scheme": "SeedSequence([seed, step, micro_batch]); data order SeedSequence([seed, epoch])"})
-        if main:
-            save_checkpoint(ckpt_path, tensors, info)
-        barrier()
+    info = dict(meta or {}, seed=seed, config=config, micro_batches=n_micro, world_size=dist.world_size,
+                ema_decays=list(train.ema_decays), modules=sorted(task.modules))
 
     bar = None
     if main and train.progress:
@@ -338,8 +361,13 @@ def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: 
                 logger.log(rec)
                 window, t_window = [], now
             if ckpt_path is not None and ((train.ckpt_every and step % train.ckpt_every == 0) or step == train.steps):
-                save(step)
+                if main:
+                    write_checkpoint(ckpt_path, task, opt, ema, scaler, dict(info, step=step))
+                barrier()
                 last_good = (ckpt_path, step)
+    except RuntimeError as e:
+        raise_peer_failure(e, dist.rank, train.dist_timeout)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -348,9 +376,43 @@ def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: 
     return FitResult(done, result_loss, last_good[0], ema, history)
 
 
-def _load_state(path: Path, task, opt, ema, scaler, config: dict, n_micro: int) -> int:
-    """Restore modules, EMA, optimiser, scaler and task state from `path`; return the step to continue from."""
-    tensors, info = read_checkpoint(path)
+def _plain(d: dict) -> dict:
+    """`d` with tuples as lists (what JSON and YAML files hold)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _open_run_folder(out: Path | None, config: dict, resume_step: int | None, tensorboard: bool) -> JsonlLogger:
+    """Prepare the run folder once every check has passed: remove the temporary files a crash left, write
+    `config.yaml` (atomically) and open the log (cut back to `resume_step`, or started empty). `None`: no folder."""
+    if out is None:
+        return JsonlLogger(None)
+    for name in (CHECKPOINT_NAME, "config.yaml", "log.jsonl"):
+        remove_stale_temps(out / name)
+    logger = JsonlLogger(out / "log.jsonl", resume_step=resume_step, tensorboard=tensorboard)
+    atomic_write(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    return logger
+
+
+def write_checkpoint(path: Path, task, opt, ema, scaler, info: dict) -> Path:
+    """Save every tensor of the run (modules, EMA, optimiser state, the task's state) and `info` plus the optimiser's
+    hyper-parameters, scaler state and RNG scheme to `path` (`save_checkpoint`: atomic, checksummed)."""
+    tensors = {f"model.{name}.{k}": v for name, m in task.modules.items() for k, v in m.state_dict().items()}
+    if ema is not None:
+        tensors.update(ema.state_tensors())
+    osd = opt.state_dict()
+    tensors.update({f"optim.{pid}.{k}": v for pid, st in osd["state"].items() for k, v in st.items()})
+    if hasattr(task, "state_tensors"):
+        tensors.update({f"task.{k}": v for k, v in task.state_tensors().items()})
+    info = dict(info, param_groups=[_plain(g) for g in osd["param_groups"]],
+                scaler=scaler.state_dict() if scaler is not None else None,
+                rng={"seed": info["seed"], "next_step": info["step"],
+                     "scheme": "SeedSequence([seed, step, micro_batch]); data order SeedSequence([seed, epoch])"})
+    return save_checkpoint(path, tensors, info)
+
+
+def _check_resumable(path: Path, info: dict, config: dict, n_micro: int) -> None:
+    """Raise `CheckpointError` unless the checkpoint's `info` can be continued by a run of `config` with `n_micro`
+    micro-batches per step (bit-exactly: the same config up to `_RESUMABLE`, the same lr at the steps taken)."""
     diff = config_difference(info.get("config", {}), config, _RESUMABLE | _SCHEDULE)
     if diff:
         raise CheckpointError(f"checkpoint {path} comes from another config (differs in: {', '.join(diff[:8])}); "
@@ -367,6 +429,21 @@ def _load_state(path: Path, task, opt, ema, scaler, config: dict, n_micro: int) 
     if info.get("micro_batches") != n_micro:
         raise CheckpointError(f"checkpoint {path} was trained with {info.get('micro_batches')} micro-batches per step "
                               f"(world_size x grad_accum), this run has {n_micro}; bit-exact resume needs the same")
+
+
+def _read_resumable(path: Path, config: dict, n_micro: int) -> tuple[dict, dict] | None:
+    """`(tensors, info)` of the checkpoint at `path` once `_check_resumable` passed; None if there is none."""
+    if not path.exists():
+        return None
+    tensors, info = read_checkpoint(path)
+    _check_resumable(path, info, config, n_micro)
+    return tensors, info
+
+
+def _restore(path: Path, state: tuple[dict, dict], task, opt, ema, scaler) -> int:
+    """Restore modules, EMA, optimiser, scaler and task state from a checkpoint's `(tensors, info)`; return the
+    step to continue from."""
+    tensors, info = state
     try:
         for name, m in task.modules.items():
             pre = f"model.{name}."

@@ -29,7 +29,8 @@ def write_oracle_run(out, dim: int = 8, preset: str = "mixture", k: int = 4, see
     `N(0, sigma_max^2 I)` differ by less than 1e-3 nats, so the PF-ODE density is the mixture's to that accuracy
     (at EDM's 80 the unit-scale means would leave about 0.03 nats). Returns the checkpoint path."""
     out = Path(out)
-    cfg = load_config(None, [f"out={out}", f"data.name={out / 'data.npz'}", "process.name=edm", "process.sigma_max=1000.0",
+    cfg = load_config(None, [f"out={out}", f"data.name={out / 'data.npz'}", "process.name=edm",
+                             "process.sigma_max=1000.0",
                              "model.target=x0", "model.noise_cond=log_sigma", "net.kind=mixture_oracle",
                              f"net.preset={preset}", f"net.k={k}", f"net.seed={seed}", "train.steps=1",
                              "train.ema_decays=[]", "sample.sampler=heun"])

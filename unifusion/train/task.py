@@ -8,30 +8,28 @@ its config and data shape, so `load_model(path)` rebuilds the exact network with
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..parametrization import Denoiser
 from ..processes import get_process
-from ..utils import atomic_write
 from .checkpoint import CheckpointError, read_checkpoint
-from .config import check_config, merge, DEFAULTS
-from .loop import CHECKPOINT_NAME, FitResult, TrainConfig, fit
+from .config import DEFAULTS, check_config, merge, train_config
+from .loop import CHECKPOINT_NAME, FitResult, fit
 
-__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_run", "run_config", "train_from_config",
-           "load_model"]
+__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_task", "build_run", "check_run_folder",
+           "run_config", "train_from_config", "load_model"]
 
 
 class DiffusionTask:
     """The task of a denoising loss: the trainable module `net` (plus `schedule`, the process, when the process
     has trainable parameters: `processes.VDM`), the loss `loss_fn(denoiser, x0, generator, class_labels) -> [B]`
-    of `unifusion.losses`."""
+    of `unifusion.losses`, and `meta`, what its checkpoints record beside the data shape (`build_run` sets
+    `data_bound`, the training data's max |x0|)."""
 
-    def __init__(self, denoiser: Denoiser, loss_fn):
-        self.denoiser, self.loss_fn = denoiser, loss_fn
+    def __init__(self, denoiser: Denoiser, loss_fn, meta: dict | None = None):
+        self.denoiser, self.loss_fn, self.meta = denoiser, loss_fn, dict(meta or {})  # meta: for the checkpoint
         self.modules = {"net": denoiser.net}
         if _learned_schedule(denoiser):
             self.modules["schedule"] = denoiser.process
@@ -121,52 +119,66 @@ def build_denoiser(cfg: dict, data_shape) -> Denoiser:
     return Denoiser(net, process, m["target"], m["sigma_data"], m["noise_cond"], m["time_scale"])
 
 
-def build_run(cfg: dict):
-    """`(task, data, labels)` for a checked config."""
+def build_task(cfg: dict, data_shape) -> DiffusionTask:
+    """The `DiffusionTask` of the config's process / model / net / loss sections for data of shape
+    `[N, *data_shape]`, the network initialised from `cfg["seed"]`."""
     from ..losses import build_loss
     import inspect
     from ..losses import LOSSES
 
-    check_config(cfg)
-    data, labels = build_data(cfg)
     torch.manual_seed(cfg["seed"])                  # network initialisation
-    denoiser = build_denoiser(cfg, data.shape[1:])
+    denoiser = build_denoiser(cfg, data_shape)
     lname, lkw = _section(cfg, "loss", "name")
     if lname in LOSSES and "sigma_data" in inspect.signature(LOSSES[lname]).parameters:
         lkw.setdefault("sigma_data", cfg["model"]["sigma_data"])
     loss = _build("loss", LOSSES.get(lname), build_loss, lkw, lname, denoiser.process)
-    return DiffusionTask(denoiser, loss), data, labels
+    return DiffusionTask(denoiser, loss)
 
 
-def train_config(cfg: dict) -> TrainConfig:
-    t = dict(cfg["train"])
-    t["betas"], t["ema_decays"] = tuple(t["betas"]), tuple(t["ema_decays"])
-    return TrainConfig(**t)
+def build_run(cfg: dict):
+    """`(task, data, labels)` for a checked config."""
+    check_config(cfg)
+    data, labels = build_data(cfg)
+    task = build_task(cfg, data.shape[1:])
+    task.meta["data_bound"] = float(data.abs().max())  # max |x0|, which sampling clips the model's estimate to
+    return task, data, labels
+
+
+def check_run_folder(out, resume: bool) -> Path:
+    """`out` as a run folder a run may write: not a file, and holding no checkpoint unless `resume`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r} is a file; a run folder is needed")
+    if not resume and (out / CHECKPOINT_NAME).exists():
+        raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
+    return out
 
 
 def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None) -> FitResult:
     """Build a run with `build(cfg) -> (task, data, labels)` and `fit` it: the one set-up shared by
     `unifusion train` (`train_from_config`) and `unifusion distill`. Refuses to overwrite a checkpoint unless
-    `resume`; rank 0 writes `config.yaml` atomically; the checkpoint's meta holds the data shape plus
-    `extra_meta(task)`. `out` overrides `cfg['out']`."""
+    `resume`; `fit` writes `config.yaml` once its checks have passed; the checkpoint's meta holds the data shape,
+    the task's own `meta` dict if it has one (a transformed task's data shape, e.g. latents; a diffusion task's data
+    bound), and `extra_meta(task)`. `out` overrides `cfg['out']`."""
     cfg = copy.deepcopy(cfg)
     if out is not None:
         cfg["out"] = str(out)
+    out = check_run_folder(cfg["out"], resume)
     task, data, labels = build(cfg)
-    out = Path(cfg["out"])
-    if not resume and (out / CHECKPOINT_NAME).exists():
-        raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
-    if int(os.environ.get("RANK", "0")) == 0:
-        atomic_write(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    meta = {"data_shape": list(data.shape[1:]), **(extra_meta(task) if extra_meta is not None else {})}
+    meta = {"data_shape": list(data.shape[1:]), **getattr(task, "meta", {}),
+            **(extra_meta(task) if extra_meta is not None else {})}
     return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg, meta=meta,
                resume=resume)
 
 
 def train_from_config(cfg: dict, resume: bool = False, out=None) -> FitResult:
     """Build the run of `cfg` and `fit` it; writes `config.yaml`, `log.jsonl` and `checkpoint.safetensors` under
-    `out` (default `cfg['out']`)."""
-    return run_config(cfg, build_run, resume=resume, out=out)
+    `out` (default `cfg['out']`). `cfg['task']` picks the builder: "diffusion" (`build_run`) or "classifier"
+    (`unifusion.guidance.noise_classifier.build_classifier_run`, a noise-conditional classifier)."""
+    build = build_run
+    if cfg.get("task") == "classifier":
+        from ..guidance.noise_classifier import build_classifier_run as build
+    return run_config(cfg, build, resume=resume, out=out)
 
 
 def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
@@ -202,5 +214,6 @@ def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
     except (RuntimeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not match its config: {str(e).splitlines()[0]}") from None
     denoiser.config, denoiser.data_shape = cfg, tuple(info["data_shape"])
+    denoiser.data_bound = info.get("data_bound")  # max |x0| of the training data (None in older checkpoints)
     denoiser.checkpoint_step = int(info["step"])
     return denoiser.to(device).eval().requires_grad_(False)
