@@ -6,6 +6,11 @@
   `load_digits` (the project's fixed split, `data/digits.py`);
 * a path: a `.npz` file (`load_npz`, option `key=`) or a folder of PNG/JPEG images (`ImageFolder`, options
   `channels=`, `labels=`).
+
+`open_dataset(name_or_path, **kwargs) -> Dataset` is what training reads: the named sets in memory
+(`ArrayDataset`), files lazily: `.npz` / `.npy` memory-mapped (`open_npz`, options `key=`, `mmap=`), image folders
+and WebDataset tar shards decoded on demand (`ImageFolder`, `TarShards`, options `channels=`, `labels=`,
+`resolution=`, `on_error=`). `loader` turns any `Dataset` into the deterministic micro-batches of training.
 """
 from __future__ import annotations
 
@@ -16,11 +21,13 @@ from pathlib import Path
 import torch
 
 from .digits import digits_split, load_digits
-from .files import IMAGE_EXTENSIONS, ImageFolder, load_npz
+from .arrays import ArrayDataset, open_npz
+from .files import load_npz
+from .images import IMAGE_EXTENSIONS, ImageFolder, TarShards
 from .toys import TOYS, toy_2d, toy_oracle
 
 __all__ = ["get_dataset", "DATASETS", "toy_2d", "toy_oracle", "TOYS", "load_digits", "digits_split", "load_npz",
-           "ImageFolder", "IMAGE_EXTENSIONS"]
+           "ImageFolder", "IMAGE_EXTENSIONS", "open_dataset", "ArrayDataset", "open_npz", "TarShards"]
 
 DATASETS = tuple(sorted(TOYS)) + ("digits",)
 
@@ -49,17 +56,38 @@ def get_dataset(name_or_path, **kwargs) -> tuple[torch.Tensor, torch.Tensor | No
     if name == "digits":
         _options(_digits, kwargs, name)
         return _digits(**kwargs)
+    return _open_file(name, kwargs).tensors()
+
+
+def _open_file(name: str, kwargs: dict):
+    """The lazy reader of a path: `.npz` / `.npy`, a folder of images, tar shards (a file, folder or pattern)."""
     path = Path(name)
-    looks_like_path = path.suffix.lower() == ".npz" or os.sep in name or path.exists()
+    suffix = path.suffix.lower()
+    looks_like_path = suffix in (".npz", ".npy", ".tar") or os.sep in name or path.exists()
     if not looks_like_path:
-        raise ValueError(f"data set {name!r} is not one of {list(DATASETS)}, nor a .npz file or image folder")
+        raise ValueError(f"data set {name!r} is not one of {list(DATASETS)}, nor a .npz file, an image folder or "
+                         f"tar shards")
+    pattern = any(ch in name for ch in "*?{")
+    if not pattern and not path.exists():
+        raise FileNotFoundError(f"no such data file or folder: {name!r}")
     if path.is_dir():
-        _options(ImageFolder, kwargs, name)
-        ds = ImageFolder(path, **kwargs)
-        return ds.data, ds.labels
-    if path.suffix.lower() == ".npz" or path.is_file():
-        if path.exists() and path.suffix.lower() != ".npz":
-            raise ValueError(f"{name!r} is neither a .npz file nor a folder of images")
-        _options(load_npz, kwargs, name)
-        return load_npz(path, **kwargs)
-    raise FileNotFoundError(f"no such data file or folder: {name!r}")
+        shards = any(path.glob("*.tar")) and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*"))
+        cls = TarShards if shards else ImageFolder
+    elif suffix == ".tar" or pattern:
+        cls = TarShards
+    elif suffix in (".npz", ".npy"):
+        cls = open_npz
+    else:
+        raise ValueError(f"{name!r} is neither a .npz/.npy file, a .tar shard nor a folder of images")
+    _options(cls, kwargs, name)
+    return cls(path if cls is not TarShards else name, **kwargs)
+
+
+def open_dataset(name_or_path, **kwargs) -> torch.utils.data.Dataset:
+    """The `Dataset` of a data set name (in memory) or a path (read lazily); options as `get_dataset`'s, plus the
+    readers' (`open_npz`: `key`, `mmap`; `ImageFolder` / `TarShards`: `channels`, `labels`, `resolution`,
+    `on_error`)."""
+    name = str(name_or_path)
+    if name in DATASETS:
+        return ArrayDataset(*get_dataset(name, **kwargs))
+    return _open_file(name, kwargs)
