@@ -78,7 +78,8 @@ class ArrayDataset(torch.utils.data.Dataset):
         x = state["x"]
         if isinstance(x, tuple) and x[0] == "memmap":
             _, name, offset, dtype, shape, fortran = x
-            state["x"] = np.memmap(name, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+            state["x"] = np.memmap(name, dtype=dtype, mode="r", offset=offset, shape=shape,
+                                   order="F" if fortran else "C")
         self.__dict__.update(state)
 
     def __repr__(self) -> str:

@@ -280,7 +280,7 @@ class TarShards(_EncodedImages):
             if self.on_error == "raise":
                 raise ValueError(msg + "; set data.on_error=skip to use the readable part")
             broken.append(f"{path}@{end}")
-        for key, s in samples.items():
+        for s in samples.values():
             if "image" in s:
                 name, off, size, head = s["image"]
                 yield name, off, size, head, s.get("cls")
