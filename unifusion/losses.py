@@ -36,6 +36,7 @@ import torch
 
 from .parametrization import Denoiser, edm_precond, score_from_eps, target_from_x0, x0_from_target
 from .processes import NoiseProcess
+from .schema import choice_of, register_section
 from .utils import check_choice, check_positive_int, coef, generator_device, randn_like
 
 __all__ = [
@@ -360,3 +361,6 @@ def build_loss(name: str, process: NoiseProcess | None = None, **kwargs) -> Deno
     if process is None and name != "edm":
         raise ValueError(f"loss {name!r} needs a process")
     return make(process, **kwargs)
+
+
+register_section("loss", head="name", default="ddpm", choices=choice_of(LOSSES, "loss.name"), skip=("process",))

@@ -14,6 +14,7 @@ and WebDataset tar shards decoded on demand (`ImageFolder`, `TarShards`, options
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from pathlib import Path
@@ -24,13 +25,12 @@ from .digits import digits_split, load_digits
 from .arrays import ArrayDataset, open_npz
 from .files import load_npz
 from .images import IMAGE_EXTENSIONS, ImageFolder, TarShards
+from .loader import LoaderOptions, check_loader_options
 from .toys import TOYS, toy_2d, toy_oracle
+from ..schema import register_section
 
 __all__ = ["get_dataset", "DATASETS", "toy_2d", "toy_oracle", "TOYS", "load_digits", "digits_split", "load_npz",
            "ImageFolder", "IMAGE_EXTENSIONS", "open_dataset", "ArrayDataset", "open_npz", "TarShards"]
-
-DATASETS = tuple(sorted(TOYS)) + ("digits",)
-
 
 def _toy(name, n: int = 10000, seed: int = 0):
     return toy_2d(name, n, torch.Generator().manual_seed(seed)), None
@@ -40,8 +40,14 @@ def _digits(split: str = "train", as_images: bool = False):
     return load_digits(split, as_images)
 
 
+# data set name -> builder of `(data, labels)` in memory; its keyword arguments are the `data:` options
+NAMED = {**{t: functools.partial(_toy, t) for t in TOYS}, "digits": _digits}
+DATASETS = tuple(sorted(TOYS)) + tuple(k for k in NAMED if k not in TOYS)
+_SKIP = ("name", "path", "root", "shards")
+
+
 def _options(fn, kwargs, what):
-    valid = [p for p in inspect.signature(fn).parameters if p not in ("name", "path", "root")]
+    valid = [p for p in inspect.signature(fn).parameters if p not in _SKIP]
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for data set {what!r}; valid options are {valid}")
@@ -50,17 +56,14 @@ def _options(fn, kwargs, what):
 def get_dataset(name_or_path, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(data, labels_or_None)`: data float32 `[N, ...]`, labels int64 `[N]`, for a data set name or a path."""
     name = str(name_or_path)
-    if name in TOYS:
-        _options(_toy, kwargs, name)
-        return _toy(name, **kwargs)
-    if name == "digits":
-        _options(_digits, kwargs, name)
-        return _digits(**kwargs)
+    if name in NAMED:
+        _options(NAMED[name], kwargs, name)
+        return NAMED[name](**kwargs)
     return _open_file(name, kwargs).tensors()
 
 
-def _open_file(name: str, kwargs: dict):
-    """The lazy reader of a path: `.npz` / `.npy`, a folder of images, tar shards (a file, folder or pattern)."""
+def _reader(name: str):
+    """The reader of a path (`open_npz`, `ImageFolder` or `TarShards`), chosen by what the path is."""
     path = Path(name)
     suffix = path.suffix.lower()
     looks_like_path = suffix in (".npz", ".npy", ".tar") or os.sep in name or path.exists()
@@ -72,15 +75,30 @@ def _open_file(name: str, kwargs: dict):
         raise FileNotFoundError(f"no such data file or folder: {name!r}")
     if path.is_dir():
         shards = any(path.glob("*.tar")) and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*"))
-        cls = TarShards if shards else ImageFolder
-    elif suffix == ".tar" or pattern:
-        cls = TarShards
-    elif suffix in (".npz", ".npy"):
-        cls = open_npz
-    else:
-        raise ValueError(f"{name!r} is neither a .npz/.npy file, a .tar shard nor a folder of images")
+        return TarShards if shards else ImageFolder
+    if suffix == ".tar" or pattern:
+        return TarShards
+    if suffix in (".npz", ".npy"):
+        return open_npz
+    raise ValueError(f"{name!r} is neither a .npz/.npy file, a .tar shard nor a folder of images")
+
+
+def _open_file(name: str, kwargs: dict):
+    """The lazy reader of a path, opened: `.npz` / `.npy`, a folder of images, tar shards (file, folder, pattern)."""
+    cls = _reader(name)
     _options(cls, kwargs, name)
-    return cls(path if cls is not TarShards else name, **kwargs)
+    return cls(Path(name) if cls is not TarShards else name, **kwargs)
+
+
+def source(name: str):
+    """The builder whose keyword arguments are the `data:` options of data set `name` (what the config schema
+    checks): a named set's loader, or the reader of a path (any options while the path does not exist here)."""
+    if name in NAMED:
+        return NAMED[name]
+    try:
+        return _reader(name)
+    except FileNotFoundError:
+        return open_dataset
 
 
 def open_dataset(name_or_path, **kwargs) -> torch.utils.data.Dataset:
@@ -88,6 +106,14 @@ def open_dataset(name_or_path, **kwargs) -> torch.utils.data.Dataset:
     readers' (`open_npz`: `key`, `mmap`; `ImageFolder` / `TarShards`: `channels`, `labels`, `resolution`,
     `on_error`)."""
     name = str(name_or_path)
-    if name in DATASETS:
+    if name in NAMED:
         return ArrayDataset(*get_dataset(name, **kwargs))
     return _open_file(name, kwargs)
+
+
+def _check_loader(section: dict) -> None:
+    check_loader_options(section["num_workers"], section["prefetch"])
+
+
+register_section("data", LoaderOptions, head="name", default="digits", choices=source, skip=_SKIP,
+                 check=_check_loader)

@@ -16,15 +16,30 @@ Images travel as uint8 and become `x / 127.5 - 1` (Ho et al. 2020, Sec. 4) only 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import torch
 
-__all__ = ["BatchOrder", "flip_mask", "fetch_batch", "to_device", "StepLoader", "LoaderError", "check_loader_options",
+__all__ = ["LoaderOptions", "BatchOrder", "flip_mask", "fetch_batch", "to_device", "StepLoader", "LoaderError", "check_loader_options",
            "example_shape"]
 
 _ORDER_KEY, _FLIP_KEY = 0xDA7A, 0xF11B
+
+
+@dataclass
+class LoaderOptions:
+    """The loader's keys of the `data:` config section (next to the data set's own options).
+
+    Attributes:
+        num_workers: worker processes that read and decode micro-batches (0: the training process reads them).
+        prefetch:    micro-batches each worker prepares ahead.
+        x_flip:      mirror each image left-right with probability 1/2 (a coin per position and step).
+    """
+    num_workers: int = 0
+    prefetch: int = 2
+    x_flip: bool = False
 
 
 class LoaderError(ValueError):
