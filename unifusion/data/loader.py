@@ -22,8 +22,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-__all__ = ["LoaderOptions", "BatchOrder", "flip_mask", "fetch_batch", "to_device", "StepLoader", "LoaderError", "check_loader_options",
-           "example_shape"]
+__all__ = ["LoaderOptions", "BatchOrder", "flip_mask", "fetch_batch", "to_device", "StepLoader", "LoaderError",
+           "check_loader_options", "example_shape"]
 
 _ORDER_KEY, _FLIP_KEY = 0xDA7A, 0xF11B
 
