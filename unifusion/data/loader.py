@@ -16,6 +16,7 @@ Images travel as uint8 and become `x / 127.5 - 1` (Ho et al. 2020, Sec. 4) only 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 __all__ = ["LoaderOptions", "BatchOrder", "flip_mask", "fetch_batch", "to_device", "StepLoader", "LoaderError",
-           "check_loader_options", "example_shape"]
+           "check_loader_options", "example_shape", "loader_failure", "is_worker_death"]
 
 _ORDER_KEY, _FLIP_KEY = 0xDA7A, 0xF11B
 
@@ -199,6 +200,36 @@ def _one_line(e: BaseException) -> str:
     return head if isinstance(e, ValueError) else f"{type(e).__name__}: {head}"
 
 
+_DEATH = re.compile(r"DataLoader worker \(pid\(?s?\)? ?([\d, ]+)\)? (?:exited unexpectedly|is killed by signal)"
+                    r"(?: with exit code (-?\d+))?(?:: (.*))?")
+
+
+def loader_failure(e: BaseException, step: int, it=None) -> LoaderError:
+    """The one-line `LoaderError` for a failure `e` while loading step `step`: a worker's error (its own message) or a
+    dead worker (its pid and exit code or signal). `e` may also be the `RuntimeError` that torch's SIGCHLD handler
+    raises wherever the training process happens to be when a worker dies. `it`: the DataLoader iterator (its
+    workers are stopped)."""
+    why = None
+    for w in getattr(it, "_workers", ()):
+        w.join(timeout=0 if w.exitcode is not None else 1.0)   # a broken pipe comes before the exit code
+        if w.exitcode not in (None, 0):
+            how = f"signal {-w.exitcode}" if w.exitcode < 0 else f"exit code {w.exitcode}"
+            why = f"data loader worker process {w.pid} died ({how})"
+            break
+    m = _DEATH.search(str(e)) if why is None and isinstance(e, RuntimeError) else None
+    if m:
+        how = f"exit code {m.group(2)}" if m.group(2) else (m.group(3) or "killed").strip(". ")
+        why = f"data loader worker process {m.group(1).strip()} died ({how})"
+    if hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()                 # stop the others now (and unregister torch's exit handler)
+    return LoaderError(f"data loading failed at step {step}: {why or _one_line(e)}")
+
+
+def is_worker_death(e: BaseException) -> bool:
+    """Whether `e` is torch's report of a DataLoader worker that exited (raised from its SIGCHLD handler)."""
+    return isinstance(e, RuntimeError) and bool(_DEATH.search(str(e)))
+
+
 def _identity(batch):
     return batch
 
@@ -269,7 +300,7 @@ class StepLoader:
             except LoaderError:
                 raise
             except Exception as e:  # noqa: BLE001 -- whatever a worker raised, reported in one line
-                raise LoaderError(f"data loading failed at step {step + 1}: {_one_line(e)}") from e
+                raise loader_failure(e, step + 1, it) from e
             step = item[0]
             yield item
 
