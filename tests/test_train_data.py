@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unifusion.data import ImageFolder, open_npz
+from unifusion.data import ImageFolder, open_npz, without_labels
 from unifusion.data.loader import LoaderError, LoaderOptions
 from unifusion.losses import build_loss
 from unifusion.train import TrainConfig, fit, load_config, read_checkpoint
@@ -56,15 +56,15 @@ def _weights(task):
 
 def test_dataset_path_equals_tensor_path(tmp_path):
     """A lazily decoded PNG folder read by 2 workers, and a memory-mapped uint8 `.npz`, train the weights the decoded
-    float tensor trains (x-flip on, labels on), bit for bit."""
+    float tensor trains (x-flip on), bit for bit."""
     folder = ImageFolder(_write_pngs(tmp_path / "png", 40))
     x, y = folder.tensors()
     np.savez(tmp_path / "a.npz", images=folder.pixels.numpy(), labels=y.numpy())
     runs = {}
-    for name, data, labels, workers in (("tensor", x, y, 0), ("folder", folder, None, 2),
-                                        ("npz", open_npz(tmp_path / "a.npz"), None, 1)):
+    for name, data, workers in (("tensor", x, 0), ("folder", without_labels(folder), 2),
+                                ("npz", without_labels(open_npz(tmp_path / "a.npz")), 1)):
         task = _unet_task()
-        fit(task, data, labels, train=_tc(), seed=3, loader=LoaderOptions(num_workers=workers, x_flip=True))
+        fit(task, data, train=_tc(), seed=3, loader=LoaderOptions(num_workers=workers, x_flip=True))
         runs[name] = _weights(task)
     start = _weights(_unet_task())
     for k in runs["tensor"]:
@@ -76,7 +76,7 @@ def test_dataset_path_equals_tensor_path(tmp_path):
 def test_resume_mid_epoch_with_workers_is_bit_exact(tmp_path):
     """40 images, batch 16: step 3 ends mid-epoch; stopping there and resuming with 2 workers reproduces the
     uninterrupted run exactly (weights, EMA, optimiser), and the checkpoint holds the data position."""
-    folder = ImageFolder(_write_pngs(tmp_path / "png", 40))
+    folder = without_labels(ImageFolder(_write_pngs(tmp_path / "png", 40)))
     fit(_unet_task(), folder, train=_tc(ckpt_every=3), seed=1, out=tmp_path / "a", loader=LoaderOptions(num_workers=2, x_flip=True))
     fit(_unet_task(), folder, train=_tc(steps=3), seed=1, out=tmp_path / "b", loader=LoaderOptions(num_workers=2, x_flip=True))
     fit(_unet_task(), folder, train=_tc(ckpt_every=3), seed=1, out=tmp_path / "b", loader=LoaderOptions(num_workers=2, x_flip=True),
@@ -107,30 +107,31 @@ def _tree_rss(pid: int) -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="needs Linux /proc")
 def test_a_folder_of_2000_pngs_trains_in_less_memory_than_its_decoded_size(tmp_path):
-    """2000 generated 96x96 PNGs (float32 decoded: 221 MB) train for one epoch with 2 workers; the peak resident
-    memory the run adds to this process and its workers (sampled every 20 ms) stays below that size."""
-    n, size = 2000, 96
+    """2000 generated 160x160 RGB PNGs (decoded to float32: 614 MB) train for one epoch with 2 workers; the peak
+    resident memory the run adds to this process and its workers (proportional set size, so pages the workers share
+    with it count once; sampled every 50 ms) stays below that size."""
+    n, size = 2000, 160
     rng = np.random.default_rng(0)
     root = tmp_path / "png"
     root.mkdir()
-    base = rng.integers(0, 256, (n, 3, 3, 3), dtype=np.uint8)
-    for i in range(n):                    # smooth images: small files, real decoding work
-        Image.fromarray(np.kron(base[i], np.ones((32, 32, 1), dtype=np.uint8))).save(root / f"{i:05d}.png",
-                                                                                     compress_level=1)
+    base = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+    for i in range(n):                    # blocky images: small files, full decoding work
+        Image.fromarray(np.kron(base[i], np.ones((size // 4, size // 4, 1), dtype=np.uint8))).save(
+            root / f"{i:05d}.png", compress_level=1)
     decoded = n * 3 * size * size * 4
-    ds = ImageFolder(root)
-    task = _unet_task(res=size)
+    ds = without_labels(ImageFolder(root))
+    task = _PixelTask()
     base_rss, peak, stop = _tree_rss(os.getpid()), [0], threading.Event()
 
     def watch():
         while not stop.is_set():
             peak[0] = max(peak[0], _tree_rss(os.getpid()))
-            time.sleep(0.02)
+            time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        res = fit(task, ds, train=_tc(steps=n // 50, batch_size=50, ema_decays=()),
+        res = fit(task, ds, train=_tc(steps=n // 20, batch_size=20, ema_decays=()),
                   loader=LoaderOptions(num_workers=2))
     finally:
         stop.set()
@@ -138,8 +139,21 @@ def test_a_folder_of_2000_pngs_trains_in_less_memory_than_its_decoded_size(tmp_p
     added = peak[0] - base_rss
     print(f"decoded float32 size {decoded / 2**20:.0f} MiB, peak added {added / 2**20:.0f} MiB, "
           f"ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
-    assert res.step == 40 and np.isfinite(res.loss)
+    assert res.step == 100 and np.isfinite(res.loss)
     assert 0 < added < decoded, (added, decoded)
+
+
+class _PixelTask:
+    """A 1x1 convolution learning the identity: the data pipeline's test needs a step, not a model."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.net = torch.nn.Conv2d(3, 3, 1)
+        self.modules = {"net": self.net}
+
+    def loss(self, batch, generator):
+        x = batch[0]
+        return ((self.net(x) - x) ** 2).mean((1, 2, 3))
 
 
 class _DiesAt(torch.utils.data.Dataset):

@@ -46,7 +46,7 @@ class Section:
         default: the head's default value (choice sections).
         skip:    builder parameters the run supplies itself (not config keys), e.g. `process`.
         check:   semantic checks of the filled-in section, `check(section_dict)` raising `ValueError`.
-        optional: the section is absent (None) unless a config gives it.
+        optional: the section is absent unless a config gives it (null and absent are the same).
     """
     name: str
     options: Callable | None = None
@@ -188,7 +188,7 @@ def _fields(section: Section, value: dict, where: str) -> tuple[dict, dict, Call
     if not isinstance(head, str):
         raise ValueError(f"config key '{where}.{section.head}' must be a string, got {head!r}")
     builder = section.choices(head)
-    fixed[section.head] = (str, section.default)
+    fixed = {section.head: (str, section.default), **fixed}
     chosen = {k: v for k, v in options_of(builder, section.skip).items() if k not in fixed}
     return fixed, chosen, builder
 
@@ -226,7 +226,7 @@ def _check_value(v, t, where: str):
     return plain(copy.deepcopy(v))
 
 
-def _check_section(section: Section, value) -> dict | None:
+def _check_section(section: Section, value, semantic: bool = True) -> dict | None:
     if value is None and section.optional:
         return None
     value = {} if value is None else value
@@ -234,14 +234,14 @@ def _check_section(section: Section, value) -> dict | None:
         raise ValueError(f"config section {section.name!r} must be a mapping, got {value!r}")
     fixed, chosen, builder = _fields(section, value, section.name)
     out = _check_mapping(value, fixed, section.name, chosen, open_=builder is not None and _takes_any(builder))
-    if section.check is not None:
+    if semantic and section.check is not None:
         section.check(out)
     return out
 
 
-def check(cfg: dict) -> dict:
-    """`cfg` with every default filled in; one `ValueError` line for an unknown key (naming the valid ones), a
-    value of the wrong type (naming the type expected) or a failed section check."""
+def check(cfg: dict, semantic: bool = True) -> dict:
+    """`cfg` with every fixed key's default filled in; one `ValueError` line for an unknown key (naming the valid
+    ones), a value of the wrong type (naming the type expected) or (`semantic`) a failed section check."""
     if not isinstance(cfg, dict):
         raise ValueError(f"a config must be a mapping of sections, got {type(cfg).__name__}")
     valid = sorted(set(KEYS) | set(SECTIONS))
@@ -253,11 +253,13 @@ def check(cfg: dict) -> dict:
         v = cfg.get(k, default)
         if not _conforms(v, t):
             raise ValueError(f"config key {k!r} must be {_describe(t)}, got {v!r}")
-        if fn is not None:
+        if semantic and fn is not None:
             fn(v)
         out[k] = copy.deepcopy(v)
     for name in sorted(SECTIONS, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
-        out[name] = _check_section(SECTIONS[name], cfg.get(name))
+        section = _check_section(SECTIONS[name], cfg.get(name), semantic)
+        if section is not None:                     # an optional section a config does not give stays out
+            out[name] = section
     return out
 
 
@@ -267,9 +269,10 @@ def defaults() -> dict:
 
 
 # ---- overrides ---------------------------------------------------------------------------------------------------
-def set_key(cfg: dict, key: str, value) -> dict:
+def set_key(cfg: dict, key: str, value, semantic: bool = True) -> dict:
     """A copy of the checked `cfg` with `key` (dotted, any depth: `train.lr`, `net.channel_mult`, `a.b.c`) set to
-    `value`, checked. Setting a section's head (`net.kind`, `data.name`) clears its other builder options."""
+    `value`, checked (`semantic=False`: keys and types only, for one of several overrides). Setting a section's
+    head (`net.kind`, `data.name`) clears its other builder options."""
     parts = key.strip().split(".")
     if not all(parts):
         raise ValueError(f"--set key {key!r} must be dotted names, e.g. train.lr")
@@ -279,7 +282,7 @@ def set_key(cfg: dict, key: str, value) -> dict:
         raise ValueError(f"unknown config key {top!r}; valid top-level keys are {sorted(set(KEYS) | set(SECTIONS))}")
     if len(parts) == 1:
         cfg[top] = value
-        return check(cfg)
+        return check(cfg, semantic)
     if top in KEYS:
         raise ValueError(f"config key {top!r} has no sub-keys")
     section = SECTIONS[top]
@@ -296,7 +299,7 @@ def set_key(cfg: dict, key: str, value) -> dict:
             nxt = node[p] = {}
         node = nxt
     node[parts[-1]] = value
-    return check(cfg)
+    return check(cfg, semantic)
 
 
 def _keys_of(cfg: dict, parts: list[str]) -> set:

@@ -25,12 +25,12 @@ from .digits import digits_split, load_digits
 from .arrays import ArrayDataset, open_npz
 from .files import load_npz
 from .images import IMAGE_EXTENSIONS, ImageFolder, TarShards
-from .loader import LoaderOptions, check_loader_options
+from .loader import LoaderOptions, check_loader_options, without_labels
 from .toys import TOYS, toy_2d, toy_oracle
 from ..schema import register_section
 
 __all__ = ["get_dataset", "DATASETS", "toy_2d", "toy_oracle", "TOYS", "load_digits", "digits_split", "load_npz",
-           "ImageFolder", "IMAGE_EXTENSIONS", "open_dataset", "ArrayDataset", "open_npz", "TarShards"]
+           "ImageFolder", "IMAGE_EXTENSIONS", "open_dataset", "ArrayDataset", "open_npz", "TarShards", "without_labels", "LoaderOptions"]
 
 def _toy(name, n: int = 10000, seed: int = 0):
     return toy_2d(name, n, torch.Generator().manual_seed(seed)), None

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 __all__ = ["LoaderOptions", "BatchOrder", "flip_mask", "fetch_batch", "to_device", "StepLoader", "LoaderError",
-           "check_loader_options", "example_shape", "loader_failure", "is_worker_death"]
+           "check_loader_options", "example_shape", "loader_failure", "is_worker_death", "without_labels"]
 
 _ORDER_KEY, _FLIP_KEY = 0xDA7A, 0xF11B
 
@@ -114,6 +114,46 @@ def _collate(items) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     return torch.stack(xs), y, 0
 
 
+class _Unlabelled(torch.utils.data.Dataset):
+    """A map-style data set without its labels."""
+
+    def __init__(self, dataset):
+        self.dataset, self.labels = dataset, None
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return _item(self.dataset[i])[0]
+
+    def get_batch(self, indices):
+        x, _, skipped = fetch_batch(self.dataset, indices)
+        return x, None, skipped
+
+    @property
+    def example_shape(self):
+        return example_shape(self.dataset)
+
+
+class _UnlabelledStream(torch.utils.data.IterableDataset):
+    def __init__(self, dataset):
+        self.dataset, self.labels = dataset, None
+
+    def __iter__(self):
+        return (_item(item)[0] for item in self.dataset)
+
+
+def without_labels(dataset):
+    """`dataset` yielding its examples without labels (an in-memory array: the same array, no labels)."""
+    from .arrays import ArrayDataset
+
+    if isinstance(dataset, ArrayDataset):
+        return ArrayDataset(dataset.x, None)
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        return _UnlabelledStream(dataset)
+    return _Unlabelled(dataset)
+
+
 def example_shape(dataset) -> tuple[int, ...]:
     """The shape of one example of `dataset` (its `example_shape` attribute, else that of its first example)."""
     shape = getattr(dataset, "example_shape", None)
@@ -124,14 +164,17 @@ def example_shape(dataset) -> tuple[int, ...]:
 
 
 def to_device(x: torch.Tensor, labels: torch.Tensor | None, device, flip: torch.Tensor | None = None,
-              dtype: torch.dtype = torch.float32):
+              dtype: torch.dtype = torch.float32, memory_format: torch.memory_format = torch.contiguous_format):
     """A micro-batch on `device`: uint8 pixels become `x / 127.5 - 1` there (floats are cast to `dtype`), positions
-    where `flip` is true are mirrored left-right (last axis). Returns `(x, labels)`."""
+    where `flip` is true are mirrored left-right (last axis), and images are laid out in `memory_format` (readers
+    deliver channels-last pixels; the same values in another layout can round differently in a convolution).
+    Returns `(x, labels)`."""
     x = x.to(device, non_blocking=True)
     if flip is not None:
         flip = flip.to(device, non_blocking=True)
         x = torch.where(flip.reshape(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)
     x = x.to(dtype) / 127.5 - 1.0 if x.dtype == torch.uint8 else x.to(dtype)
+    x = x.contiguous(memory_format=memory_format) if x.ndim == 4 else x.contiguous()
     return x, (labels.to(device, non_blocking=True) if labels is not None else None)
 
 

@@ -7,13 +7,15 @@ start from `sigmas[0] * z` in VE coordinates, Karras et al. 2022, Algorithm 1).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from .. import grids
+from ..schema import register_section
 from ..utils import check_choice, check_positive_int
 
-__all__ = ["GRIDS", "make_grid", "generate"]
+__all__ = ["GRIDS", "make_grid", "generate", "SampleConfig"]
 
 
 def _timesteps(process, n):
@@ -83,3 +85,42 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
             "steps": len(sigmas) - 1, "nfe": nfe,
             "seconds": time.perf_counter() - t0}
     return torch.cat(out), info
+
+
+@dataclass
+class SampleConfig:
+    """The `sample:` section of a run's config: the defaults of `unifusion sample`.
+
+    Attributes:
+        sampler:    a name of `unifusion.samplers.SAMPLERS` (None: `DEFAULT_SAMPLER`).
+        grid:       a name of `GRIDS` (None: the sampler's recommended grid).
+        steps:      grid levels (None: 18).
+        n:          samples to draw.
+        batch_size: samples per network batch.
+        seed:       the seed of the sampling noise.
+        ema:        sample with the EMA weights (the first decay), else the raw ones.
+    """
+    sampler: str | None = None
+    grid: str | None = None
+    steps: int | None = None
+    n: int = 64
+    batch_size: int = 1000
+    seed: int = 0
+    ema: bool = True
+
+
+def _check_sample(section: dict) -> None:
+    from ..samplers import SAMPLERS
+
+    for k in ("n", "batch_size", "steps"):
+        if section[k] is not None:
+            check_positive_int(section[k], f"sample.{k}")
+    if section["seed"] < 0:
+        raise ValueError(f"config key 'sample.seed' must be an integer >= 0, got {section['seed']!r}")
+    if section["sampler"] is not None:
+        check_choice(section["sampler"], "sample.sampler", SAMPLERS)
+    if section["grid"] is not None:
+        check_choice(section["grid"], "sample.grid", GRIDS)
+
+
+register_section("sample", SampleConfig, check=_check_sample)
