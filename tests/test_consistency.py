@@ -306,6 +306,8 @@ def test_distill_cli_trains_resumes_bit_exactly_and_samples(toy_teacher, tmp_pat
     assert wa.keys() == wb.keys()
     for k in wa:                                                    # student, EMA, target, optimiser: bit-exact
         assert torch.equal(wa[k], wb[k]), k
+    import yaml
+    assert "loss" not in yaml.safe_load((a / "config.yaml").read_text())   # the saved config has no unused loss
     f, shape = load_consistency(a)
     x = torch.randn(7, *shape)
     assert shape == (2,) and torch.equal(f(x, f.sigma_min), x)
@@ -332,3 +334,19 @@ def test_distill_cli_consistency_training_and_errors(toy_teacher, tmp_path, caps
     with pytest.raises(ValueError, match="target"):
         load_consistency(tmp_path / "ct", weights="target")
     assert not (tmp_path / "bad").exists()
+
+
+def test_distillation_inherits_the_teacher_training_settings(toy_teacher):
+    """CD takes the teacher's training settings (lr, batch, warm-up, seed, ...), as CT takes its config's, with the
+    distill defaults of steps / EMA / logging on top and `--set` over all; the config has no unused `loss`."""
+    from unifusion.consistency.task import TRAIN_DEFAULTS, distill_config
+    from unifusion.train import read_checkpoint
+    teacher = read_checkpoint(toy_teacher)[1]["config"]
+    cfg = distill_config(teacher=toy_teacher, sets=["train.lr=3e-4"])
+    for k, v in teacher["train"].items():
+        expect = 3e-4 if k == "lr" else TRAIN_DEFAULTS.get(k, v)
+        assert cfg["train"][k] == expect, k
+    assert teacher["train"]["lr"] != 3e-4 and cfg["train"]["batch_size"] == teacher["train"]["batch_size"] == 64
+    assert cfg["seed"] == teacher["seed"] and "loss" not in cfg
+    ct = distill_config(__import__("unifusion.train", fromlist=["load_config"]).load_config("toy_ve"))
+    assert "loss" not in ct and ct["train"]["lr"] == 2e-3

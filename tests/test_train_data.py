@@ -77,10 +77,10 @@ def test_resume_mid_epoch_with_workers_is_bit_exact(tmp_path):
     """40 images, batch 16: step 3 ends mid-epoch; stopping there and resuming with 2 workers reproduces the
     uninterrupted run exactly (weights, EMA, optimiser), and the checkpoint holds the data position."""
     folder = without_labels(ImageFolder(_write_pngs(tmp_path / "png", 40)))
-    fit(_unet_task(), folder, train=_tc(ckpt_every=3), seed=1, out=tmp_path / "a", loader=LoaderOptions(num_workers=2, x_flip=True))
-    fit(_unet_task(), folder, train=_tc(steps=3), seed=1, out=tmp_path / "b", loader=LoaderOptions(num_workers=2, x_flip=True))
-    fit(_unet_task(), folder, train=_tc(ckpt_every=3), seed=1, out=tmp_path / "b", loader=LoaderOptions(num_workers=2, x_flip=True),
-        resume=True)
+    two = LoaderOptions(num_workers=2, x_flip=True)
+    fit(_unet_task(), folder, train=_tc(ckpt_every=3), seed=1, out=tmp_path / "a", loader=two)
+    fit(_unet_task(), folder, train=_tc(steps=3), seed=1, out=tmp_path / "b", loader=two)
+    fit(_unet_task(), folder, train=_tc(ckpt_every=3), seed=1, out=tmp_path / "b", loader=two, resume=True)
     ta, ma = read_checkpoint(tmp_path / "a" / "checkpoint.safetensors")
     tb, mb = read_checkpoint(tmp_path / "b" / "checkpoint.safetensors")
     assert sorted(ta) == sorted(tb) and ma["step"] == mb["step"] == 7

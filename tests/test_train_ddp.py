@@ -47,3 +47,51 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert torch.allclose(t2[k], t1[k], rtol=1e-5, atol=1e-6), k
     # a different micro-batch split draws other noise: the comparison above is not vacuous
     assert max((tp[k] - t1[k]).abs().max().item() for k in model) > 1e-4
+
+
+def _children(pid):
+    """`{RANK: pid}` of the processes `launch_local` started (read from /proc)."""
+    from pathlib import Path
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            rank = next((e[5:].decode() for e in env if e.startswith(b"RANK=")), None)
+            if rank is not None:
+                out[int(rank)] = int(child)
+    return out
+
+
+def test_a_lost_process_ends_in_a_short_message(tmp_path):
+    """`--nproc-per-node 2`: one process killed (kill -9) or hung (SIGSTOP). The other stops within
+    train.dist_timeout with one line, and the launcher adds one line naming the process; no traceback."""
+    import signal
+    import time
+    sets = _sets("train.steps=1000000", "train.log_every=1", "train.dist_timeout=3")
+    runs, env = {}, dict(os.environ, OMP_NUM_THREADS="1")
+    for how in ("kill", "hang"):
+        out = tmp_path / how
+        cmd = [sys.executable, "-m", "unifusion", "train", "toy_ve", "--nproc-per-node", "2", "--out", str(out), *sets]
+        runs[how] = (out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    try:
+        for how, (out, proc) in runs.items():
+            end = time.monotonic() + 240
+            while not ((out / "log.jsonl").exists() and (out / "log.jsonl").stat().st_size) and proc.poll() is None:
+                assert time.monotonic() < end, "training did not start"
+                time.sleep(0.1)
+            ranks = _children(proc.pid)
+            assert sorted(ranks) == [0, 1], ranks
+            os.kill(ranks[1], signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+        for how, (_, proc) in runs.items():
+            _, err = proc.communicate(timeout=120)
+            lines = err.strip().splitlines()
+            assert proc.returncode == 2 and len(lines) <= 2 and "Traceback" not in err, err
+            assert all(ln.startswith("unifusion train: error: ") for ln in lines), err
+            if how == "kill":
+                assert lines[-1].endswith("process 1 of 2 was killed by SIGKILL; the others were stopped"), err
+            else:
+                assert "rank 0: another process did not answer in time (train.dist_timeout=3 s)" in err, err
+    finally:
+        for _, proc in runs.values():
+            if proc.poll() is None:
+                proc.kill()

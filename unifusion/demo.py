@@ -14,20 +14,21 @@ sampler), and with the reverse SDE (Euler-Maruyama) and the probability-flow ODE
 
 Extension point: `register_rows(fn)` adds rows to the table; `fn(ctx: DemoContext) -> list[dict]` gets the
 trained models and an `evaluate(samples, label)` helper and returns rows with the keys of `ROW_KEYS`.
-`main` also calls `unifusion.consistency.demo.demo_rows(ctx)` when that module exists (the consistency helper's
-1-step and 2-step rows), and skips it with a note when it does not.
+`main` first adds `unifusion.consistency.demo.demo_rows(ctx)` (the consistency model's 1-step and 2-step rows).
+The demo leaves torch's thread count to its caller (`unifusion demo` runs it on one thread); its two training
+processes run one thread each.
 """
 from __future__ import annotations
 
 import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .consistency import demo as cdemo
 from .utils import atomic_write
 
 __all__ = ["main", "DemoContext", "register_rows", "ROW_KEYS", "demo_configs"]
@@ -79,10 +80,9 @@ def demo_configs(quick: bool = False, seed: int = 0) -> dict:
 
 
 def _train_one(cfg: dict) -> tuple[str, float]:
-    """Train one config in this process (1 CPU thread); returns (checkpoint path, seconds)."""
+    """Train one config in this process; returns (checkpoint path, seconds)."""
     from .train import train_from_config
 
-    torch.set_num_threads(1)
     t0 = time.perf_counter()
     res = train_from_config(cfg)
     return str(res.checkpoint), time.perf_counter() - t0
@@ -94,11 +94,12 @@ def _train_both(cfgs: dict, parallel: bool) -> dict:
         import concurrent.futures as cf
         import multiprocessing as mp
         try:
-            with cf.ProcessPoolExecutor(max_workers=len(cfgs), mp_context=mp.get_context("spawn")) as ex:
+            with cf.ProcessPoolExecutor(max_workers=len(cfgs), mp_context=mp.get_context("spawn"),
+                                        initializer=torch.set_num_threads, initargs=(1,)) as ex:  # its own processes
                 futs = {k: ex.submit(_train_one, c) for k, c in cfgs.items()}
                 return {k: f.result() for k, f in futs.items()}
-        except (OSError, cf.process.BrokenProcessPool):
-            pass                        # no process pool here (sandbox): fall back to one after the other
+        except OSError:
+            pass                        # no process pool here (a sandbox without semaphores): one after the other
     return {k: _train_one(c) for k, c in cfgs.items()}
 
 
@@ -183,7 +184,6 @@ def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = No
             ck.unlink()
     trained = _train_both(cfgs, parallel if parallel is not None else not quick)
     models = {k: load_model(p) for k, (p, _) in trained.items()}
-    torch.set_num_threads(1)
 
     def evaluate(samples, label):
         rep = digits_report(samples.reshape(samples.shape[0], -1).clamp(-1, 1), floor_repeats=5, seed=seed)
@@ -199,19 +199,8 @@ def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = No
                      "confident": ev["confident"], "seconds": info["seconds"], "picture": ev["picture"]})
 
     ctx = DemoContext(out, models, {k: p for k, (p, _) in trained.items()}, n, seed, quick, evaluate)
-    hooks = list(_HOOKS)
-    try:
-        from .consistency import demo as cdemo          # the consistency helper's 1-step / 2-step rows
-        hooks.append(cdemo.demo_rows)
-    except (ImportError, AttributeError):
-        ctx.notes.append("consistency rows: `unifusion.consistency.demo.demo_rows` is not available in this install")
-    for hook in hooks:
-        try:
-            rows += [dict({k: None for k in ROW_KEYS}, **r) for r in hook(ctx)]
-        except Exception as e:                          # a broken extension must not sink the demo
-            ctx.notes.append(f"row hook {getattr(hook, '__module__', '')}.{getattr(hook, '__name__', hook)} "
-                             f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            traceback.print_exc()
+    for hook in (cdemo.demo_rows, *_HOOKS):              # the consistency rows, then registered extensions
+        rows += [dict({k: None for k in ROW_KEYS}, **r) for r in hook(ctx)]
 
     lines = [
         "# unifusion demo: VP and VE diffusion models on digits", "",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 __all__ = ["Section", "register_section", "register_key", "choice_of", "SECTIONS", "KEYS", "options_of", "check",
-           "defaults", "set_key", "plain"]
+           "defaults", "set_key", "plain", "conforms", "describe"]
 
 REQUIRED = inspect.Parameter.empty      # an option without a default (filled in by the run, e.g. `net.dim`)
 
@@ -47,6 +47,7 @@ class Section:
         skip:    builder parameters the run supplies itself (not config keys), e.g. `process`.
         check:   semantic checks of the filled-in section, `check(section_dict)` raising `ValueError`.
         optional: the section is absent unless a config gives it (null and absent are the same).
+        excludes: sections that do not apply when this one is present (they must be absent then).
     """
     name: str
     options: Callable | None = None
@@ -56,6 +57,7 @@ class Section:
     skip: tuple = ()
     check: Callable[[dict], Any] | None = None
     optional: bool = False
+    excludes: tuple = ()
 
 
 SECTIONS: dict[str, Section] = {}
@@ -64,11 +66,11 @@ KEYS: dict[str, tuple[Any, Any, Callable | None]] = {}       # top-level scalars
 
 
 def register_section(name: str, options=None, *, head=None, choices=None, default=None, skip=(), check=None,
-                     optional: bool = False) -> Section:
+                     optional: bool = False, excludes=()) -> Section:
     """Declare section `name` (see `Section`); the owning module calls this once when it is imported."""
     if name in KEYS:
         raise ValueError(f"config key {name!r} is already a top-level value")
-    SECTIONS[name] = Section(name, options, head, choices, default, tuple(skip), check, optional)
+    SECTIONS[name] = Section(name, options, head, choices, default, tuple(skip), check, optional, tuple(excludes))
     return SECTIONS[name]
 
 
@@ -119,12 +121,13 @@ def _is_dataclass_type(t) -> bool:
     return inspect.isclass(t) and dataclasses.is_dataclass(t)
 
 
-def _conforms(value, t) -> bool:
+def conforms(value, t) -> bool:
+    """Whether config value `value` has type `t` (an annotation; see the module docstring)."""
     if t is Any or t is REQUIRED or t is object:
         return True
     origin, args = typing.get_origin(t), typing.get_args(t)
     if origin in (typing.Union, types.UnionType):
-        return any(_conforms(value, a) for a in args)
+        return any(conforms(value, a) for a in args)
     if t is type(None):
         return value is None
     if origin is typing.Literal:
@@ -143,17 +146,18 @@ def _conforms(value, t) -> bool:
         if not args:
             return True
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            return len(value) == len(args) and all(_conforms(v, a) for v, a in zip(value, args, strict=True))
-        return all(_conforms(v, args[0]) for v in value)
+            return len(value) == len(args) and all(conforms(v, a) for v, a in zip(value, args, strict=True))
+        return all(conforms(v, args[0]) for v in value)
     if t is dict or origin is dict or _is_dataclass_type(t):
         return isinstance(value, dict)
     return True          # a type the config cannot spell (a module, a process): not checked here
 
 
-def _describe(t) -> str:
+def describe(t) -> str:
+    """Type `t` in words, for error messages ("an integer", "a list of numbers", ...)."""
     origin, args = typing.get_origin(t), typing.get_args(t)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
+        return " or ".join(describe(a) for a in args)
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null",
@@ -161,7 +165,7 @@ def _describe(t) -> str:
     if t in names:
         return names[t]
     if t in (tuple, list) or origin in (tuple, list):
-        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s" if args and \
+        return f"a list of {describe(args[0]).removeprefix('an ').removeprefix('a ')}s" if args and \
             args[0] is not Any else "a list"
     return "a mapping" if _is_dataclass_type(t) else getattr(t, "__name__", str(t))
 
@@ -221,8 +225,8 @@ def _check_mapping(value, fields: dict, where: str, chosen: dict | None = None, 
 def _check_value(v, t, where: str):
     if _is_dataclass_type(t) and isinstance(v, dict):
         return _check_mapping(v, options_of(t), where)
-    if not _conforms(v, t):
-        raise ValueError(f"config key '{where}' must be {_describe(t)}, got {v!r}")
+    if not conforms(v, t):
+        raise ValueError(f"config key '{where}' must be {describe(t)}, got {v!r}")
     return plain(copy.deepcopy(v))
 
 
@@ -251,12 +255,19 @@ def check(cfg: dict, semantic: bool = True) -> dict:
     out = {}
     for k, (t, default, fn) in KEYS.items():
         v = cfg.get(k, default)
-        if not _conforms(v, t):
-            raise ValueError(f"config key {k!r} must be {_describe(t)}, got {v!r}")
+        if not conforms(v, t):
+            raise ValueError(f"config key {k!r} must be {describe(t)}, got {v!r}")
         if semantic and fn is not None:
             fn(v)
         out[k] = copy.deepcopy(v)
+    present = [s for s in SECTIONS.values() if cfg.get(s.name) is not None]
+    excluded = {x: s.name for s in present for x in s.excludes}
+    for x, by in excluded.items():
+        if cfg.get(x) is not None:
+            raise ValueError(f"config section {x!r} does not apply to a config with a {by!r} section; remove it")
     for name in sorted(SECTIONS, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
+        if name in excluded:
+            continue
         section = _check_section(SECTIONS[name], cfg.get(name), semantic)
         if section is not None:                     # an optional section a config does not give stays out
             out[name] = section
@@ -284,7 +295,7 @@ def set_key(cfg: dict, key: str, value, semantic: bool = True) -> dict:
         cfg[top] = value
         return check(cfg, semantic)
     if top in KEYS:
-        raise ValueError(f"config key {top!r} has no sub-keys")
+        raise ValueError(f"config key {key.strip()!r}: {top!r} has no sub-keys")
     section = SECTIONS[top]
     node = cfg.get(top) or {}
     if len(parts) == 2 and section.head is not None and parts[1] == section.head:
@@ -295,7 +306,7 @@ def set_key(cfg: dict, key: str, value, semantic: bool = True) -> dict:
         nxt = node.get(p)
         if not isinstance(nxt, dict):
             if nxt is not None or p not in _keys_of(cfg, parts[:i + 1]):
-                raise ValueError(f"config key {'.'.join(parts[:i + 1])!r} has no sub-keys")
+                raise ValueError(f"config key {key.strip()!r}: {'.'.join(parts[:i + 1])!r} has no sub-keys")
             nxt = node[p] = {}
         node = nxt
     node[parts[-1]] = value

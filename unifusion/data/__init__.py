@@ -29,8 +29,9 @@ from .loader import LoaderOptions, check_loader_options, without_labels
 from .toys import TOYS, toy_2d, toy_oracle
 from ..schema import register_section
 
-__all__ = ["get_dataset", "DATASETS", "toy_2d", "toy_oracle", "TOYS", "load_digits", "digits_split", "load_npz",
-           "ImageFolder", "IMAGE_EXTENSIONS", "open_dataset", "ArrayDataset", "open_npz", "TarShards", "without_labels", "LoaderOptions"]
+__all__ = ["get_dataset", "open_dataset", "DATASETS", "NAMED", "source", "toy_2d", "toy_oracle", "TOYS", "load_digits",
+           "digits_split", "load_npz", "open_npz", "ArrayDataset", "ImageFolder", "TarShards", "IMAGE_EXTENSIONS",
+           "without_labels", "LoaderOptions"]
 
 def _toy(name, n: int = 10000, seed: int = 0):
     return toy_2d(name, n, torch.Generator().manual_seed(seed)), None

@@ -22,10 +22,10 @@ _LABEL_KEYS = ("y", "labels", "label", "targets")
 def _finite_float(a: np.ndarray, what: str) -> torch.Tensor:
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
         raise ValueError(f"{what} has dtype {a.dtype}; a numeric array is required")
+    if a.ndim < 1 or a.shape[0] < 1:
+        raise ValueError(f"{what} must have shape [N, ...] with N >= 1, got {tuple(a.shape)}")
     x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     check_finite(x, what)
-    if x.ndim < 1 or x.shape[0] < 1:
-        raise ValueError(f"{what} must have shape [N, ...] with N >= 1, got {tuple(x.shape)}")
     return x if x.ndim > 1 else x[:, None]
 
 
@@ -41,10 +41,15 @@ def load_npz(path, key: str | None = None) -> tuple[torch.Tensor, torch.Tensor |
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except ValueError as e:  # object arrays need pickle
-        raise ValueError(f"{str(path)!r} holds pickled objects, which are not loaded ({e})") from None
+    except ValueError as e:
+        if "pickle" in str(e):   # an array of Python objects: loading it would run pickle
+            raise ValueError(f"{str(path)!r} holds pickled objects, which are not loaded") from None
+        raise ValueError(f"{str(path)!r} is not a readable .npz file ({str(e).splitlines()[0]})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{str(path)!r} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    bad = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+    if bad:
+        raise ValueError(f"{str(path)!r} is not a readable .npz file (member {bad[0]!r} is not a .npy array)")
     if key is None:
         if len(arrays) == 1:
             key = next(iter(arrays))

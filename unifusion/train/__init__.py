@@ -5,13 +5,14 @@
 the trained `Denoiser`. docs/training.md is the user guide.
 """
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .distributed import DistInfo, init_distributed
-from .ema import EMA
+from .distributed import DistInfo, DistributedFailure, init_distributed, launch_local
+from .ema import EMA, ema_update
 from .loop import CHECKPOINT_NAME, FitResult, TrainConfig, TrainingDiverged, fit, micro_batch_seed
 from .config import DEFAULTS, apply_overrides, check_config, config_files, load_config
 from .task import DiffusionTask, build_denoiser, build_run, load_model, train_from_config
 
-__all__ = ["fit", "TrainConfig", "FitResult", "TrainingDiverged", "EMA", "CheckpointError", "save_checkpoint",
-           "read_checkpoint", "init_distributed", "DistInfo", "micro_batch_seed", "CHECKPOINT_NAME",
+__all__ = ["fit", "TrainConfig", "FitResult", "TrainingDiverged", "DistributedFailure", "EMA", "ema_update",
+           "CheckpointError", "save_checkpoint", "read_checkpoint", "init_distributed", "launch_local", "DistInfo",
+           "micro_batch_seed", "CHECKPOINT_NAME",
            "DEFAULTS", "load_config", "apply_overrides", "check_config", "config_files", "DiffusionTask",
            "build_run", "build_denoiser", "train_from_config", "load_model"]

@@ -66,12 +66,11 @@ class Run:
 
 
 class JsonlLog(Callback):
-    """Every record as one JSON line in `path` (main process only), through `unifusion.train.logs.JsonlLogger`
-    (`resume_step`: cut an existing log back to that step; `tensorboard`: also TensorBoard scalars)."""
+    """Every record as one JSON line (main process only) through a `unifusion.train.logs.JsonlLogger` (which also
+    mirrors scalars to TensorBoard when opened with `tensorboard=True`)."""
 
-    def __init__(self, path, resume_step: int | None = None, tensorboard: bool = False):
-        from .logs import JsonlLogger
-        self.logger = JsonlLogger(Path(path), resume_step=resume_step, tensorboard=tensorboard)
+    def __init__(self, logger):
+        self.logger = logger
 
     def on_log(self, run, record):
         if run.is_main:

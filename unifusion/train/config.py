@@ -21,8 +21,8 @@ from .. import data, losses, nets, parametrization, processes, schema
 from . import generate
 from .loop import TrainConfig
 
-__all__ = ["DEFAULTS", "load_config", "apply_overrides", "check_config", "train_config", "parse_value",
-           "config_files", "merge", "dump_config"]
+__all__ = ["DEFAULTS", "load_config", "config_path", "apply_overrides", "check_config", "train_config",
+           "parse_value", "config_files", "merge", "dump_config", "read_yaml"]
 
 
 def _check_seed(v) -> None:
@@ -84,6 +84,21 @@ def apply_overrides(cfg: dict, sets) -> dict:
     return check_config(cfg)
 
 
+def config_path(name) -> Path:
+    """The file a config argument names: a bare name of a shipped config (no folder, no extension: `digits_vp`) is
+    always that shipped file, whatever lies in the working directory (write `./digits_vp` for a file of that name);
+    anything else is a path, which must be a file."""
+    text, shipped = str(name), config_files()
+    if text in shipped:
+        return shipped[text]
+    p = Path(text)
+    if p.is_file():
+        return p
+    if p.exists():
+        raise ValueError(f"config {text!r} is a {'folder' if p.is_dir() else 'special file'}, not a YAML file")
+    raise ValueError(f"config file {text} does not exist (shipped configs: {sorted(shipped)})")
+
+
 def read_yaml(path) -> dict:
     """The mapping in YAML file `path` (one-line `ValueError` if it is not YAML or not a mapping)."""
     p = Path(path)
@@ -91,24 +106,18 @@ def read_yaml(path) -> dict:
         user = yaml.load(p.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {p} is not a text (YAML) file") from None
     if not isinstance(user, dict):
         raise ValueError(f"config file {p} must hold a mapping of sections, got {type(user).__name__}")
     return user
 
 
 def load_config(path=None, sets=()) -> dict:
-    """The config of the YAML file at `path` (a path, or the name of a shipped config such as `digits_vp`; None:
-    every default) with the `--set` overrides, checked and with every fixed key's default filled in."""
-    user = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            shipped = config_files()
-            if str(path) in shipped:
-                p = shipped[str(path)]
-            else:
-                raise ValueError(f"config file {path} does not exist (shipped configs: {sorted(shipped)})")
-        user = read_yaml(p)
+    """The config of the YAML file at `path` (a path, or the name of a shipped config such as `digits_vp`:
+    `config_path`; None: every default) with the `--set` overrides, checked and with every fixed key's default
+    filled in."""
+    user = read_yaml(config_path(path)) if path is not None else {}
     return apply_overrides(schema.check(user, semantic=False), sets)
 
 

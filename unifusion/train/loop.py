@@ -33,19 +33,24 @@ import torch
 
 from ..data.loader import (LoaderError, LoaderOptions, StepLoader, check_loader_options, example_shape, flip_mask,
                            is_worker_death, loader_failure, to_device)
-from ..schema import register_section
-from ..utils import check_choice, check_positive_int
+from ..schema import plain, register_section
+from ..utils import atomic_write, check_choice, check_positive_int, remove_stale_temps
 from .callbacks import JsonlLog, Run
-from .distributed import DistInfo, barrier, init_distributed
+from .distributed import DistInfo, DistributedFailure, barrier, init_distributed, raise_peer_failure
 from .ema import EMA
+from .logs import JsonlLogger
 from .schedule import due, lr_at
 from .state import read_resumable, restore_state, write_state
 from .step import NonFiniteLoss, TrainStep, micro_batch_seed
 
-__all__ = ["TrainConfig", "FitResult", "TrainingDiverged", "fit", "micro_batch_seed", "CHECKPOINT_NAME",
-           "as_dataset"]
+__all__ = ["TrainConfig", "FitResult", "TrainingDiverged", "DistributedFailure", "fit", "micro_batch_seed",
+           "CHECKPOINT_NAME", "as_dataset"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass
@@ -71,7 +76,9 @@ class TrainConfig:
         ckpt_every:   steps between checkpoints (0: only at the end).
         progress:     tqdm bar on the main process.
         tensorboard:  also write TensorBoard scalars (the `[tensorboard]` extra).
-        threads:      torch CPU threads (0: torch's default; 1 is fastest for small nets).
+        threads:      torch CPU threads, applied by the CLI (`fit` leaves them alone; 0: torch's default; 1 is
+                      fastest for small nets).
+        dist_timeout: DDP: seconds a process waits for the others before it stops with an error.
         compile:      torch.compile the trainable modules (GPU: faster steps after a slow first).
         compile_mode: torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune",
                       "max-autotune-no-cudagraphs".
@@ -102,6 +109,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     threads: int = 0
+    dist_timeout: float = 600.0
     compile: bool = False
     compile_mode: str = "default"
     channels_last: bool = False
@@ -118,20 +126,23 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"train.{name} must be an integer >= 0, got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if not (_number(self.dist_timeout) and 0 < self.dist_timeout < math.inf):
+            raise ValueError(f"train.dist_timeout must be a number of seconds > 0, got {self.dist_timeout!r}")
+        if not (_number(self.lr) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
-        if not (self.weight_decay >= 0 and self.grad_clip >= 0):
+        if not (_number(self.weight_decay) and _number(self.grad_clip) and self.weight_decay >= 0
+                and self.grad_clip >= 0):
             raise ValueError(f"train.weight_decay and train.grad_clip must be >= 0, got "
                              f"{self.weight_decay!r} and {self.grad_clip!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if len(self.betas) != 2 or not all(_number(b) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)!r}")
-        for d in self.ema_decays:
-            if not (0 < d < 1):
-                raise ValueError(f"train.ema_decays must lie in (0, 1), got {list(self.ema_decays)!r}")
+        if not all(_number(d) and 0 < d < 1 for d in self.ema_decays):
+            raise ValueError(f"train.ema_decays must be numbers in (0, 1), got {list(self.ema_decays)!r}")
         if (self.decay_start or self.decay_end) and not self.decay_start < self.decay_end:
             raise ValueError(f"train.decay_start must be < train.decay_end (or both 0), got {self.decay_start} "
                              f"and {self.decay_end}")
         check_choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
+        check_choice(self.device, "train.device", ("auto", "cpu", "cuda"))
         check_choice(self.compile_mode, "train.compile_mode",
                      ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
         return self
@@ -209,25 +220,27 @@ def fit(task, data, labels: torch.Tensor | None = None, *, train: TrainConfig | 
                    `[C, H, W]`), or a tensor `[N, ...]` with optional `labels` `[N]`.
         train:     the loop's options (`TrainConfig()` if None).
         seed:      the one seed every random draw derives from (see the module docstring).
-        out:       run folder for `checkpoint.safetensors` (+ `.json`) and `log.jsonl` (None: write nothing).
-        config:    the full run configuration stored in checkpoints (what `load_model` rebuilds the model from).
+        out:       run folder for `checkpoint.safetensors`, `log.jsonl` and `config.yaml` (None: write nothing). Nothing
+                   is written there before every check (the resume check included) has passed.
+        config:    the full run configuration stored in checkpoints and `config.yaml` (what `load_model` rebuilds
+                   the model from).
         meta:      extra JSON stored in checkpoints (e.g. the data shape).
         resume:    continue from `out/checkpoint.safetensors` if it exists (its config must match `config`, except
                    `train.steps`, logging and loader options).
-        dist:      process info (default: `init_distributed(train.device)`, i.e. torchrun's environment).
+        dist:      process info (default: `init_distributed(train.device, train.dist_timeout)`, i.e. torchrun's
+                   environment).
         loader:    worker processes, prefetch and x-flip (`LoaderOptions()` if None).
         callbacks: `callbacks.Callback`s called at every step, log line and checkpoint (the JSONL log is built in).
 
     Raises `TrainingDiverged` (a `ValueError`) on a non-finite loss, naming the step and the last good checkpoint,
-    and `LoaderError` (a `ValueError`) when the data cannot be read (a dead worker, an unreadable file), naming the
-    last checkpoint.
+    `LoaderError` (a `ValueError`) when the data cannot be read (a dead worker, an unreadable file), naming the
+    last checkpoint, and `DistributedFailure` (a `ValueError`) when another process fails or does not answer within
+    `train.dist_timeout` seconds. Leaves torch's thread count alone (the CLI applies `train.threads`).
     """
     train = (train or TrainConfig()).validate()
     opts = loader or LoaderOptions()
     check_loader_options(opts.num_workers, opts.prefetch)
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    dist = dist or init_distributed(train.device)
+    dist = dist or init_distributed(train.device, train.dist_timeout)
     n_micro = dist.world_size * train.grad_accum
     if train.batch_size % n_micro:
         raise ValueError(f"train.batch_size={train.batch_size} must be divisible by world_size x grad_accum = "
@@ -237,7 +250,7 @@ def fit(task, data, labels: torch.Tensor | None = None, *, train: TrainConfig | 
     if opts.x_flip and len(shape) != 3:
         raise ValueError(f"data.x_flip needs images [C, H, W], got examples of shape {list(shape)}")
     iterable = isinstance(dataset, torch.utils.data.IterableDataset)
-    config = config if config is not None else {"train": asdict(train), "seed": seed}
+    config = config if config is not None else {"train": plain(asdict(train)), "seed": seed}
     out = Path(out) if out is not None else None
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None
     state = read_resumable(ckpt_path, config, n_micro, None if iterable else len(dataset)) \
@@ -245,7 +258,7 @@ def fit(task, data, labels: torch.Tensor | None = None, *, train: TrainConfig | 
 
     step = TrainStep(task, train, dist, seed)
     start = restore_state(ckpt_path, state, step) if state is not None else 0
-    logs = [JsonlLog(out / "log.jsonl", start if resume else None, train.tensorboard)] \
+    logs = [JsonlLog(_open_run_folder(out, config, start if resume else None, train.tensorboard))] \
         if (out is not None and dist.is_main) else []
     run = Run(task, train, seed, dist, out, config, step.ema, shape, start, logs + list(callbacks))
     batches = StepLoader(dataset, batch_size=train.batch_size, grad_accum=train.grad_accum, rank=dist.rank,
@@ -322,6 +335,7 @@ def fit(task, data, labels: torch.Tensor | None = None, *, train: TrainConfig | 
     except RuntimeError as e:
         if is_worker_death(e):                              # torch's SIGCHLD handler, raised wherever we were
             raise LoaderError(f"{loader_failure(e, run.step + 1)}; {where()}") from e
+        raise_peer_failure(e, dist.rank, train.dist_timeout)
         raise
     finally:
         if bar is not None:
@@ -330,3 +344,15 @@ def fit(task, data, labels: torch.Tensor | None = None, *, train: TrainConfig | 
             cb.on_end(run)
     done = max(start, train.steps)
     return FitResult(done, result_loss, last_good[0], step.ema, history)
+
+
+def _open_run_folder(out: Path, config: dict, resume_step: int | None, tensorboard: bool) -> JsonlLogger:
+    """Prepare the run folder once every check has passed: remove the temporary files a crash left, write
+    `config.yaml` (atomically) and open the log (cut back to `resume_step`, or started empty)."""
+    from .config import dump_config
+
+    for name in (CHECKPOINT_NAME, "config.yaml", "log.jsonl"):
+        remove_stale_temps(out / name)
+    logger = JsonlLogger(out / "log.jsonl", resume_step=resume_step, tensorboard=tensorboard)
+    atomic_write(out / "config.yaml", dump_config(config))
+    return logger

@@ -19,7 +19,8 @@ __all__ = ["write_state", "read_resumable", "restore_state", "config_difference"
 # config keys a resumed run may change (they do not change the arithmetic of the steps)
 RESUMABLE = {"train.steps", "train.log_every", "train.ckpt_every", "train.progress", "train.device",
              "train.tensorboard", "train.threads", "train.compile", "train.compile_mode", "train.preview_every",
-             "train.preview_n", "train.eval_every", "train.eval_n", "data.num_workers", "data.prefetch", "out"}
+             "train.preview_n", "train.eval_every", "train.eval_n", "train.dist_timeout", "data.num_workers",
+             "data.prefetch", "out"}
 _SCHEDULE = {"train.decay_start", "train.decay_end"}   # resumable while the steps already taken keep their lr
 _LR_KEYS = ("lr", "warmup", "decay_start", "decay_end")
 

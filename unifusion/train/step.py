@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import all_reduce_mean
+from .distributed import all_reduce_mean, peer_failures
 from .ema import EMA
 
 __all__ = ["TrainStep", "NonFiniteLoss", "micro_batch_seed", "autocast_dtype"]
@@ -94,8 +94,9 @@ class TrainStep:
             raise ValueError("the task has no trainable parameters")
         self.model = self.wrapper
         if dist.world_size > 1:
-            self.model = nn.parallel.DistributedDataParallel(self.wrapper,
-                                                             device_ids=[dev] if dev.type == "cuda" else None)
+            with peer_failures(dist.rank, train.dist_timeout):
+                self.model = nn.parallel.DistributedDataParallel(self.wrapper,
+                                                                 device_ids=[dev] if dev.type == "cuda" else None)
         self.fused = dev.type == "cuda"
         self.opt = torch.optim.AdamW(self.params, lr=train.lr, betas=tuple(train.betas),
                                      weight_decay=train.weight_decay, fused=self.fused or None)

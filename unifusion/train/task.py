@@ -8,20 +8,18 @@ its config and data shape, so `load_model(path)` rebuilds the exact network with
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import torch
 
 from ..parametrization import Denoiser
 from ..processes import get_process
-from ..utils import atomic_write
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import check_config, train_config
 from .loop import CHECKPOINT_NAME, FitResult, fit
 
-__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_run", "run_config", "train_from_config",
-           "load_model", "loader_options", "callbacks"]
+__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_run", "check_run_folder", "run_config",
+           "train_from_config", "load_model", "loader_options", "callbacks"]
 
 
 class DiffusionTask:
@@ -137,23 +135,28 @@ def callbacks(cfg: dict, task, data) -> list:
     return out
 
 
+def check_run_folder(out, resume: bool) -> Path:
+    """`out` as a run folder a run may write: not a file, and holding no checkpoint unless `resume`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r} is a file; a run folder is needed")
+    if not resume and (out / CHECKPOINT_NAME).exists():
+        raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
+    return out
+
+
 def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None) -> FitResult:
     """Build a run with `build(cfg) -> (task, data, labels)` and `fit` it: the one set-up shared by
     `unifusion train` (`train_from_config`) and `unifusion distill`. Refuses to overwrite a checkpoint unless
-    `resume`; rank 0 writes `config.yaml` atomically; the checkpoint's meta holds the data shape plus
-    `extra_meta(task)`. `out` overrides `cfg['out']`."""
+    `resume`; `fit` writes `config.yaml` once its checks have passed; the checkpoint's meta holds the data shape
+    plus `extra_meta(task)`. `out` overrides `cfg['out']`."""
     from ..data.loader import example_shape
-    from .config import dump_config
 
     cfg = copy.deepcopy(cfg)
     if out is not None:
         cfg["out"] = str(out)
+    out = check_run_folder(cfg["out"], resume)
     task, data, labels = build(cfg)
-    out = Path(cfg["out"])
-    if not resume and (out / CHECKPOINT_NAME).exists():
-        raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
-    if int(os.environ.get("RANK", "0")) == 0:
-        atomic_write(out / "config.yaml", dump_config(cfg))
     shape = example_shape(data) if labels is None else tuple(data.shape[1:])
     meta = {"data_shape": list(shape), **(extra_meta(task) if extra_meta is not None else {})}
     return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg, meta=meta,
