@@ -134,7 +134,8 @@ def _cmd_configs(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import load_config, train_from_config
+    from .latent import train_from_config         # pixel, latent and autoencoder configs
+    from .train import load_config
     from .train.config import check_config, train_config
     from .train.task import check_run_folder
 
@@ -279,18 +280,25 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise UserError(f"argument --out: {parent} is a file, not a folder")
 
 
-def _save_samples(samples, out: Path, info: dict, data_shape) -> list[Path]:
-    """`out` (.npz with `samples` and the run info as JSON) plus a PNG picture next to it: both or neither (the PNG
-    is written while the .npz is still a temporary file, which is removed if the PNG fails)."""
+def _save_samples(samples, out: Path, info: dict, data_shape, labels=None) -> list[Path]:
+    """`out` (.npz with `samples`, the class `labels` if any and the run info as JSON) plus a PNG picture next to it
+    (one row per class when there are labels): both or neither (the PNG is written while the .npz is still a
+    temporary file, which is removed if the PNG fails)."""
     import numpy as np
 
     from .train.pictures import save_picture
 
     png = out.with_suffix(".png")
+    arrays = {"samples": samples.numpy(), "info": np.array(json.dumps(info))}
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
+    title = f"{info.get('sampler')} ({info.get('nfe')} NFE)"
+    if info.get("guidance") is not None:
+        title += f", guidance {info['guidance']:g}"
 
     def write(tmp):
-        np.savez(tmp, samples=samples.numpy(), info=np.array(json.dumps(info)))
-        save_picture(samples, png, data_shape, title=f"{info.get('sampler')} ({info.get('nfe')} NFE)")
+        np.savez(tmp, **arrays)
+        save_picture(samples, png, data_shape, title=title, labels=labels)
     atomic_write(out, write)
     return [out, png]
 
@@ -303,6 +311,8 @@ def _consistency_samples(args):
 
     from .consistency import consistency_sigmas, sample_consistency
     from .consistency.cli import load_consistency
+    from .guidance.options import conditioning
+    from .latent import decode_samples
 
     _reject(args, {"grid": "--grid", "sigma_min": "--sigma-min", "sigma_max": "--sigma-max", "raw": "--raw",
                    "option": "--option", "batch_size": "--batch-size"}, "to --sampler consistency")
@@ -312,19 +322,25 @@ def _consistency_samples(args):
     apply_threads(args.threads if args.threads is not None else f.config.get("train", {}).get("threads", 0))
     g = torch.Generator().manual_seed(args.seed or 0)
     sig = _sigmas_arg(args) if args.sigmas else consistency_sigmas(args.steps or 1, f.sigma_min, f.sigma_max)
+    _, labels, cond = conditioning(f, args.n or 64, args.classes, args.guidance, args.guidance_interval,
+                                   guidable=False)
     t0 = time.perf_counter()
-    x = sample_consistency(f, sig[0].item() * torch.randn((args.n or 64, *shape), generator=g), sig, generator=g)
+    x = sample_consistency(f, sig[0].item() * torch.randn((args.n or 64, *shape), generator=g), sig, generator=g,
+                           model_kwargs=None if labels is None else {"class_labels": labels})
     steps = len(sig) - int(float(sig[-1]) == 0.0)
-    info = {"sampler": "consistency", "steps": steps, "nfe": steps, "seconds": time.perf_counter() - t0}
-    return x.detach().cpu(), info, shape
+    info = {"sampler": "consistency", "steps": steps, "nfe": steps, "seconds": time.perf_counter() - t0, **cond}
+    x, image_shape = decode_samples(f, args.checkpoint, x.detach().cpu(), info)   # latent models: decoded images
+    return x, info, image_shape or shape, labels
 
 
 def _cmd_sample(args) -> int:
     if args.out is not None:
         _check_out(Path(args.out), args.overwrite)
     if args.sampler == "consistency":
-        samples, info, shape = _consistency_samples(args)
+        samples, info, shape, labels = _consistency_samples(args)
     else:
+        from .guidance.options import conditioning
+        from .latent import decode_samples
         from .train import load_model
         from .train.generate import generate
 
@@ -333,15 +349,17 @@ def _cmd_sample(args) -> int:
             d = load_model(args.checkpoint, ema=False)
         plan = _sampling_plan(args, d)
         apply_threads(args.threads if args.threads is not None else d.config["train"].get("threads", 0))
-        options = plan.pop("options")
-        samples, info = generate(d, plan.pop("n"), d.data_shape, **plan, **options)
-        info["options"] = options
-        shape = d.data_shape
+        options, n = plan.pop("options"), plan.pop("n")
+        model, labels, cond = conditioning(d, n, args.classes, args.guidance, args.guidance_interval)
+        samples, info = generate(model, n, d.data_shape, class_labels=labels, **plan, **options)
+        info.update(cond, options=options)
+        samples, image_shape = decode_samples(d, args.checkpoint, samples, info)   # latent models: decoded images
+        shape = image_shape or d.data_shape
     info["checkpoint"] = str(args.checkpoint)
     folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
     out = Path(args.out) if args.out else folder / f"samples_{info['sampler']}_{info['nfe']}nfe.npz"
     _check_out(out, args.overwrite)
-    paths = _save_samples(samples, out, info, shape)
+    paths = _save_samples(samples, out, info, shape, labels)
     print(f"{samples.shape[0]} samples, {info['sampler']}, {info['nfe']} NFE, {info['seconds']:.2f} s -> "
           + ", ".join(map(str, paths)))
     return 0
@@ -359,6 +377,7 @@ def _eval_samples(args):
             raise UserError(f"argument --n: {args.n} exceeds the {samples.shape[0]} samples in {path}")
         apply_threads(args.threads)
         return samples[:args.n] if args.n else samples, args.data
+    from .latent import decode_samples
     from .train import load_model
     from .train.generate import generate
 
@@ -366,6 +385,7 @@ def _eval_samples(args):
     apply_threads(args.threads if args.threads is not None else d.config["train"].get("threads", 0))
     samples, _ = generate(d, args.n or 1000, d.data_shape, sampler=args.sampler, steps=args.steps or 18,
                           seed=args.seed)
+    samples, _ = decode_samples(d, path, samples)              # latent models: decoded images
     return samples, args.data or d.config["data"]["name"]
 
 
@@ -377,13 +397,16 @@ def _cmd_eval(args) -> int:
 
     if args.json is not None and Path(args.json).is_dir():
         raise UserError(f"argument --json: {args.json} is a folder")
-    if args.data is not None and args.data != "digits" and args.data not in TOYS:
-        raise UserError(f"argument --data: must be digits or a 2-D toy in {sorted(TOYS)}, got {args.data!r}")
+    if args.data is not None and args.data not in ("digits", "digits32") and args.data not in TOYS:
+        raise UserError(f"argument --data: must be digits, digits32 or a 2-D toy in {sorted(TOYS)}, got {args.data!r}")
     samples, data = _eval_samples(args)
     flat = samples.reshape(samples.shape[0], -1)
     if not torch.isfinite(flat).all():
         raise UserError(f"samples from {args.samples} contain NaN or Inf")
-    if data in (None, "digits") and flat.shape[1] == 64:
+    if data in (None, "digits", "digits32") and flat.shape[1] == 1024:    # digits32: scored at 8x8
+        from .data import digits32_to_digits
+        flat = digits32_to_digits(flat)
+    if data in (None, "digits", "digits32") and flat.shape[1] == 64:
         rep = metrics.digits_report(flat.clamp(-1, 1), n=args.n)
         rows = [("Frechet distance (classifier features)", rep["fd"], rep["fd_floor"]),
                 ("same, floor with i.i.d. class counts", rep["fd"], rep["fd_floor_iid"]),
@@ -463,11 +486,18 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--out", help="output .npz (a .png is written next to it)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output .npz / .png")
     s.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: the run's train.threads)")
+    s.add_argument("--class", dest="classes", metavar="C",
+                   help="class-conditional sampling: a class (3), a list (3,5) or 'all'; the samples are split into "
+                        "one block per class (the PNG has one row per class)")
+    s.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance scale w >= 0 "
+                                                               "(0: unconditional, 1: conditional; needs --class)")
+    s.add_argument("--guidance-interval", metavar="LO,HI", help="guide only for sigma in [LO, HI] (VE sigma)")
     s.set_defaults(func=_cmd_sample)
 
     e = sub.add_parser("eval", help="metrics of samples (.npz) or of a checkpoint, with noise floors")
     e.add_argument("samples", help="a .npz from `unifusion sample`, or a checkpoint / run folder")
-    e.add_argument("--data", help="reference data: digits or a 2-D toy name (default: from the checkpoint / digits)")
+    e.add_argument("--data", help="reference data: digits, digits32 (scored at 8x8) or a 2-D toy name (default: from "
+                                  "the checkpoint / digits)")
     e.add_argument("--n", type=_positive_int, help="samples to evaluate (default: all; 1000 drawn from a checkpoint)")
     e.add_argument("--sampler", help="sampler when evaluating a checkpoint")
     e.add_argument("--steps", type=_positive_int, help="grid levels when evaluating a checkpoint (default 18)")

@@ -14,7 +14,9 @@ sampler), and with the reverse SDE (Euler-Maruyama) and the probability-flow ODE
 
 Extension point: `register_rows(fn)` adds rows to the table; `fn(ctx: DemoContext) -> list[dict]` gets the
 trained models and an `evaluate(samples, label)` helper and returns rows with the keys of `ROW_KEYS`.
-`main` first adds `unifusion.consistency.demo.demo_rows(ctx)` (the consistency model's 1-step and 2-step rows).
+`main` first adds `unifusion.consistency.demo.demo_rows(ctx)` (the consistency model's 1-step and 2-step rows)
+and `unifusion.guidance.demo.demo_rows(ctx)` (a class-conditional model: a 10-class grid and FD / class agreement
+per classifier-free guidance scale).
 The demo leaves torch's thread count to its caller (`unifusion demo` runs it on one thread); its two training
 processes run one thread each.
 """
@@ -29,6 +31,7 @@ from typing import Callable
 import torch
 
 from .consistency import demo as cdemo
+from .guidance import demo as gdemo
 from .utils import atomic_write
 
 __all__ = ["main", "DemoContext", "register_rows", "ROW_KEYS", "demo_configs"]
@@ -199,7 +202,7 @@ def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = No
                      "confident": ev["confident"], "seconds": info["seconds"], "picture": ev["picture"]})
 
     ctx = DemoContext(out, models, {k: p for k, (p, _) in trained.items()}, n, seed, quick, evaluate)
-    for hook in (cdemo.demo_rows, *_HOOKS):              # the consistency rows, then registered extensions
+    for hook in (cdemo.demo_rows, gdemo.demo_rows, *_HOOKS):   # consistency, guidance, then registered extensions
         rows += [dict({k: None for k in ROW_KEYS}, **r) for r in hook(ctx)]
 
     lines = [

@@ -42,7 +42,7 @@ from .utils import check_choice, check_positive_int, coef, generator_device, ran
 __all__ = [
     "UniformTimesteps", "UniformTime", "LogNormalSigma", "GeometricSigmas", "NOISE_SAMPLERS",
     "Constant", "SigmaSquared", "LikelihoodWeight", "EDMWeight", "ELBOWeight", "WEIGHTINGS",
-    "DenoisingLoss", "LOSSES", "build_loss",
+    "DenoisingLoss", "LOSSES", "build_loss", "LOSS_FAMILIES", "loss_choice",
 ]
 
 
@@ -363,4 +363,14 @@ def build_loss(name: str, process: NoiseProcess | None = None, **kwargs) -> Deno
     return make(process, **kwargs)
 
 
-register_section("loss", head="name", default="ddpm", choices=choice_of(LOSSES, "loss.name"), skip=("process",))
+LOSS_FAMILIES = {"diffusion": LOSSES}     # the loss names of each `task`; other tasks add theirs (`unifusion.guidance`)
+
+
+def loss_choice(name: str, cfg: dict | None = None):
+    """The builder `loss.name` names for the config's `task` (the schema's choices of the `loss:` section)."""
+    task = (cfg or {}).get("task") or "diffusion"
+    return choice_of(LOSS_FAMILIES.get(task, LOSSES), "loss.name" if task == "diffusion" else f"loss.name of a {task}")(
+        name)
+
+
+register_section("loss", head="name", default="ddpm", choices=loss_choice, skip=("process",))

@@ -28,8 +28,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Section", "register_section", "register_key", "choice_of", "SECTIONS", "KEYS", "options_of", "check",
-           "defaults", "set_key", "plain", "conforms", "describe"]
+__all__ = ["Section", "register_section", "register_key", "owners", "choice_of", "SECTIONS", "KEYS", "options_of",
+           "check", "defaults", "set_key", "plain", "conforms", "describe"]
 
 REQUIRED = inspect.Parameter.empty      # an option without a default (filled in by the run, e.g. `net.dim`)
 
@@ -42,7 +42,8 @@ class Section:
         name:    the section's key.
         options: a dataclass or callable whose signature gives the fixed keys (None: none).
         head:    the key that picks a builder (choice sections), e.g. "name" or "kind".
-        choices: `choices(value) -> builder` for the head's value; raises `ValueError` naming the valid values.
+        choices: `choices(value, cfg) -> builder` for the head's value (`cfg`: the whole config, for choices that
+                 depend on another key, e.g. the losses of a `task`); raises `ValueError` naming the valid values.
         default: the head's default value (choice sections).
         skip:    builder parameters the run supplies itself (not config keys), e.g. `process`.
         check:   semantic checks of the filled-in section, `check(section_dict)` raising `ValueError`.
@@ -61,6 +62,7 @@ class Section:
 
 
 SECTIONS: dict[str, Section] = {}
+_OWNERS: dict[str, bool] = {}           # modules that register sections: imported before the first check
 ORDER = ("data", "process", "model", "net", "loss", "train", "sample")    # how a checked config lists its sections
 KEYS: dict[str, tuple[Any, Any, Callable | None]] = {}       # top-level scalars: name -> (type, default, check)
 
@@ -74,14 +76,30 @@ def register_section(name: str, options=None, *, head=None, choices=None, defaul
     return SECTIONS[name]
 
 
+def owners(*modules: str) -> None:
+    """Name the modules that register sections (`"unifusion.latent"`); `check` imports them before it checks, so
+    a section is known however the program started (a module still being imported registers when it finishes)."""
+    for m in modules:
+        _OWNERS.setdefault(m, False)
+
+
+def _import_owners() -> None:
+    import importlib
+
+    for m, done in list(_OWNERS.items()):
+        if not done:
+            _OWNERS[m] = True
+            importlib.import_module(m)
+
+
 def register_key(name: str, type_, default, check: Callable | None = None) -> None:
     """Declare a top-level scalar key (`seed`, `out`, `task`)."""
     KEYS[name] = (type_, default, check)
 
 
-def choice_of(registry: dict, what: str) -> Callable[[str], Callable]:
+def choice_of(registry: dict, what: str) -> Callable[[str, dict], Callable]:
     """`choices` for a section whose head names an entry of `registry` (`what` names the key in errors)."""
-    def choose(name: str) -> Callable:
+    def choose(name: str, cfg: dict | None = None) -> Callable:
         if name not in registry:
             raise ValueError(f"{what}={name!r} is not one of {sorted(registry)}")
         return registry[name]
@@ -182,7 +200,7 @@ def plain(v):
 
 
 # ---- the one check -----------------------------------------------------------------------------------------------
-def _fields(section: Section, value: dict, where: str) -> tuple[dict, dict, Callable | None]:
+def _fields(section: Section, value: dict, where: str, cfg: dict) -> tuple[dict, dict, Callable | None]:
     """`(fixed, chosen, builder)`: the `{key: (type, default)}` of a section's fixed keys (head included) and of the
     builder its head picks (choice sections; `builder` None otherwise)."""
     fixed = dict(options_of(section.options, section.skip)) if section.options is not None else {}
@@ -191,7 +209,7 @@ def _fields(section: Section, value: dict, where: str) -> tuple[dict, dict, Call
     head = value.get(section.head, section.default)
     if not isinstance(head, str):
         raise ValueError(f"config key '{where}.{section.head}' must be a string, got {head!r}")
-    builder = section.choices(head)
+    builder = section.choices(head, cfg)
     fixed = {section.head: (str, section.default), **fixed}
     chosen = {k: v for k, v in options_of(builder, section.skip).items() if k not in fixed}
     return fixed, chosen, builder
@@ -230,13 +248,13 @@ def _check_value(v, t, where: str):
     return plain(copy.deepcopy(v))
 
 
-def _check_section(section: Section, value, semantic: bool = True) -> dict | None:
+def _check_section(section: Section, value, cfg: dict, semantic: bool = True) -> dict | None:
     if value is None and section.optional:
         return None
     value = {} if value is None else value
     if not isinstance(value, dict):
         raise ValueError(f"config section {section.name!r} must be a mapping, got {value!r}")
-    fixed, chosen, builder = _fields(section, value, section.name)
+    fixed, chosen, builder = _fields(section, value, section.name, cfg)
     out = _check_mapping(value, fixed, section.name, chosen, open_=builder is not None and _takes_any(builder))
     if semantic and section.check is not None:
         section.check(out)
@@ -248,6 +266,7 @@ def check(cfg: dict, semantic: bool = True) -> dict:
     ones), a value of the wrong type (naming the type expected) or (`semantic`) a failed section check."""
     if not isinstance(cfg, dict):
         raise ValueError(f"a config must be a mapping of sections, got {type(cfg).__name__}")
+    _import_owners()
     valid = sorted(set(KEYS) | set(SECTIONS))
     for k in cfg:
         if k not in KEYS and k not in SECTIONS:
@@ -268,7 +287,7 @@ def check(cfg: dict, semantic: bool = True) -> dict:
     for name in sorted(SECTIONS, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
         if name in excluded:
             continue
-        section = _check_section(SECTIONS[name], cfg.get(name), semantic)
+        section = _check_section(SECTIONS[name], cfg.get(name), out, semantic)
         if section is not None:                     # an optional section a config does not give stays out
             out[name] = section
     return out
@@ -284,6 +303,7 @@ def set_key(cfg: dict, key: str, value, semantic: bool = True) -> dict:
     """A copy of the checked `cfg` with `key` (dotted, any depth: `train.lr`, `net.channel_mult`, `a.b.c`) set to
     `value`, checked (`semantic=False`: keys and types only, for one of several overrides). Setting a section's
     head (`net.kind`, `data.name`) clears its other builder options."""
+    _import_owners()
     parts = key.strip().split(".")
     if not all(parts):
         raise ValueError(f"--set key {key!r} must be dotted names, e.g. train.lr")
@@ -316,7 +336,7 @@ def set_key(cfg: dict, key: str, value, semantic: bool = True) -> dict:
 def _keys_of(cfg: dict, parts: list[str]) -> set:
     """The keys one level above `parts[-1]` accepts (for creating a nested mapping that `cfg` lacks)."""
     section = SECTIONS[parts[0]]
-    fixed, chosen, _ = _fields(section, cfg.get(parts[0]) or {}, parts[0])
+    fixed, chosen, _ = _fields(section, cfg.get(parts[0]) or {}, parts[0], cfg)
     fields = {**chosen, **fixed}
     for p in parts[1:-1]:
         t = fields.get(p, (Any, None))[0]

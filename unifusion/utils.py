@@ -18,7 +18,7 @@ import torch
 __all__ = [
     "expand_like", "coef", "atomic_write", "remove_stale_temps", "as_float_tensor", "check_finite",
     "check_nonnegative", "check_in_range",
-    "check_positive_int", "check_choice", "default_dtype_of", "generator_device", "randn_like",
+    "check_positive_int", "check_choice", "check_class_labels", "default_dtype_of", "generator_device", "randn_like",
 ]
 
 
@@ -186,3 +186,19 @@ def check_choice(value, name: str, choices) -> None:
     """Raise `ValueError` naming `name` and listing `choices` unless `value` is one of them."""
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not one of {sorted(choices)}")
+
+
+def check_class_labels(y, batch: int, num_classes: int, device=None) -> torch.Tensor:
+    """Class labels as an int64 `[batch]` tensor on `device`: integers in `[-1, num_classes - 1]`, `-1` meaning
+    "no label" (the unconditional model of classifier-free guidance). Anything else raises `ValueError` naming it."""
+    if not isinstance(y, torch.Tensor):
+        try:
+            y = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"class_labels must be integers of shape [{batch}], got {y!r}") from None
+    if y.shape != (batch,) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"class_labels must be integers of shape [{batch}], got {y.dtype} of shape {tuple(y.shape)}")
+    if y.numel() and ((y < -1) | (y >= num_classes)).any():
+        raise ValueError(f"class_labels must lie in [-1, {num_classes - 1}] (-1 = no label), "
+                         f"got values in [{int(y.min())}, {int(y.max())}]")
+    return y.to(device=device, dtype=torch.long)

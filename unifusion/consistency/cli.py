@@ -6,6 +6,8 @@ from data (Song et al. 2023; Song & Dhariwal 2023), on the training loop of `uni
     unifusion distill runs/digits_ve --out runs/cd --resume
     torchrun --nproc_per_node 2 -m unifusion distill runs/digits_ve --out runs/cd_ddp
     unifusion sample runs/cd --sampler consistency --steps 1
+    unifusion distill runs/digits_ve_cond --out runs/cd_cond --guidance 2     # a guided teacher
+    unifusion sample runs/cd_cond --sampler consistency --class all
 
 Every user error prints one line and exits with code 2 (the policy of `unifusion.cli`). `load_consistency`
 (re-exported here) is what `unifusion sample --sampler consistency` loads.
@@ -37,6 +39,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. train.steps=5000, consistency.N=40, consistency.mu=0.9")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.safetensors")
+    p.add_argument("--guidance", type=float, metavar="W", help="CD: distil the classifier-free guided teacher of "
+                                                               "scale W (a class-conditional teacher; "
+                                                               "= --set consistency.guidance=W)")
     add_nproc_argument(p)
     return p
 
@@ -48,6 +53,8 @@ def _distill(argv) -> int:
     args = build_parser().parse_args(argv)
     if (args.teacher is None) == (args.ct is None):
         raise ValueError("give either a teacher checkpoint (CD) or --ct CONFIG (CT), not both or neither")
+    if args.guidance is not None:
+        args.set.append(f"consistency.guidance={args.guidance!r}")
     if args.ct is not None:
         from ..train import load_config
         cfg = distill_config(load_config(args.ct), sets=args.set)

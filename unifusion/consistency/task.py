@@ -20,14 +20,17 @@ from pathlib import Path
 import torch
 
 from ..schema import register_section
-from ..utils import check_choice
+from ..utils import check_choice, generator_device
+from ..nets.embedding import NoiseEmbedding
 from .losses import DISTANCES, cd_loss, ct_loss, ema_update, ict_num_scales
 from .model import ConsistencyFunction, karras_sigmas
 
 __all__ = ["ConsistencyConfig", "DISTILL_DEFAULTS", "TRAIN_DEFAULTS", "ConsistencyTask", "check_consistency_section",
-           "distill_config", "build_consistency_run", "distill_from_config", "load_consistency"]
+           "distill_config", "build_consistency_run", "build_consistency_task", "distill_from_config",
+           "load_consistency"]
 
 STUDENT = "student"   # the trainable module's name in checkpoints (not "net": `load_model` must not mistake it)
+
 
 @dataclass
 class ConsistencyConfig:
@@ -48,6 +51,7 @@ class ConsistencyConfig:
         s1:         CT: final N - 1 of the curriculum.
         p_mean:     CT: log-normal index distribution, mean of log sigma.
         p_std:      CT: ... and its standard deviation.
+        guidance:   CD: distil the classifier-free guided teacher of this scale (`unifusion.guidance`).
     """
     mode: str = "cd"
     teacher: str | None = None
@@ -63,6 +67,7 @@ class ConsistencyConfig:
     s1: int = 1280
     p_mean: float = -1.1
     p_std: float = 2.0
+    guidance: float | None = None
 
 
 DISTILL_DEFAULTS: dict = asdict(ConsistencyConfig())
@@ -83,15 +88,18 @@ class ConsistencyTask:
         solver:      CD: "heun" or "euler".
         total_steps: CT: the K of the curriculum `N(k)` (the run's `train.steps`).
         rho, s0, s1, p_mean, p_std: as in `DISTILL_DEFAULTS`.
+        label_dropout: probability of replacing a label by "no label" (-1) for teacher and student alike (the
+                     student network's own label dropout is switched off, so both see the same label).
     """
 
     def __init__(self, f: ConsistencyFunction, teacher=None, *, N: int = 18, mu: float = 0.95, distance: str = "l2",
                  solver: str = "heun", total_steps: int = 1, rho: float = 7.0, s0: int = 10, s1: int = 1280,
-                 p_mean: float = -1.1, p_std: float = 2.0):
+                 p_mean: float = -1.1, p_std: float = 2.0, label_dropout: float = 0.0):
         check_choice(distance, "distance", DISTANCES)
         self.f, self.teacher, self.distance, self.solver = f, teacher, DISTANCES[distance], solver
         self.N, self.mu, self.total_steps, self.rho = N, mu, total_steps, rho
         self.s0, self.s1, self.p_mean, self.p_std = s0, s1, p_mean, p_std
+        self.label_dropout = float(label_dropout)
         self.modules = {STUDENT: f.denoiser.net}
         self.target = copy.deepcopy(f).requires_grad_(False).eval() if teacher is not None else None
         self.step = 0
@@ -111,6 +119,9 @@ class ConsistencyTask:
 
     def loss(self, batch, generator):
         x, labels = batch
+        if labels is not None and self.label_dropout > 0:
+            drop = torch.rand(labels.shape, generator=generator, device=generator_device(generator)).to(labels.device)
+            labels = torch.where(drop < self.label_dropout, torch.full_like(labels, -1), labels)
         kw = {"class_labels": labels} if labels is not None else None
         sig = self.sigmas(self.num_scales(), x.device)
         if self.teacher is not None:
@@ -166,6 +177,11 @@ def check_consistency_section(sec: dict) -> dict:
     for k in ("sigma_min", "sigma_max", "sigma_data"):
         if c[k] is not None and not (isinstance(c[k], (int, float)) and 0 < c[k] < math.inf):
             raise ValueError(f"consistency.{k} must be a positive number or null, got {c[k]!r}")
+    if c["guidance"] is not None:
+        from ..guidance import check_scale
+        check_scale(c["guidance"], "consistency.guidance")
+        if c["mode"] != "cd":
+            raise ValueError("consistency.guidance needs a teacher (CD): consistency training has none to guide")
     return c
 
 
@@ -187,29 +203,51 @@ def _levels(c: dict, denoiser) -> tuple[float, float, float]:
 
 def build_consistency_run(cfg: dict):
     """`(task, data, None)` for a distill config: the training config's sections plus `consistency:`.
-    CD: the student starts as a copy of the teacher (`cfg`'s data / process / model / net sections are the
-    teacher's, see `distill_config`); CT: a fresh network of `cfg`."""
-    from ..train import load_model
+    CD: the student starts as a copy of the teacher (`cfg`'s data / process / model / net / latent sections are
+    the teacher's, see `distill_config`); CT: a fresh network of `cfg`. With a `latent:` section the task runs on
+    the autoencoder's latents (`unifusion.latent.build_latent_run`)."""
     from ..data.loader import example_shape
-    from ..train.task import build_data, build_denoiser
+    from ..train.task import build_data
+
+    if cfg.get("latent") is not None:
+        from ..latent import build_latent_run
+        return build_latent_run(cfg, build_consistency_task)
+    data = build_data(cfg)
+    return build_consistency_task(cfg, example_shape(data)), data, None
+
+
+def build_consistency_task(cfg: dict, data_shape) -> "ConsistencyTask":
+    """The `ConsistencyTask` of a distill config for data of shape `[N, *data_shape]`."""
+    from ..train import load_model
+    from ..train.task import build_denoiser
+
 
     c = check_consistency_section(cfg.get("consistency", {}))
     torch.manual_seed(cfg["seed"])
     if c["mode"] == "cd":
         teacher = load_model(c["teacher"])
+        if tuple(teacher.data_shape) != tuple(data_shape):
+            raise ValueError(f"teacher {c['teacher']} models data of shape {list(teacher.data_shape)}, but this run's "
+                             f"data has shape {list(data_shape)}")
         student = copy.deepcopy(teacher).requires_grad_(True).train()
     else:
-        teacher, student = None, None
-    data = build_data(cfg)
-    if student is None:
-        student = build_denoiser(cfg, example_shape(data))
+        teacher, student = None, build_denoiser(cfg, data_shape)
+    if c["guidance"] is not None:
+        from ..guidance import classifier_free, num_classes
+        if not num_classes(teacher):
+            raise ValueError("consistency.guidance needs a class-conditional teacher (trained with net.num_classes)")
+        teacher = classifier_free(teacher, c["guidance"])
+    label_dropout = 0.0
+    for m in student.modules():     # labels are dropped once per example, in the task, for every model call alike
+        if isinstance(m, NoiseEmbedding):
+            label_dropout, m.label_dropout = max(label_dropout, m.label_dropout), 0.0
     lo, hi, sd = _levels(c, student)
     f = ConsistencyFunction(student, lo, hi, sd)
     distance = c["distance"] or ("l2" if teacher is not None else "pseudo_huber")
     task = ConsistencyTask(f, teacher, N=c["N"], mu=c["mu"], distance=distance, solver=c["solver"],
                            total_steps=cfg["train"]["steps"], rho=c["rho"], s0=c["s0"], s1=c["s1"],
-                           p_mean=c["p_mean"], p_std=c["p_std"])
-    return task, data, None
+                           p_mean=c["p_mean"], p_std=c["p_std"], label_dropout=label_dropout)
+    return task
 
 
 def load_consistency(path, weights: str = "ema", device="cpu"):
@@ -252,7 +290,7 @@ def distill_config(base: dict | None = None, teacher=None, sets=()) -> dict:
     `unifusion.train.load_config`). Then `TRAIN_DEFAULTS` (steps, EMA, logging), then `sets` (`key=value` strings as
     in `unifusion train --set`, `consistency.*` keys included). There is no `loss` section: the loss is the
     consistency loss of `consistency.distance`."""
-    from ..train.config import DEFAULTS, apply_overrides, merge, train_config
+    from ..train.config import DEFAULTS, apply_overrides, check_config, merge, train_config
     from ..train.checkpoint import read_checkpoint
     from ..train import CHECKPOINT_NAME
 
@@ -261,9 +299,12 @@ def distill_config(base: dict | None = None, teacher=None, sets=()) -> dict:
     if teacher is not None:
         path = Path(teacher)
         _, info = read_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
-        tcfg = merge(DEFAULTS, info.get("config", {}))
-        for sec in ("seed", "data", "process", "model", "net", "train"):
-            cfg[sec] = copy.deepcopy(tcfg[sec])
+        tcfg = check_config(info.get("config", {}))
+        for sec in ("seed", "data", "process", "model", "net", "train", "latent"):
+            if sec in tcfg:
+                cfg[sec] = copy.deepcopy(tcfg[sec])
+            else:
+                cfg.pop(sec, None)
         cons.update(mode="cd", teacher=str(teacher))
     else:
         cons.setdefault("mode", "ct")

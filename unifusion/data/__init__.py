@@ -1,9 +1,13 @@
 """Data sets, none downloaded at run time: 2-D toys, scikit-learn's digits, `.npz` arrays, image folders.
 
 `get_dataset(name_or_path, **kwargs) -> (data, labels_or_None)` is what configs call:
-* a toy name (`TOYS`: eight_gaussians, grid, swiss_roll, moons, checkerboard) with `n=` and `seed=`;
+* a toy name (`TOYS`: eight_gaussians, grid, swiss_roll, moons, checkerboard) with `n=` and `seed=`; the Gaussian
+  toys come with their mixture components as labels;
+* "mixture_64d", draws of `oracles.mixture_64d()` (10 components in 64-d) with `n=` and `seed=`, labelled by
+  component;
 * "digits" with `split=` ("train" / "test") and `as_images=` (`[N, 64]` or `[N, 1, 8, 8]`), through
   `load_digits` (the project's fixed split, `data/digits.py`);
+* "digits32": the same digits upsampled bicubically to `[N, 1, 32, 32]` (`data/digits32.py`), with `split=`;
 * a path: a `.npz` file (`load_npz`, option `key=`) or a folder of PNG/JPEG images (`ImageFolder`, options
   `channels=`, `labels=`).
 
@@ -22,19 +26,28 @@ from pathlib import Path
 import torch
 
 from .digits import digits_split, load_digits
+from .digits32 import digits32_to_digits, load_digits32
 from .arrays import ArrayDataset, open_npz
 from .files import load_npz
 from .images import IMAGE_EXTENSIONS, ImageFolder, TarShards
 from .loader import LoaderOptions, check_loader_options, without_labels
-from .toys import TOYS, toy_2d, toy_oracle
+from .toys import TOYS, toy_2d, toy_2d_labelled, toy_oracle
 from ..schema import register_section
 
-__all__ = ["get_dataset", "open_dataset", "DATASETS", "NAMED", "source", "toy_2d", "toy_oracle", "TOYS", "load_digits",
-           "digits_split", "load_npz", "open_npz", "ArrayDataset", "ImageFolder", "TarShards", "IMAGE_EXTENSIONS",
-           "without_labels", "LoaderOptions"]
+__all__ = ["get_dataset", "open_dataset", "DATASETS", "NAMED", "source", "toy_2d", "toy_2d_labelled", "toy_oracle",
+           "TOYS", "load_digits", "digits_split", "load_digits32", "digits32_to_digits", "load_npz", "open_npz",
+           "ArrayDataset", "ImageFolder", "TarShards", "IMAGE_EXTENSIONS", "without_labels", "LoaderOptions"]
+
 
 def _toy(name, n: int = 10000, seed: int = 0):
-    return toy_2d(name, n, torch.Generator().manual_seed(seed)), None
+    return toy_2d_labelled(name, n, torch.Generator().manual_seed(seed))
+
+
+def _mixture_64d(n: int = 10000, seed: int = 0):
+    from ..oracles import mixture_64d
+
+    x, k = mixture_64d().sample_labelled(n, torch.Generator().manual_seed(seed))
+    return x.float(), k
 
 
 def _digits(split: str = "train", as_images: bool = False):
@@ -42,7 +55,8 @@ def _digits(split: str = "train", as_images: bool = False):
 
 
 # data set name -> builder of `(data, labels)` in memory; its keyword arguments are the `data:` options
-NAMED = {**{t: functools.partial(_toy, t) for t in TOYS}, "digits": _digits}
+NAMED = {**{t: functools.partial(_toy, t) for t in TOYS}, "digits": _digits, "digits32": load_digits32,
+         "mixture_64d": _mixture_64d}
 DATASETS = tuple(sorted(TOYS)) + tuple(k for k in NAMED if k not in TOYS)
 _SKIP = ("name", "path", "root", "shards")
 
@@ -91,7 +105,7 @@ def _open_file(name: str, kwargs: dict):
     return cls(Path(name) if cls is not TarShards else name, **kwargs)
 
 
-def source(name: str):
+def source(name: str, cfg: dict | None = None):
     """The builder whose keyword arguments are the `data:` options of data set `name` (what the config schema
     checks): a named set's loader, or the reader of a path (any options while the path does not exist here)."""
     if name in NAMED:

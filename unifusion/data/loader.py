@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 __all__ = ["LoaderOptions", "BatchOrder", "flip_mask", "fetch_batch", "to_device", "StepLoader", "LoaderError",
-           "check_loader_options", "example_shape", "loader_failure", "is_worker_death", "without_labels"]
+           "check_loader_options", "example_shape", "loader_failure", "is_worker_death", "without_labels", "in_memory"]
 
 _ORDER_KEY, _FLIP_KEY = 0xDA7A, 0xF11B
 
@@ -152,6 +152,12 @@ def without_labels(dataset):
     if isinstance(dataset, torch.utils.data.IterableDataset):
         return _UnlabelledStream(dataset)
     return _Unlabelled(dataset)
+
+
+def in_memory(dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(x, labels)`: every example of a map-style `dataset` in memory, float32 (uint8 pixels scaled to [-1, 1])."""
+    x, y, _ = fetch_batch(dataset, range(len(dataset)))
+    return to_device(x, None, "cpu")[0], y
 
 
 def example_shape(dataset) -> tuple[int, ...]:

@@ -4,7 +4,8 @@
 (`scripts/train_digits_classifier.py`; weights shipped in `unifusion/assets/`); its penultimate features define
 the digits Frechet distance, the role of the Inception features in FID. Metrics: `digits_fd`,
 `confident_fraction`, `nearest_neighbour_ratio`, `copy_fraction` and `digits_report` (all of them, each with
-the real-test-vs-train floor at the same sample count).
+the real-test-vs-train floor at the same sample count); `digits_class_report` for class-conditional samples
+(class agreement, FD per class).
 
 The floor is the same metric for the real test split (360 images, unseen by model and classifier) against the
 training split at the same sample count; FD, whose value depends on the count, is therefore taken over chunks of
@@ -27,7 +28,8 @@ from .distances import frechet_distance_from_stats, gaussian_stats
 from .floors import fd_floor
 
 __all__ = ["DigitsClassifier", "CLASSIFIER_PATH", "FD_COUNT", "MEMORIZATION_THRESHOLD", "IID_FLOOR_REPEATS",
-           "digits_fd", "confident_fraction", "nearest_neighbour_ratio", "copy_fraction", "digits_report"]
+           "digits_fd", "confident_fraction", "nearest_neighbour_ratio", "copy_fraction", "digits_report",
+           "digits_class_report"]
 
 CLASSIFIER_PATH = Path(__file__).resolve().parents[1] / "assets" / "digits_classifier.safetensors"
 MEMORIZATION_THRESHOLD = 0.5  # nearest-neighbour ratio below this flags memorization (see nearest_neighbour_ratio)
@@ -264,3 +266,45 @@ def digits_report(samples, n: int | None = None, floor_repeats: int = 10, seed: 
         "copy_fraction_floor": 1.0 / (n_test + 1),
         "memorization": nn_ratio < MEMORIZATION_THRESHOLD,
     }
+
+
+def digits_class_report(samples, labels, seed: int = 0) -> dict:
+    """Metrics of class-conditional digits: sample `i` was asked to be digit `labels[i]`.
+
+    * `agreement`: the fraction the shipped classifier assigns to the requested class (`agreement_per_class` per
+      class); its floor `agreement_floor` is the classifier's accuracy on the real test split;
+    * `fd_per_class[c]`: the FD between class-`c` samples and the class-`c` training digits, taken like `digits_fd`
+      at the count of class `c` in the test split (about 36: the mean over disjoint chunks of that size), with the
+      exact floor `fd_floor_per_class[c]` (the class-`c` test digits against the same training digits);
+    * the keys of `digits_report` for all samples, reordered class by class (round robin) so that each 360-sample
+      chunk holds every class equally: with balanced labels `fd` is then comparable with the stratified
+      `fd_floor` (the floor of a sampler that draws the test split's class counts), `fd_floor_iid` is given too.
+    `labels`: int64 `[N]` in 0..9; `seed` seeds the floors' resampling (`digits_report`).
+    """
+    x = _digits_pixels(samples)
+    y = torch.as_tensor(labels)
+    if y.shape != (x.shape[0],) or y.is_floating_point() or not bool(((y >= 0) & (y < 10)).all()):
+        raise ValueError(f"labels must be {x.shape[0]} integers in 0..9, got shape {tuple(y.shape)}")
+    real, clf = _real_digits(), DigitsClassifier.load()
+    f, p = _classify(x, clf)
+    from ..data.digits import load_digits
+    x_tr, y_tr = load_digits("train")
+    f_tr = _classify(x_tr, clf)[0]
+    hit = (p.argmax(1) == y).double()
+    per_class, floors, agree = {}, {}, {}
+    for c in sorted(set(y.tolist())):
+        m = int((real["y_test"] == c).sum())
+        ref = gaussian_stats(f_tr[y_tr == c])
+        fc = f[y == c]
+        chunks = [fc[i:i + m] for i in range(0, fc.shape[0] - m + 1, m)] or [fc]
+        per_class[c] = float(np.mean([frechet_distance_from_stats(*gaussian_stats(ch), *ref) for ch in chunks]))
+        floors[c] = frechet_distance_from_stats(*gaussian_stats(real["f_test"][real["y_test"] == c]), *ref)
+        agree[c] = float(hit[y == c].mean())
+    rank = torch.zeros_like(y)
+    for c in set(y.tolist()):
+        rank[y == c] = torch.arange(int((y == c).sum()))
+    order = torch.argsort(rank * 10 + y)                    # round robin over the classes
+    rep = digits_report(x[order], seed=seed)
+    return dict(rep, agreement=float(hit.mean()), agreement_per_class=agree,
+                agreement_floor=float((real["p_test"].argmax(1) == real["y_test"]).double().mean()),
+                fd_per_class=per_class, fd_floor_per_class=floors)

@@ -1,13 +1,14 @@
 """Run configurations: YAML files plus `--set key=value` overrides, checked by the one schema (`unifusion.schema`).
 
-Owns the top-level keys of a run (`seed`, `out`), the reading of config files and overrides, and the shipped
-configs (`unifusion/configs/*.yaml`). The sections are declared by the modules that own them: `data`
+Owns the top-level keys of a run (`task`, `seed`, `out`), the reading of config files and overrides, and the
+shipped configs (`unifusion/configs/*.yaml`). The sections are declared by the modules that own them: `data`
 (`unifusion.data`: the data set's options and the loader's), `process` (`unifusion.processes`), `model`
-(`unifusion.parametrization.Denoiser`), `net` (`unifusion.nets`), `loss` (`unifusion.losses`), `train`
+(`unifusion.parametrization.Denoiser`), `net` (`unifusion.nets`), `loss` (`unifusion.losses`; the names a `task`
+accepts come from `LOSS_FAMILIES`: `diffusion`, and `classifier` from `unifusion.guidance`), `train`
 (`unifusion.train.loop.TrainConfig`), `sample` (`unifusion.train.generate.SampleConfig`), `consistency`
-(`unifusion.consistency.task`). An unknown key is one error line naming the valid ones; a value of the wrong type
-is named with the type expected. Numbers such as `1e-3` are read as floats (YAML 1.2), unlike PyYAML's YAML 1.1
-default.
+(`unifusion.consistency.task`), `latent` and `autoencoder` (`unifusion.latent`). An unknown key is one error line
+naming the valid ones; a value of the wrong type is named with the type expected. Numbers such as `1e-3` are read
+as floats (YAML 1.2), unlike PyYAML's YAML 1.1 default.
 """
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from .. import data, losses, nets, parametrization, processes, schema
-from . import generate
+from .. import schema
 from .loop import TrainConfig
 
-__all__ = ["DEFAULTS", "load_config", "config_path", "apply_overrides", "check_config", "train_config",
+__all__ = ["TASKS", "load_config", "config_path", "apply_overrides", "check_config", "train_config",
            "parse_value", "config_files", "merge", "dump_config", "read_yaml"]
 
 
@@ -35,7 +35,18 @@ def _check_out(v) -> None:
         raise ValueError("config key 'out' must name a folder, got an empty string")
 
 
-OWNERS = (data, processes, parametrization, nets, losses, generate)    # importing them registers their sections
+TASKS = ("diffusion", "classifier")     # what `unifusion train` trains: a denoiser, or a noise-conditional classifier
+
+
+def _check_task(v) -> None:
+    if v is not None and v not in TASKS:
+        raise ValueError(f"config key 'task' must be one of {list(TASKS)}, got {v!r}")
+
+
+schema.owners("unifusion.data", "unifusion.processes", "unifusion.parametrization", "unifusion.nets",
+              "unifusion.losses", "unifusion.train.loop", "unifusion.train.generate", "unifusion.consistency.task",
+              "unifusion.guidance.noise_classifier", "unifusion.latent")      # the modules that own the sections
+schema.register_key("task", str | None, None, _check_task)       # one of TASKS; None = "diffusion"
 schema.register_key("seed", int, 0, _check_seed)                  # every random draw of training derives from it
 schema.register_key("out", str, "runs/train", _check_out)         # run folder: checkpoint, log.jsonl, config.yaml
 
@@ -139,4 +150,7 @@ def config_files() -> dict[str, Path]:
     return {p.stem: p for p in sorted(root.glob("*.yaml"))}
 
 
-DEFAULTS: dict = schema.defaults()           # the config of an empty file
+def __getattr__(name):
+    if name == "DEFAULTS":          # the config of an empty file, computed on first use (after every owner's import)
+        return schema.defaults()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,8 @@
 
 Owns the mapping of user-facing names to grids (`GRIDS`, built from `unifusion.grids`) and the batched,
 seeded, NFE-counted call of a sampler from `unifusion.samplers` on a `Denoiser` (k-diffusion's convention:
-start from `sigmas[0] * z` in VE coordinates, Karras et al. 2022, Algorithm 1).
+start from `sigmas[0] * z` in VE coordinates, Karras et al. 2022, Algorithm 1). Class labels reach the model
+through the samplers' `model_kwargs`, one label per sample (`class_labels`), batched with the samples.
 """
 from __future__ import annotations
 
@@ -60,15 +61,21 @@ def make_grid(process, sampler: str, grid, steps: int, sigma_min: float, sigma_m
 @torch.no_grad()
 def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str | None = None, steps: int = 18,
              seed: int = 0, batch_size: int = 1000, sigma_min: float | None = None, sigma_max: float | None = None,
-             device="cpu", **options) -> tuple[torch.Tensor, dict]:
+             device="cpu", class_labels=None, **options) -> tuple[torch.Tensor, dict]:
     """`n` samples of shape `shape` from `denoiser` (a VE-coordinate `D(x, sigma)`) with `sampler`
     (default `DEFAULT_SAMPLER`) on `grid` with `steps` levels between the process's `sigma~` range (or the given
-    ends). Returns `(samples, info)` with `info = {"sampler", "grid", "steps", "nfe", "seconds"}` (`nfe` per batch)."""
+    ends). `class_labels`: int64 `[n]`, sample `i`'s class (-1: none), passed to the model as
+    `model_kwargs={"class_labels": ...}` (a guided denoiser from `unifusion.guidance` takes them the same way).
+    Returns `(samples, info)` with `info = {"sampler", "grid", "steps", "nfe", "seconds"}` (`nfe` per batch)."""
     from ..samplers import DEFAULT_SAMPLER, count_nfe, get_sampler
 
     name = sampler or DEFAULT_SAMPLER
     fn = get_sampler(name)
     check_positive_int(n, "n")
+    kwargs = dict(options.pop("model_kwargs", None) or {})
+    if class_labels is not None:
+        from ..guidance import check_labels
+        class_labels = check_labels(denoiser, class_labels, n)
     process = getattr(denoiser, "process", None)
     lo = sigma_min if sigma_min is not None else (process.sigma_ve_min if process is not None else 0.002)
     hi = sigma_max if sigma_max is not None else (process.sigma_ve_max if process is not None else 80.0)
@@ -79,7 +86,9 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
         m = min(batch_size, n - i)
         counted = count_nfe(denoiser)
         x = sigmas[0].item() * torch.randn((m, *shape), generator=g).to(device)
-        out.append(fn(counted, x, sigmas, generator=g, **options).cpu())
+        if class_labels is not None:
+            kwargs["class_labels"] = class_labels[i:i + m].to(device)
+        out.append(fn(counted, x, sigmas, generator=g, model_kwargs=kwargs, **options).cpu())
         nfe = counted.nfe
     info = {"sampler": name, "grid": grid if isinstance(grid, str) else ("recommended" if grid is None else "custom"),
             "steps": len(sigmas) - 1, "nfe": nfe,

@@ -18,8 +18,8 @@ from .checkpoint import CheckpointError, read_checkpoint
 from .config import check_config, train_config
 from .loop import CHECKPOINT_NAME, FitResult, fit
 
-__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_run", "check_run_folder", "run_config",
-           "train_from_config", "load_model", "loader_options", "callbacks"]
+__all__ = ["DiffusionTask", "build_data", "build_data_tensors", "build_denoiser", "build_task", "build_run",
+           "check_run_folder", "run_config", "train_from_config", "load_model", "loader_options", "callbacks"]
 
 
 class DiffusionTask:
@@ -53,21 +53,34 @@ def _build(section: str, make, *args, **kwargs):
         raise ValueError(f"bad option in config section {section!r}: {str(e).splitlines()[0]}") from None
 
 
+def data_source(cfg: dict) -> tuple[str, dict]:
+    """`(name, options)` of the config's data set: its `data` section without the loader's keys."""
+    from ..data.loader import LoaderOptions
+
+    name, kwargs = _section(cfg, "data", "name")
+    return name, {k: v for k, v in kwargs.items() if k not in vars(LoaderOptions())}
+
+
 def build_data(cfg: dict) -> torch.utils.data.Dataset:
     """The `Dataset` of the config's `data` section (read lazily where it is a file); its labels are kept only when
     the net is class-conditional."""
     from ..data import open_dataset, without_labels
-    from ..data.loader import LoaderOptions
 
-    name, kwargs = _section(cfg, "data", "name")
-    for k in vars(LoaderOptions()):
-        kwargs.pop(k, None)
+    name, kwargs = data_source(cfg)
     ds = _build("data", open_dataset, name, **kwargs)
     if not cfg["net"].get("num_classes"):
         return without_labels(ds)
     if getattr(ds, "labels", None) is None:
         raise ValueError(f"net.num_classes={cfg['net']['num_classes']} needs labels, but data set {name!r} has none")
     return ds
+
+
+def build_data_tensors(cfg: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(x, labels)`: the config's data set in memory, float32 (pixels scaled to [-1, 1]), for runs that transform
+    all of it first (a latent cache, a latent scale)."""
+    from ..data.loader import in_memory
+
+    return in_memory(build_data(cfg))
 
 
 def loader_options(cfg: dict):
@@ -100,22 +113,29 @@ def build_denoiser(cfg: dict, data_shape) -> Denoiser:
     return Denoiser(net, process, m["target"], m["sigma_data"], m["noise_cond"], m["time_scale"])
 
 
-def build_run(cfg: dict):
-    """`(task, data, None)` for a config: the `DiffusionTask` and the `Dataset` it trains on."""
+def build_task(cfg: dict, data_shape) -> DiffusionTask:
+    """The `DiffusionTask` of the config's process / model / net / loss sections for data of shape
+    `[N, *data_shape]`, the network initialised from `cfg["seed"]`."""
     import inspect
 
-    from ..data.loader import example_shape
     from ..losses import LOSSES, build_loss
 
-    cfg = check_config(cfg)
-    data = build_data(cfg)
     torch.manual_seed(cfg["seed"])                  # network initialisation
-    denoiser = build_denoiser(cfg, example_shape(data))
+    denoiser = build_denoiser(cfg, data_shape)
     lname, lkw = _section(cfg, "loss", "name")
     if lname in LOSSES and "sigma_data" in inspect.signature(LOSSES[lname]).parameters:
         lkw.setdefault("sigma_data", cfg["model"]["sigma_data"])
     loss = _build("loss", build_loss, lname, denoiser.process, **lkw)
-    return DiffusionTask(denoiser, loss), data, None
+    return DiffusionTask(denoiser, loss)
+
+
+def build_run(cfg: dict):
+    """`(task, data, None)` for a config: the `DiffusionTask` and the `Dataset` it trains on."""
+    from ..data.loader import example_shape
+
+    cfg = check_config(cfg)
+    data = build_data(cfg)
+    return build_task(cfg, example_shape(data)), data, None
 
 
 def callbacks(cfg: dict, task, data) -> list:
@@ -127,7 +147,8 @@ def callbacks(cfg: dict, task, data) -> list:
     t, smp, out = cfg["train"], cfg["sample"], []
     if t["preview_every"] and hasattr(task, "denoiser"):
         out.append(SamplePreview(t["preview_every"], t["preview_n"], smp["sampler"], smp["steps"] or 18, smp["seed"]))
-    if t["eval_every"] and hasattr(task, "denoiser") and not isinstance(data, torch.utils.data.IterableDataset):
+    if t["eval_every"] and hasattr(task, "denoiser") and isinstance(data, torch.utils.data.Dataset) \
+            and not isinstance(data, torch.utils.data.IterableDataset):
         x, _, _ = fetch_batch(data, range(min(t["eval_n"], len(data))))
         ref, _ = to_device(x, None, "cpu")
         out.append(Eval(t["eval_every"], sliced_wasserstein_eval(ref, t["eval_n"], smp["sampler"],
@@ -148,8 +169,9 @@ def check_run_folder(out, resume: bool) -> Path:
 def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None) -> FitResult:
     """Build a run with `build(cfg) -> (task, data, labels)` and `fit` it: the one set-up shared by
     `unifusion train` (`train_from_config`) and `unifusion distill`. Refuses to overwrite a checkpoint unless
-    `resume`; `fit` writes `config.yaml` once its checks have passed; the checkpoint's meta holds the data shape
-    plus `extra_meta(task)`. `out` overrides `cfg['out']`."""
+    `resume`; `fit` writes `config.yaml` once its checks have passed; the checkpoint's meta holds the data shape,
+    the task's own `meta` dict if it has one (a transformed task's data shape, e.g. latents), and `extra_meta(task)`.
+    `out` overrides `cfg['out']`."""
     from ..data.loader import example_shape
 
     cfg = copy.deepcopy(cfg)
@@ -158,15 +180,20 @@ def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None
     out = check_run_folder(cfg["out"], resume)
     task, data, labels = build(cfg)
     shape = example_shape(data) if labels is None else tuple(data.shape[1:])
-    meta = {"data_shape": list(shape), **(extra_meta(task) if extra_meta is not None else {})}
+    meta = {"data_shape": list(shape), **getattr(task, "meta", {}),
+            **(extra_meta(task) if extra_meta is not None else {})}
     return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg, meta=meta,
                resume=resume, loader=loader_options(cfg), callbacks=callbacks(cfg, task, data))
 
 
 def train_from_config(cfg: dict, resume: bool = False, out=None) -> FitResult:
     """Build the run of `cfg` and `fit` it; writes `config.yaml`, `log.jsonl` and `checkpoint.safetensors` under
-    `out` (default `cfg['out']`)."""
-    return run_config(cfg, build_run, resume=resume, out=out)
+    `out` (default `cfg['out']`). `cfg['task']` picks the builder: "diffusion" (`build_run`) or "classifier"
+    (`unifusion.guidance.noise_classifier.build_classifier_run`, a noise-conditional classifier)."""
+    build = build_run
+    if cfg.get("task") == "classifier":
+        from ..guidance.noise_classifier import build_classifier_run as build
+    return run_config(cfg, build, resume=resume, out=out)
 
 
 def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
