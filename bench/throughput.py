@@ -138,13 +138,15 @@ def model_flops(sets=()) -> dict:
 def step_rate(device: str, batch: int, steps: int, warmup: int = 1, precision="fp32", compile=False,
               channels_last=False, compile_mode="default", sets=()) -> float:
     """Optimiser steps/s of the U-Net's `TrainStep` on device-resident random data (`warmup` steps excluded)."""
+    if compile:
+        torch._dynamo.reset()                      # a static compile for this batch size, not a dynamic recompile
     task, _ = unet_task("cpu", sets)
-    tc = TrainConfig(batch_size=batch, precision=precision, compile=compile, ema_decays=(0.9999,))
-    tc.channels_last, tc.compile_mode = channels_last, compile_mode
+    tc = TrainConfig(batch_size=batch, precision=precision, compile=compile, ema_decays=(0.9999,),
+                     channels_last=channels_last, compile_mode=compile_mode)
     step = TrainStep(task, tc, DistInfo(0, 1, 0, torch.device(device)), seed=0)
     step.train_mode()
     x = (torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    x, _ = to_device(x, None, device)
+    x, _ = to_device(x, None, device, memory_format=step.memory_format or torch.contiguous_format)
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     for s in range(warmup):
         step(s, [(x, None)])
@@ -164,11 +166,11 @@ def sync_check(batch: int, steps: int = 5) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     task, _ = unet_task("cpu")
-    tc = TrainConfig(batch_size=batch, precision="bf16", compile=True, ema_decays=(0.9999,))
-    tc.channels_last = True
+    tc = TrainConfig(batch_size=batch, precision="bf16", compile=True, ema_decays=(0.9999,), channels_last=True)
     step = TrainStep(task, tc, DistInfo(0, 1, 0, torch.device("cuda")), seed=0)
     step.train_mode()
-    x, _ = to_device(torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8), None, "cuda")
+    x, _ = to_device(torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8), None, "cuda",
+                     memory_format=torch.channels_last)
     for s in range(3):
         step(s, [(x, None)])
     torch.cuda.synchronize()
@@ -202,6 +204,7 @@ def heun_rate(batch: int, compile_mode: str | None, repeats: int = 3) -> float:
 
     _, den = unet_task("cuda")
     den.eval().requires_grad_(False)
+    torch._dynamo.reset()
     if compile_mode is not None:
         den.net.compile(mode=None if compile_mode == "default" else compile_mode)
     sig = grids.edm_grid(18, 0.002, 80.0)
@@ -263,15 +266,17 @@ def gpu_rows(a, flops) -> dict:
 
 
 def table(result: dict) -> str:
-    f, c = result["flops"], result["cpu"]
+    f, c = result["flops"], result.get("cpu")
     lines = [f"CIFAR-10 U-Net: {f['params_M']}M parameters, {f['train_flops_per_image'] / 1e9:.1f} GFLOP per training "
              f"image (forward + backward), {f['forward_flops_per_image'] / 1e9:.1f} GFLOP per forward "
-             f"(FlopCounterMode)", "",
-             f"CPU ({c['threads']} thread for the U-Net; loader: {c['workers']} workers, batch {c['loader_batch']}, "
-             f"{c['images']} 32x32 images)", "",
-             "| source | loader images/s | U-Net training images/s | ratio (target >= 5) |", "|---|---|---|---|"]
-    for name, v in c["loader_images_per_s"].items():
-        lines.append(f"| {name} | {v:.0f} | {c['unet_images_per_s']:.2f} | {c['ratio'][name]:.0f} |")
+             f"(FlopCounterMode)"]
+    if c:
+        lines += ["", f"CPU ({result['machine']['cpus']} cores, load average {result['machine']['load_average']:.1f}; "
+                      f"U-Net: {c['threads']} thread, batch {c['unet_batch']}; loader: {c['workers']} workers, batch "
+                      f"{c['loader_batch']}, {c['images']} 32x32 images)", "",
+                  "| source | loader images/s | U-Net training images/s | ratio (target >= 5) |", "|---|---|---|---|"]
+        for name, v in c["loader_images_per_s"].items():
+            lines.append(f"| {name} | {v:.0f} | {c['unet_images_per_s']:.2f} | {c['ratio'][name]:.0f} |")
     g = result.get("gpu")
     if g:
         peak = f"{g['peak_bf16_flops'] / 1e12:.0f} TFLOP/s dense bf16 (datasheet)" if g["peak_bf16_flops"] else \
@@ -300,11 +305,12 @@ def main(argv=None) -> int:
     p.add_argument("--unet-batch", type=int, default=8)
     p.add_argument("--unet-steps", type=int, default=3)
     p.add_argument("--gpu", action="store_true", help="also the GPU rows (needs CUDA)")
+    p.add_argument("--no-cpu", action="store_true", help="skip the CPU rows (on a GPU machine: only the GPU rows)")
     p.add_argument("--gpu-batches", type=int, nargs="+", default=[128, 256, 512, 1024])
     p.add_argument("--gpu-steps", type=int, default=30)
     p.add_argument("--gpu-workers", type=int, default=8)
-    p.add_argument("--compile-modes", nargs="+", default=["default", "max-autotune-no-cudagraphs"],
-                   help="torch.compile modes of the training rows ('eager': none)")
+    p.add_argument("--compile-modes", nargs="+", default=["default"],
+                   help="torch.compile modes of the training rows ('eager': none; e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--sample-batch", type=int, default=512)
     p.add_argument("--sample-modes", nargs="+", default=["eager", "default", "reduce-overhead"])
     p.add_argument("--out", default=str(RESULTS / "throughput"), help="output stem (.json and .md)")
@@ -315,8 +321,9 @@ def main(argv=None) -> int:
         print("--gpu: CUDA is not available", file=sys.stderr)
         return 2
     flops = model_flops()
-    result = {"flops": flops, "cpu": cpu_rows(a, flops), "machine": {"cpus": os.cpu_count(),
-                                                                    "load_average": os.getloadavg()[0]}}
+    result = {"flops": flops, "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0]}}
+    if not a.no_cpu:
+        result["cpu"] = cpu_rows(a, flops)
     if a.gpu:
         result["gpu"] = gpu_rows(a, flops)
     text = table(result)

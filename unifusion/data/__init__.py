@@ -27,8 +27,7 @@ import torch
 
 from .digits import digits_split, load_digits
 from .digits32 import digits32_to_digits, load_digits32
-from .arrays import ArrayDataset, open_npz
-from .files import load_npz
+from .arrays import ArrayDataset, load_npz, open_npz
 from .images import IMAGE_EXTENSIONS, ImageFolder, TarShards
 from .loader import LoaderOptions, check_loader_options, without_labels
 from .toys import TOYS, toy_2d, toy_2d_labelled, toy_oracle

@@ -1,11 +1,11 @@
 """Arrays as `Dataset`s: in-memory tensors and `.npy` / `.npz` files, memory-mapped where the file allows.
 
-Owns `ArrayDataset` (examples of one array `[N, ...]`, labels optional, indexed a micro-batch at a time) and
-`open_npz`. An `.npz` is a zip archive of `.npy` files; a member stored without compression (`np.savez`, not
-`np.savez_compressed`) is a `.npy` at a fixed offset of the archive, so it is memory-mapped in place (`np.memmap`
-at that offset) and only the rows a batch needs are read; a compressed member is read into memory. uint8 arrays
-are pixels (scaled to [-1, 1] on the device, `unifusion.data.loader.to_device`); other numbers are used as they
-are, as float32. Pickled object arrays are refused (an `.npz` never runs code).
+Owns `ArrayDataset` (examples of one array `[N, ...]`, labels optional, indexed a micro-batch at a time),
+`open_npz` and `load_npz` (the same, read into memory). An `.npz` is a zip archive of `.npy` files; a member stored
+without compression (`np.savez`, not `np.savez_compressed`) is a `.npy` at a fixed offset of the archive, so it is
+memory-mapped in place (`np.memmap` at that offset) and only the rows a batch needs are read; a compressed member
+is read into memory. uint8 arrays are pixels (scaled to [-1, 1] on the device, `unifusion.data.loader.to_device`);
+other numbers are used as they are, as float32. Pickled object arrays are refused (an `.npz` never runs code).
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import _DATA_KEYS, _LABEL_KEYS
+__all__ = ["ArrayDataset", "open_npz", "load_npz"]
 
-__all__ = ["ArrayDataset", "open_npz"]
+_DATA_KEYS = ("x", "data", "images", "samples", "arr_0")
+_LABEL_KEYS = ("y", "labels", "label", "targets")
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -94,7 +95,7 @@ def _member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mmap: bool) 
                                  else np.lib.format.read_array_header_2_0(f))
         header_len = f.tell() if info.compress_type == zipfile.ZIP_STORED else None
         if dtype.hasobject:
-            raise ValueError(f"{str(path)!r} holds pickled objects, which are not loaded")
+            raise ValueError("pickled objects")
         if header_len is None or not mmap:
             return np.lib.format.read_array(zf.open(info), allow_pickle=False)
     with open(path, "rb") as raw:              # the local file header: 30 bytes + name + extra field
@@ -122,20 +123,26 @@ def open_npz(path, key: str | None = None, mmap: bool = True) -> ArrayDataset:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {str(path)!r}")
+    kind = ".npy" if path.suffix.lower() == ".npy" else ".npz"
     try:
-        if path.suffix.lower() == ".npy":
+        if kind == ".npy":
             arrays = {"x": np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)}
         else:
             with zipfile.ZipFile(path) as zf:
-                arrays = {i.filename[:-4]: _member(path, zf, i, mmap) for i in zf.infolist()
-                          if i.filename.endswith(".npy")}
+                members = zf.infolist()
+                bad = [i.filename for i in members if not i.filename.endswith(".npy")]
+                if bad:
+                    raise ValueError(f"member {bad[0]!r} is not a .npy array")
+                arrays = {i.filename[:-4]: _member(path, zf, i, mmap) for i in members}
     except zipfile.BadZipFile:
         raise ValueError(f"{str(path)!r} is not a readable .npz file (not a zip archive)") from None
     except (OSError, EOFError) as e:
-        raise ValueError(f"{str(path)!r} is not a readable array file ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{str(path)!r} is not a readable {kind} file ({type(e).__name__}: {e})") from None
     except ValueError as e:
         msg = str(e).splitlines()[0]
-        raise ValueError(msg if "pickled" in msg else f"{str(path)!r} is not a readable array file ({msg})") from None
+        if "pickle" in msg:                  # an array of Python objects: loading it would run pickle
+            raise ValueError(f"{str(path)!r} holds pickled objects, which are not loaded") from None
+        raise ValueError(f"{str(path)!r} is not a readable {kind} file ({msg})") from None
     if key is None:
         key = next(iter(arrays)) if len(arrays) == 1 else next((k for k in _DATA_KEYS if k in arrays), None)
         if key is None:
@@ -159,3 +166,9 @@ def open_npz(path, key: str | None = None, mmap: bool = True) -> ArrayDataset:
                              f"got {y.dtype} of shape {y.shape}")
         labels = torch.from_numpy(y.astype(np.int64))
     return ArrayDataset(x, labels)
+
+
+def load_npz(path, key: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(x, labels_or_None)` of an `.npz` file in memory (`open_npz` without the memory map): `x` float32 `[N, ...]`
+    (uint8 pixels scaled to [-1, 1]), labels int64 `[N]` if the file has them."""
+    return open_npz(path, key, mmap=False).tensors()

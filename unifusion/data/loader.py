@@ -115,10 +115,15 @@ def _collate(items) -> tuple[torch.Tensor, torch.Tensor | None, int]:
 
 
 class _Unlabelled(torch.utils.data.Dataset):
-    """A map-style data set without its labels."""
+    """A map-style data set without its labels (its other attributes, e.g. `skipped`, are the data set's)."""
 
     def __init__(self, dataset):
         self.dataset, self.labels = dataset, None
+
+    def __getattr__(self, name):
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
     def __len__(self):
         return len(self.dataset)

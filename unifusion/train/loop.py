@@ -286,6 +286,9 @@ def fit(task, data, labels: torch.Tensor | None = None, *, train: TrainConfig | 
     step.train_mode()
     for cb in run.callbacks:
         cb.on_start(run)
+    left_out = getattr(dataset, "skipped", None)
+    if left_out:                                   # unreadable files a reader left out when it opened the data
+        run.log({"step": start, "event": "unreadable_skipped", "count": len(left_out), "first": str(left_out[0])})
     try:
         pending = []
         for s, a, x, y, k in batches:
