@@ -61,13 +61,25 @@ def make_grid(process, sampler: str, grid, steps: int, sigma_min: float, sigma_m
 @torch.no_grad()
 def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str | None = None, steps: int = 18,
              seed: int = 0, batch_size: int = 1000, sigma_min: float | None = None, sigma_max: float | None = None,
-             device="cpu", class_labels=None, **options) -> tuple[torch.Tensor, dict]:
+             device="cpu", class_labels=None, precision: str = "fp32", compile: str | None = None,
+             **options) -> tuple[torch.Tensor, dict]:
     """`n` samples of shape `shape` from `denoiser` (a VE-coordinate `D(x, sigma)`) with `sampler`
     (default `DEFAULT_SAMPLER`) on `grid` with `steps` levels between the process's `sigma~` range (or the given
     ends). `class_labels`: int64 `[n]`, sample `i`'s class (-1: none), passed to the model as
     `model_kwargs={"class_labels": ...}` (a guided denoiser from `unifusion.guidance` takes them the same way).
+    `precision`: "fp32", or "bf16" / "fp16" autocast of the network (GPU; the sampler's arithmetic stays in the
+    samples' dtype). `compile`: a mode of `train.step.COMPILE_MODES` to `torch.compile` the denoiser's network in
+    place: every step of the fixed grid then runs the compiled graph ("reduce-overhead": replayed as CUDA graphs).
     Returns `(samples, info)` with `info = {"sampler", "grid", "steps", "nfe", "seconds"}` (`nfe` per batch)."""
     from ..samplers import DEFAULT_SAMPLER, count_nfe, get_sampler
+    from .step import COMPILE_MODES, autocast_dtype
+
+    amp = autocast_dtype(precision, torch.device(device)) if precision != "fp32" else None
+    if compile is not None:
+        check_choice(compile, "compile", COMPILE_MODES)
+        if not isinstance(getattr(denoiser, "net", None), torch.nn.Module):
+            raise ValueError("compile= needs a denoiser with a network `net`")
+        denoiser.net.compile(mode=None if compile == "default" else compile)
 
     name = sampler or DEFAULT_SAMPLER
     fn = get_sampler(name)
@@ -88,7 +100,8 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
         x = sigmas[0].item() * torch.randn((m, *shape), generator=g).to(device)
         if class_labels is not None:
             kwargs["class_labels"] = class_labels[i:i + m].to(device)
-        out.append(fn(counted, x, sigmas, generator=g, model_kwargs=kwargs, **options).cpu())
+        with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp is not None):
+            out.append(fn(counted, x, sigmas, generator=g, model_kwargs=kwargs, **options).float().cpu())
         nfe = counted.nfe
     info = {"sampler": name, "grid": grid if isinstance(grid, str) else ("recommended" if grid is None else "custom"),
             "steps": len(sigmas) - 1, "nfe": nfe,

@@ -41,7 +41,7 @@ from .ema import EMA
 from .logs import JsonlLogger
 from .schedule import due, lr_at
 from .state import read_resumable, restore_state, write_state
-from .step import NonFiniteLoss, TrainStep, micro_batch_seed
+from .step import COMPILE_MODES, NonFiniteLoss, TrainStep, micro_batch_seed
 
 __all__ = ["TrainConfig", "FitResult", "TrainingDiverged", "DistributedFailure", "fit", "micro_batch_seed",
            "CHECKPOINT_NAME", "as_dataset"]
@@ -143,8 +143,7 @@ class TrainConfig:
                              f"and {self.decay_end}")
         check_choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
         check_choice(self.device, "train.device", ("auto", "cpu", "cuda"))
-        check_choice(self.compile_mode, "train.compile_mode",
-                     ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+        check_choice(self.compile_mode, "train.compile_mode", COMPILE_MODES)
         return self
 
     def lr_at(self, s: int) -> float:

@@ -24,7 +24,10 @@ from torch import nn
 from .distributed import all_reduce_mean, peer_failures
 from .ema import EMA
 
-__all__ = ["TrainStep", "NonFiniteLoss", "micro_batch_seed", "autocast_dtype"]
+__all__ = ["TrainStep", "NonFiniteLoss", "micro_batch_seed", "autocast_dtype", "COMPILE_MODES"]
+
+# torch.compile's modes; "reduce-overhead" also records CUDA graphs (replayed at every call of the same shape)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class NonFiniteLoss(ArithmeticError):
