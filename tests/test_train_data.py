@@ -19,14 +19,6 @@ from unifusion.train import TrainConfig, fit, load_config, read_checkpoint
 from unifusion.train.task import DiffusionTask, build_denoiser
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _unet_task(res=8, channels=3, seed=0):
     cfg = load_config(None, ["net.kind=unet", "net.model_channels=8", "net.channel_mult=[1]", "net.num_blocks=1",
                              "net.attn_resolutions=[]", "net.dropout=0.1", "process.name=edm", "model.target=edm",
