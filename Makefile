@@ -16,8 +16,11 @@ $(VENV)/.base: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.base
+# the tests load k-diffusion's sampling.py and external.py alone: k-diffusion and the two modules sampling.py imports
+# go in with --no-deps (k-diffusion's requirements include torchvision, which would replace the installed torch)
+$(VENV)/.dev: $(VENV)/.base Makefile
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps k-diffusion torchdiffeq torchsde trampoline
 	touch $@
 
 ## make demo: create .venv, install unifusion, run `unifusion demo` (writes runs/demo/)

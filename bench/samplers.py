@@ -41,7 +41,7 @@ SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 NFES = (5, 10, 20, 50)
 OURS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "lms", "hybrid")  # on the EDM grid; tuned ones on theirs too
 STOCH = {"ancestral": {}, "ddim_eta0.5": {"eta": 0.5}, "euler_maruyama": {}, "pc": {"snr": 0.16},
-         "edm_stochastic": {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 10.0}, "langevin": {"step_lr": 2e-4}}
+         "edm_stochastic": {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 10.0}, "langevin": {"step_size": 2.0}}
 
 
 def sharp_2d() -> GaussianMixture:
@@ -113,36 +113,44 @@ def run_dopri5(oracle, x, rtol: float):
 
 
 # ---- peers ---------------------------------------------------------------------------------------------
-def load_k_diffusion_sampling():
-    """k-diffusion's `sampling.py` on its own: its package `__init__` imports torchvision and scikit-image, which
-    do not import beside this torch (k-diffusion is installed with `--no-deps` for that reason). Its own imports
-    (scipy, torchdiffeq, torchsde) come from the `[bench]` extra; stubbed: the parent package and
-    `k_diffusion.utils.append_dims`, the one helper the samplers use (its module imports torchvision)."""
+def load_k_diffusion(*names: str) -> tuple:
+    """k-diffusion's modules `names` (e.g. "sampling", "external") on their own: its package `__init__` imports
+    torchvision and scikit-image, which do not import beside this torch (k-diffusion is installed with `--no-deps` for
+    that reason). Their own imports (scipy, torchdiffeq, torchsde) come from the `[bench]` extra or the dev set-up;
+    stubbed: the parent package and `k_diffusion.utils.append_dims`, the one helper the samplers and the model
+    wrappers use (its module imports torchvision). Returns the modules in the order of `names`."""
     import importlib.util
     import types
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("k-diffusion is not installed: pip install --no-deps k-diffusion")
-    path = Path(list(spec.submodule_search_locations)[0]) / "sampling.py"
+    root = Path(list(spec.submodule_search_locations)[0])
     pkg = types.ModuleType("k_diffusion")
     pkg.__path__ = []
     utils = types.ModuleType("k_diffusion.utils")
     utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
     pkg.utils = utils
     stubs = {"k_diffusion": pkg, "k_diffusion.utils": utils}
-    saved = {k: sys.modules.get(k) for k in stubs}
+    saved = {k: sys.modules.get(k) for k in [*stubs, *(f"k_diffusion.{n}" for n in names)]}
     sys.modules.update(stubs)
     try:
-        mspec = importlib.util.spec_from_file_location("k_diffusion.sampling", path)
-        mod = importlib.util.module_from_spec(mspec)
-        mspec.loader.exec_module(mod)
+        for name in names:  # in order: "external" imports the "sampling" loaded before it
+            mspec = importlib.util.spec_from_file_location(f"k_diffusion.{name}", root / f"{name}.py")
+            mod = sys.modules[mspec.name] = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(mod)
+            setattr(pkg, name, mod)
     finally:
         for k, v in saved.items():
             if v is None:
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
-    return mod
+    return tuple(getattr(pkg, name) for name in names)
+
+
+def load_k_diffusion_sampling():
+    """k-diffusion's `sampling.py` on its own (`load_k_diffusion`)."""
+    return load_k_diffusion("sampling")[0]
 
 
 def _no_noise(sigma, sigma_next):

@@ -149,7 +149,7 @@ def test_per_example_labels_work_in_every_sampler(sampler):
     o = ORACLES["grid"]
     g = torch.Generator().manual_seed(1)
     y = torch.randint(0, o.K, (200,), generator=g)
-    # annealed Langevin: NCSN's step_lr = 2e-5 is stable for a smallest level of 0.01 (step / sigma^2 = 0.1)
+    # annealed Langevin: 40 steps per level, each a_i = 0.2 sigma_i^2 (NCSN's step_lr = 2e-5 at sigma_L = 0.01)
     opts = {"n_steps_each": 40, "steps": 10, "sigma_min": 0.01} if sampler == "langevin" else \
         {"steps": 30, "sigma_min": 0.002}
     out, info = generate(classifier_free(o, 1.5), 200, (2,), sampler=sampler, sigma_max=20.0, class_labels=y,

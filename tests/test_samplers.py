@@ -104,7 +104,7 @@ def _vp_view(oracle):
     return Denoiser(oracle.process_model(vp, "eps"), vp, target="eps")
 
 
-FAST_OPTS = {"langevin": {"n_steps_each": 3, "step_lr": 1e-3}, "pc": {"snr": 0.1}, "dopri5": {"rtol": 1e-5},
+FAST_OPTS = {"langevin": {"n_steps_each": 3, "step_size": 0.4}, "pc": {"snr": 0.1}, "dopri5": {"rtol": 1e-5},
              "edm_stochastic": {"s_churn": 10.0}, "ddim": {"eta": 0.5}}
 
 
@@ -236,3 +236,42 @@ def test_final_adams_step_beats_x_equals_d_on_a_sharp_mixture():
     err = {fa: (S.sample_unipc(oracle, x, sig, final_adams=fa) - ref).pow(2).mean().sqrt().item()
            for fa in (False, True)}
     assert err[True] < 0.5 * err[False], err
+
+
+@pytest.mark.parametrize("name", sorted(S.SAMPLERS))
+def test_no_grad_float32_sigma_and_k_diffusion_keywords(name):
+    """Every sampler runs under no_grad (a trainable model leaves no graph), hands the model sigma in x's dtype,
+    takes k-diffusion's `extra_args` as `model_kwargs` (not both) and `disable` (its progress-bar switch)."""
+    weight = torch.nn.Parameter(torch.ones(()))
+    seen = []
+
+    def model(x, sigma, label=None):
+        seen.append((sigma.dtype, label))
+        return weight * SMOOTH(x.double(), sigma).to(x.dtype)
+
+    x = 5 * torch.randn(3, 1, generator=torch.Generator().manual_seed(5))
+    sig, fn = grids.edm_grid(4, 0.05, 5.0), S.get_sampler(name)
+    opts = {**FAST_OPTS.get(name, {}), "generator": torch.Generator().manual_seed(0)}
+    out = fn(model, x, sig, extra_args={"label": 3}, disable=False, **opts)
+    assert not out.requires_grad and out.dtype == torch.float32
+    assert set(seen) == {(torch.float32, 3)}
+    opts["generator"] = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(fn(model, x, sig, model_kwargs={"label": 3}, **opts), out, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="extra_args"):
+        fn(model, x, sig, model_kwargs={"label": 3}, extra_args={"label": 3}, **opts)
+
+
+def test_callback_x_is_where_denoised_was_evaluated():
+    """The callback's `x` is the state `denoised` was computed at (k-diffusion's meaning); `x_next` the state after
+    the step, which is the next step's `x` for one-step methods; the last `x_next` is the result."""
+    x = 10 * torch.randn(16, 1, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    sig = grids.edm_grid(6, 0.02, 10.0)
+    for name in ("euler", "heun", "dpmpp_2m", "ddim", "edm_stochastic", "dopri5"):
+        calls = []
+        out = S.get_sampler(name)(SMOOTH, x, sig, callback=calls.append)
+        torch.testing.assert_close(calls[0]["x"], x)
+        torch.testing.assert_close(calls[-1]["x_next"], out)
+        for c, nxt in zip(calls, calls[1:], strict=False):
+            torch.testing.assert_close(c["denoised"], SMOOTH(c["x"], c["sigma_hat"]))
+            torch.testing.assert_close(nxt["x"], c["x_next"])
+            assert nxt["sigma"] == c["sigma_next"]

@@ -21,7 +21,7 @@ CASES = {
     "ddim_eta_half": (grids.edm_grid(100, 0.005, 20.0), {"eta": 0.5}),
     "euler_maruyama": (grids.edm_grid(300, 0.005, 20.0), {}),
     "pc": (grids.edm_grid(60, 0.005, 20.0), {"snr": 0.16}),
-    "langevin": (grids.geometric_grid(40, 0.02, 20.0, zero=True), {"n_steps_each": 12, "step_lr": 5e-4}),
+    "langevin": (grids.geometric_grid(40, 0.02, 20.0, zero=True), {"n_steps_each": 12, "step_size": 1.25}),
     "edm_stochastic": (grids.edm_grid(40, 0.005, 20.0), {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 10.0}),
 }
 

@@ -6,7 +6,7 @@ The folder layout is the architecture: processes -> parametrization -> losses / 
 samplers / consistency -> likelihood / metrics / plots -> cli. README.md maps modules to docs.
 Heavy pieces (`metrics`, `plots`, `train`, `cli`) are imported on demand.
 """
-from . import grids, samplers
+from . import grids, samplers, transforms
 from .consistency import ConsistencyFunction, sample_consistency
 from .data import get_dataset, toy_2d
 from .likelihood import bits_per_dim, log_likelihood
@@ -23,7 +23,7 @@ __all__ = [
     "NoiseProcess", "DDPM", "VP", "VPCosine", "SubVP", "VE", "EDM", "RectifiedFlow", "PROCESSES", "get_process",
     "Denoiser", "ProcessModel", "edm_precond",
     "GaussianMixture", "EmpiricalData", "eight_gaussians", "grid_gaussians", "mixture_64d",
-    "SAMPLERS", "RECOMMENDED", "DEFAULT_SAMPLER", "get_sampler", "grids", "samplers",
+    "SAMPLERS", "RECOMMENDED", "DEFAULT_SAMPLER", "get_sampler", "grids", "samplers", "transforms",
     "LOSSES", "build_loss", "MLP", "UNet", "build_net", "get_dataset", "toy_2d",
     "ConsistencyFunction", "sample_consistency", "log_likelihood", "bits_per_dim",
 ]

@@ -481,7 +481,7 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--sigma-max", type=_positive_float, help="highest noise level (default: the process's)")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword option of the sampler, e.g. eta=0.5 (ddim), s_churn=40 (edm_stochastic), "
-                        "snr=0.1 (pc), step_lr=1e-5 (langevin); values parse like --set (repeatable)")
+                        "snr=0.1 (pc), step_size=0.1 (langevin); values parse like --set (repeatable)")
     s.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--out", help="output .npz (a .png is written next to it)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output .npz / .png")

@@ -143,7 +143,7 @@ def _trajectories(out: Path, seed: int, quick: bool) -> Path:
         g = torch.Generator().manual_seed(seed)
         x = sigmas[0].item() * torch.randn(64, 2, generator=g, dtype=torch.float64)
         states = [x]
-        get_sampler(name)(oracle, x, sigmas, generator=g, callback=lambda d, states=states: states.append(d["x"]))
+        get_sampler(name)(oracle, x, sigmas, generator=g, callback=lambda d, states=states: states.append(d["x_next"]))
         paths[name] = torch.stack(states)
     ref = oracle.sample(2000, generator=torch.Generator().manual_seed(seed + 1))
     return save_trajectories(paths["euler_maruyama"], paths["heun"], out / "trajectories.png", reference=ref,

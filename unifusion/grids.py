@@ -12,7 +12,8 @@ This module owns every step schedule the samplers walk along:
 * `tuned_grid`        a first jump from sigma_max, then a rho-schedule between two tuned levels: the step placement
                       tuned per sampler on training mixtures (not the benchmark's; docs/samplers.md says how);
 * `grid_from_list`    any user list, checked;
-* `check_sigmas`      the one validator every sampler calls.
+* `check_sigmas`      the one validator every sampler calls;
+* `default_sigma_range` where a sampling grid of a model of a given process starts and ends by default.
 
 Convention: `n` is the number of positive noise levels; with `zero=True` (the default for ODE/SDE sampling
 grids) a final `0` is appended, so the grid has `n + 1` entries and a sampler takes `n` steps, the last one
@@ -32,9 +33,11 @@ from .utils import as_float_tensor, check_choice, check_positive_int
 __all__ = [
     "append_zero", "edm_grid", "geometric_grid", "log_snr_grid", "uniform_t_grid", "ddim_timesteps",
     "sigmas_from_timesteps", "grid_from_list", "check_sigmas", "DDIM_SPACINGS", "tuned_grid", "TUNED",
+    "SIGMA_MIN", "default_sigma_range",
 ]
 
 DDIM_SPACINGS = ("leading", "trailing", "linspace")
+SIGMA_MIN = 0.002  # EDM's lowest level (Karras et al. 2022, Sec. 5), the floor of every default grid
 
 
 def _check_range(sigma_min, sigma_max):
@@ -188,6 +191,16 @@ def tuned_grid(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, sam
     lo = min(max(lo, sigma_min), hi * 0.999)
     rest = edm_grid(n - 1, lo, hi, rho, zero=False) if n > 2 else torch.tensor([hi], dtype=torch.float64)
     return _finish(torch.cat([torch.tensor([float(sigma_max)], dtype=torch.float64), rest]), zero)
+
+
+def default_sigma_range(process: NoiseProcess | None = None) -> tuple[float, float]:
+    """The default ends `(sigma_min, sigma_max)` of a sampling grid for a model of `process`: `sigma~(t_max)` and
+    `max(sigma~(t_min), SIGMA_MIN)`; EDM's `(0.002, 80)` without a process. The floor keeps the grid positive where
+    `sigma~(t_min) = 0` (rectified flow, the cosine schedule) and out of levels below EDM's, which change nothing
+    visible in data of unit scale and only strain float32 and bfloat16 (SubVP's `sigma~(t_min)` is 2e-6)."""
+    if process is None:
+        return SIGMA_MIN, 80.0
+    return max(process.sigma_ve_min, SIGMA_MIN), process.sigma_ve_max
 
 
 def grid_from_list(values: Sequence[float] | torch.Tensor, *, zero: bool = False) -> torch.Tensor:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..grids import default_sigma_range
 from ..schema import register_section
 from ..utils import check_choice, generator_device
 from ..nets.embedding import NoiseEmbedding
@@ -192,9 +193,9 @@ register_section("consistency", ConsistencyConfig, check=check_consistency_secti
 def _levels(c: dict, denoiser) -> tuple[float, float, float]:
     """`(sigma_min, sigma_max, sigma_data)` of the consistency function: given ones, else the process's range
     clipped to EDM's [0.002, 80], and the model's `sigma_data`."""
-    p = denoiser.process
-    lo = c["sigma_min"] if c["sigma_min"] is not None else max(0.002, p.sigma_ve_min if p is not None else 0.0)
-    hi = c["sigma_max"] if c["sigma_max"] is not None else min(80.0, p.sigma_ve_max if p is not None else 80.0)
+    lo, hi = default_sigma_range(denoiser.process)
+    lo = c["sigma_min"] if c["sigma_min"] is not None else lo
+    hi = c["sigma_max"] if c["sigma_max"] is not None else min(80.0, hi)
     sd = c["sigma_data"] if c["sigma_data"] is not None else denoiser.sigma_data
     if not lo < hi:
         raise ValueError(f"need consistency.sigma_min < sigma_max, got {lo!r} and {hi!r}")

@@ -62,6 +62,17 @@ class ArrayDataset(torch.utils.data.Dataset):
         return self._rows(idx if isinstance(self.x, torch.Tensor) else idx.numpy()), \
             (self.labels[idx] if self.labels is not None else None), 0
 
+    def bound(self, chunk_bytes: int = 1 << 26) -> float:
+        """`max |x|` of the examples as the network sees them (uint8: `x / 127.5 - 1`), read in chunks."""
+        rows = max(1, chunk_bytes // max(1, self.x[:1].nbytes if not isinstance(self.x, torch.Tensor)
+                                         else self.x[:1].numel() * self.x.element_size()))
+        out = 0.0
+        for i in range(0, len(self), rows):
+            part = self._rows(np.arange(i, min(i + rows, len(self))))
+            part = part.float() / 127.5 - 1.0 if part.dtype == torch.uint8 else part
+            out = max(out, float(part.abs().max()))
+        return out
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(x, labels)` in memory: floats as they are, uint8 pixels scaled to [-1, 1]."""
         x = self._rows(np.arange(len(self)))

@@ -134,6 +134,10 @@ class _EncodedImages(torch.utils.data.Dataset):
         y = self.labels[torch.tensor(used)] if self.labels is not None else None
         return x, y, skipped
 
+    def bound(self) -> float:
+        """The largest `|x|` the network may see: 1.0, the pixel range [-1, 1] (not a scan of every image)."""
+        return 1.0
+
     @property
     def pixels(self) -> torch.Tensor:
         """Every image decoded, uint8 `[N, C, H, W]` (in memory: for small data sets)."""

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 __all__ = ["LoaderOptions", "BatchOrder", "flip_mask", "fetch_batch", "to_device", "StepLoader", "LoaderError",
-           "check_loader_options", "example_shape", "loader_failure", "is_worker_death", "without_labels", "in_memory"]
+           "check_loader_options", "example_shape", "loader_failure", "is_worker_death", "without_labels", "in_memory",
+           "data_bound"]
 
 _ORDER_KEY, _FLIP_KEY = 0xDA7A, 0xF11B
 
@@ -163,6 +164,14 @@ def in_memory(dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(x, labels)`: every example of a map-style `dataset` in memory, float32 (uint8 pixels scaled to [-1, 1])."""
     x, y, _ = fetch_batch(dataset, range(len(dataset)))
     return to_device(x, None, "cpu")[0], y
+
+
+def data_bound(dataset) -> float | None:
+    """`max |x|` over a data set's examples as the network sees them (what sampling clips the clean-data estimate
+    to): the data set's own `bound()` (arrays: exact, uint8 pixels scaled, a memory map read in chunks; image
+    readers: 1.0, the pixel range); None where it is unknown (other data sets, streams)."""
+    bound = getattr(dataset, "bound", None)
+    return float(bound()) if callable(bound) else None
 
 
 def example_shape(dataset) -> tuple[int, ...]:

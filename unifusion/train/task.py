@@ -24,10 +24,11 @@ __all__ = ["DiffusionTask", "build_data", "build_data_tensors", "build_denoiser"
 
 class DiffusionTask:
     """The task of a denoising loss: one trainable module `net`, the loss `loss_fn(denoiser, x0, generator,
-    class_labels) -> [B]` of `unifusion.losses`."""
+    class_labels) -> [B]` of `unifusion.losses`, and `meta`, what its checkpoints record beside the data shape
+    (`build_run` sets `data_bound`, the training data's max |x0|)."""
 
-    def __init__(self, denoiser: Denoiser, loss_fn):
-        self.denoiser, self.loss_fn = denoiser, loss_fn
+    def __init__(self, denoiser: Denoiser, loss_fn, meta: dict | None = None):
+        self.denoiser, self.loss_fn, self.meta = denoiser, loss_fn, dict(meta or {})  # meta: for the checkpoint
         self.modules = {"net": denoiser.net}
 
     def loss(self, batch, generator):
@@ -131,11 +132,13 @@ def build_task(cfg: dict, data_shape) -> DiffusionTask:
 
 def build_run(cfg: dict):
     """`(task, data, None)` for a config: the `DiffusionTask` and the `Dataset` it trains on."""
-    from ..data.loader import example_shape
+    from ..data.loader import data_bound, example_shape
 
     cfg = check_config(cfg)
     data = build_data(cfg)
-    return build_task(cfg, example_shape(data)), data, None
+    task = build_task(cfg, example_shape(data))
+    task.meta["data_bound"] = data_bound(data)      # max |x0|, which sampling clips the model's estimate to
+    return task, data, None
 
 
 def callbacks(cfg: dict, task, data) -> list:
@@ -170,8 +173,8 @@ def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None
     """Build a run with `build(cfg) -> (task, data, labels)` and `fit` it: the one set-up shared by
     `unifusion train` (`train_from_config`) and `unifusion distill`. Refuses to overwrite a checkpoint unless
     `resume`; `fit` writes `config.yaml` once its checks have passed; the checkpoint's meta holds the data shape,
-    the task's own `meta` dict if it has one (a transformed task's data shape, e.g. latents), and `extra_meta(task)`.
-    `out` overrides `cfg['out']`."""
+    the task's own `meta` dict if it has one (a transformed task's data shape, e.g. latents; a diffusion task's data
+    bound), and `extra_meta(task)`. `out` overrides `cfg['out']`."""
     from ..data.loader import example_shape
 
     cfg = copy.deepcopy(cfg)
@@ -227,5 +230,6 @@ def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
     except (RuntimeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not match its config: {str(e).splitlines()[0]}") from None
     denoiser.config, denoiser.data_shape = cfg, tuple(info["data_shape"])
+    denoiser.data_bound = info.get("data_bound")  # max |x0| of the training data (None in older checkpoints)
     denoiser.checkpoint_step = int(info["step"])
     return denoiser.to(device).eval().requires_grad_(False)
