@@ -201,3 +201,26 @@ def test_a_dead_or_failing_worker_is_one_line():
         _drain(StepLoader(_Dies(), batch_size=8, stop=8, num_workers=2))
     with pytest.raises(LoaderError, match=r"^data loading failed at step 1: ValueError: example \d+ is unreadable$"):
         _all(StepLoader(_Raises(), batch_size=8, stop=8, num_workers=1))
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """A stream of labelled vectors that repeats itself (or ends after `n`)."""
+
+    def __init__(self, n=None):
+        self.n = n
+
+    def __iter__(self):
+        i = 0
+        while self.n is None or i < self.n:
+            yield torch.tensor([float(i)]), i % 3
+            i += 1
+
+
+def test_an_iterable_data_set_is_read_in_order_and_resumed_by_skipping():
+    one = _all(StepLoader(_Stream(), batch_size=4, grad_accum=2, stop=5))
+    assert torch.equal(torch.cat([x for _, _, x, _, _ in one])[:, 0], torch.arange(20.0))
+    assert one[0][3].tolist() == [0, 1]
+    late = _all(StepLoader(_Stream(), batch_size=4, grad_accum=2, start=2, stop=5))
+    assert all(torch.equal(a[2], b[2]) and a[:2] == b[:2] for a, b in zip(one[4:], late, strict=True))
+    with pytest.raises(LoaderError, match="the data stream ended at step 2"):
+        _all(StepLoader(_Stream(6), batch_size=4, stop=5))

@@ -381,6 +381,6 @@ class StepLoader:
                 try:
                     x, y, skipped = next(it)
                 except StopIteration:
-                    raise LoaderError(f"the data stream ended at step {s}; an iterable data set must repeat itself "
+                    raise LoaderError(f"the data stream ended at step {s + 1}; an iterable data set must repeat itself "
                                       f"(yield examples for every step)") from None
                 yield s, a, x, y, skipped

@@ -201,12 +201,33 @@ class _Window:
         self.loss += loss
         self.n += 1
 
-    def close(self) -> tuple[float, int, float]:
-        """`(mean loss, steps, seconds)` of the window, then start a new one."""
+    def record(self, step: int, lr: float, grad_norm: torch.Tensor, batch: int, skipped: int) -> dict:
+        """The log record of the window that ends after `step` (reading the device's sums), then a new window."""
         now = time.perf_counter()
-        out = (float(self.loss) / max(self.n, 1), self.n, max(now - self.t0, 1e-9))
+        secs, n = max(now - self.t0, 1e-9), self.n
+        rec = {"step": step, "loss": float(self.loss) / max(n, 1), "lr": lr, "grad_norm": float(grad_norm),
+               "steps_per_s": n / secs, "examples_per_s": n * batch / secs}
+        if skipped:
+            rec["skipped_examples"] = skipped
         self.loss, self.n, self.t0 = torch.zeros((), device=self.device), 0, now
-        return out
+        return rec
+
+
+def _on_device(batches, train, dist, seed: int, x_flip: bool, memory_format):
+    """`(step, micro_batches, skipped)` per optimiser step: this process's micro-batches of the step as
+    `(x, labels)` on the device (x-flipped by the step's coins for their positions in the global batch), and the
+    unreadable examples replaced so far."""
+    micro = train.batch_size // (dist.world_size * train.grad_accum)
+    layout = memory_format or torch.contiguous_format
+    pending, skipped = [], 0
+    for s, a, x, y, k in batches:
+        kk = dist.rank * train.grad_accum + a
+        flip = flip_mask(seed, s, train.batch_size)[kk * micro:(kk + 1) * micro] if x_flip else None
+        pending.append(to_device(x, y, dist.device, flip, memory_format=layout))
+        skipped += k
+        if a == train.grad_accum - 1:
+            yield s, pending, skipped
+            pending = []
 
 
 def fit(task, data, labels: torch.Tensor | None = None, *, train: TrainConfig | None = None, seed: int = 0,
@@ -279,9 +300,7 @@ def fit(task, data, labels: torch.Tensor | None = None, *, train: TrainConfig | 
     if dist.is_main and train.progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=train.steps, initial=start, unit="step", dynamic_ncols=True)
-    history, window, result_loss, skipped = [], _Window(dist.device), float("nan"), 0
-    micro = train.batch_size // n_micro
-    layout = step.memory_format or torch.contiguous_format
+    history, window, result_loss = [], _Window(dist.device), float("nan")
     step.train_mode()
     for cb in run.callbacks:
         cb.on_start(run)
@@ -289,16 +308,8 @@ def fit(task, data, labels: torch.Tensor | None = None, *, train: TrainConfig | 
     if left_out:                                   # unreadable files a reader left out when it opened the data
         run.log({"step": start, "event": "unreadable_skipped", "count": len(left_out), "first": str(left_out[0])})
     try:
-        pending = []
-        for s, a, x, y, k in batches:
-            kk = dist.rank * train.grad_accum + a
-            flip = flip_mask(seed, s, train.batch_size)[kk * micro:(kk + 1) * micro] if opts.x_flip else None
-            pending.append(to_device(x, y, dist.device, flip, memory_format=layout))
-            skipped += k
-            if a < train.grad_accum - 1:
-                continue
-            loss, gnorm = step(s, pending)
-            pending = []
+        for s, micro_batches, skipped in _on_device(batches, train, dist, seed, opts.x_flip, step.memory_format):
+            loss, gnorm = step(s, micro_batches)
             window.add(loss)
             run.step = s + 1
             if bar is not None:
@@ -310,16 +321,12 @@ def fit(task, data, labels: torch.Tensor | None = None, *, train: TrainConfig | 
                 if bad is not None:
                     raise diverged(bad)
             if log_now:
-                mean, n, secs = window.close()
-                result_loss = mean
-                rec = {"step": run.step, "loss": mean, "lr": train.lr_at(s), "grad_norm": float(gnorm),
-                       "steps_per_s": n / secs, "examples_per_s": n * train.batch_size / secs}
-                if skipped:
-                    rec["skipped_examples"] = skipped
+                rec = window.record(run.step, train.lr_at(s), gnorm, train.batch_size, skipped)
+                result_loss = rec["loss"]
                 history.append(rec)
                 run.log(rec)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{mean:.4g}", refresh=False)
+                    bar.set_postfix(loss=f"{result_loss:.4g}", refresh=False)
             for cb in run.callbacks:
                 cb.on_step(run)
             if ckpt_now:
