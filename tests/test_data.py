@@ -114,8 +114,8 @@ def test_image_folder_values_labels_and_jpeg(tmp_path):
     assert torch.equal(x[0, 0], torch.full((4, 4), -1.0)) and torch.equal(x[0, 1], torch.full((4, 4), 1.0))
     assert torch.allclose(x[2, 0], torch.full((4, 4), 51 / 127.5 - 1))
     assert (x[3] - (128 / 127.5 - 1)).abs().max() < 3 / 127.5  # JPEG decodes to about the grey it holds
-    xi, label = ds[2]
-    assert torch.equal(xi, x[2]) and label == 1
+    xi, label = ds[2]                                   # one image, decoded on demand, still uint8
+    assert xi.dtype == torch.uint8 and torch.equal(xi.float() / 127.5 - 1, x[2]) and label == 1
     xg, yg = get_dataset(str(tmp_path))
     assert torch.equal(xg, x) and torch.equal(yg, ds.labels)
 

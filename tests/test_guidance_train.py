@@ -95,6 +95,7 @@ def test_distill_a_guided_teacher(runs, tmp_path, capsys):
 
 def test_consistency_task_drops_labels_for_teacher_and_student_alike(runs):
     from unifusion.consistency.task import build_consistency_run, distill_config
+    from unifusion.data.loader import in_memory
     cond, _ = runs
     task, data, labels = build_consistency_run(distill_config(teacher=cond, sets=["consistency.guidance=2"]))
     assert task.label_dropout == 0.2 and task.f.denoiser.net.emb.label_dropout == 0.0
@@ -105,7 +106,7 @@ def test_consistency_task_drops_labels_for_teacher_and_student_alike(runs):
         return teacher(x, s, class_labels=class_labels)
     task.teacher = recording
     y = torch.arange(64) % 8
-    task.loss((data[:64], y), torch.Generator().manual_seed(0))
+    task.loss((in_memory(data)[0][:64], y), torch.Generator().manual_seed(0))
     dropped = seen[0] < 0
     assert 0 < int(dropped.sum()) < 64 and torch.equal(seen[0][~dropped], y[~dropped])
 

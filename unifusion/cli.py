@@ -145,6 +145,10 @@ def _cmd_train(args) -> int:
     if args.out is not None:
         cfg["out"] = args.out
         check_config(cfg)
+    if args.print_config:
+        from .train.config import dump_config
+        print(dump_config(cfg), end="")
+        return 0
     if args.nproc_per_node > 1:
         check_run_folder(cfg["out"], args.resume)
         return launch(args, ["train", args.config, *as_args("--set", args.set), *as_args("--out", args.out),
@@ -197,9 +201,12 @@ def sampler_options(sampler: str, items) -> dict:
     import inspect
 
     from .samplers import get_sampler
-    from .train.config import _type_ok, parse_value
+    from .schema import conforms, describe, options_of
+    from .train.config import parse_value
 
-    params = {k: p for k, p in inspect.signature(get_sampler(sampler)).parameters.items()
+    fn = get_sampler(sampler)
+    types = options_of(fn)
+    params = {k: p for k, p in inspect.signature(fn).parameters.items()
               if p.kind is p.KEYWORD_ONLY and k not in _NOT_OPTIONS}
     options = {}
     for item in items or ():
@@ -211,9 +218,8 @@ def sampler_options(sampler: str, items) -> dict:
             valid = ", ".join(sorted(params)) or "none"
             raise UserError(f"argument --option: sampler {sampler!r} has no option {key!r}; its options: {valid}")
         value = parse_value(text)
-        ok, what = _type_ok(params[key].default, value)
-        if not ok:
-            raise UserError(f"argument --option: {key} must be {what}, got {text!r}")
+        if not conforms(value, types[key][0]):
+            raise UserError(f"argument --option: {key} must be {describe(types[key][0])}, got {text!r}")
         options[key] = value
     return options
 
@@ -466,9 +472,10 @@ def build_parser() -> ArgumentParser:
     t = sub.add_parser("train", help="train a model from a YAML config (torchrun-ready)")
     t.add_argument("config", help="a YAML file, or the name of a shipped config (see `unifusion configs`)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.lr=1e-3 (repeatable)")
+                   help="override a config key at any depth, e.g. --set train.lr=1e-3 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     t.add_argument("--out", help="run folder (overrides the config's `out`)")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     add_nproc_argument(t)
     t.set_defaults(func=_cmd_train)
 

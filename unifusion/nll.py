@@ -141,6 +141,7 @@ def add_arguments(p) -> None:
 def _data(args, denoiser) -> tuple[torch.Tensor, int]:
     """The evaluation data and the default number of levels of the run's data set."""
     from .data import get_dataset, load_npz
+    from .train.task import data_source
 
     name = denoiser.config["data"]["name"]
     levels = 17 if name == "digits" else (0 if str(name).endswith(".npz") or name in _toys() else 256)
@@ -151,7 +152,7 @@ def _data(args, denoiser) -> tuple[torch.Tensor, int]:
         raise ValueError(f"--data must be 'test', 'train' or a .npz file, got {args.data!r}")
     if name != "digits":
         raise ValueError(f"--data {args.data}: the run's data set {name!r} has no {args.data} split; pass a .npz file")
-    kwargs = {k: v for k, v in denoiser.config["data"].items() if k != "name"}
+    _, kwargs = data_source(denoiser.config)
     x, _ = get_dataset(name, **dict(kwargs, split=args.data))
     return x, levels
 

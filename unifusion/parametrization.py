@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .processes import NoiseProcess
+from .schema import register_section
 from .utils import check_choice, coef
 
 __all__ = [
@@ -232,3 +233,11 @@ class ProcessModel(nn.Module):
         c = self.process._coefficients(t)
         x0 = self.denoiser(x_t / coef(c.alpha, x_t), self.process._sigma_ve(t), **cond)
         return target_from_x0(self.target, x_t, x0, *c)
+
+
+def _check_model(section: dict) -> None:
+    check_choice(section["target"], "model.target", TARGETS)
+    check_choice(section["noise_cond"], "model.noise_cond", ("t", "log_sigma"))
+
+
+register_section("model", Denoiser, skip=("net", "process"), check=_check_model)   # the Denoiser's options

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .utils import as_float_tensor, check_choice, check_finite, check_in_range, check_nonnegative, expand_like
+from .schema import choice_of, register_section
 
 __all__ = [
     "NoiseProcess", "Coefficients", "DDPM", "VP", "VPCosine", "SubVP", "VE", "EDM", "RectifiedFlow",
@@ -695,3 +696,6 @@ def get_process(name: str, **kwargs) -> NoiseProcess:
     """A process by its registry name (`PROCESSES` keys) with constructor keyword arguments."""
     check_choice(name, "process", PROCESSES)
     return PROCESSES[name](**kwargs)
+
+
+register_section("process", head="name", default="ddpm", choices=choice_of(PROCESSES, "process.name"))

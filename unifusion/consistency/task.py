@@ -14,38 +14,64 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..grids import default_sigma_range
+from ..schema import register_section
 from ..utils import check_choice, generator_device
 from ..nets.embedding import NoiseEmbedding
 from .losses import DISTANCES, cd_loss, ct_loss, ema_update, ict_num_scales
 from .model import ConsistencyFunction, karras_sigmas
 
-__all__ = ["DISTILL_DEFAULTS", "TRAIN_DEFAULTS", "ConsistencyTask", "check_consistency_section", "distill_config",
-           "build_consistency_run", "build_consistency_task", "distill_from_config", "load_consistency"]
+__all__ = ["ConsistencyConfig", "DISTILL_DEFAULTS", "TRAIN_DEFAULTS", "ConsistencyTask", "check_consistency_section",
+           "distill_config", "build_consistency_run", "build_consistency_task", "distill_from_config",
+           "load_consistency"]
 
 STUDENT = "student"   # the trainable module's name in checkpoints (not "net": `load_model` must not mistake it)
 
-DISTILL_DEFAULTS: dict = {
-    "mode": "cd",               # "cd": distil `teacher`; "ct": improved consistency training from data
-    "teacher": None,            # CD: the teacher's checkpoint (any process / target of `unifusion train`)
-    "sigma_min": None,          # None: max(0.002, the process's smallest sigma~)
-    "sigma_max": None,          # None: min(80, the process's largest sigma~)
-    "sigma_data": None,         # None: the config's model.sigma_data
-    "rho": 7.0,                 # Karras discretization exponent
-    "N": 18,                    # CD: number of noise levels (fixed)
-    "mu": 0.95,                 # CD: EMA decay of the target network (0: the student itself)
-    "distance": None,           # None: "l2" for CD, "pseudo_huber" for CT; or "l1"
-    "solver": "heun",           # CD: the teacher's ODE step, "heun" or "euler"
-    "s0": 10,                   # CT: initial N - 1 of the curriculum
-    "s1": 1280,                 # CT: final N - 1 of the curriculum
-    "p_mean": -1.1,             # CT: log-normal index distribution, mean of log sigma
-    "p_std": 2.0,               # CT: ... and its standard deviation
-    "guidance": None,           # CD: distil the classifier-free guided teacher of this scale (unifusion.guidance)
-}
+
+@dataclass
+class ConsistencyConfig:
+    """The `consistency:` section of a distill config (next to a training config's sections; it has no `loss:`).
+
+    Attributes:
+        mode:       "cd": distil `teacher`; "ct": improved consistency training from data.
+        teacher:    CD: the teacher's checkpoint (any process / target of `unifusion train`).
+        sigma_min:  None: max(0.002, the process's smallest sigma~).
+        sigma_max:  None: min(80, the process's largest sigma~).
+        sigma_data: None: the config's model.sigma_data.
+        rho:        Karras discretization exponent.
+        N:          CD: number of noise levels (fixed).
+        mu:         CD: EMA decay of the target network (0: the student itself).
+        distance:   None: "l2" for CD, "pseudo_huber" for CT; or "l1".
+        solver:     CD: the teacher's ODE step, "heun" or "euler".
+        s0:         CT: initial N - 1 of the curriculum.
+        s1:         CT: final N - 1 of the curriculum.
+        p_mean:     CT: log-normal index distribution, mean of log sigma.
+        p_std:      CT: ... and its standard deviation.
+        guidance:   CD: distil the classifier-free guided teacher of this scale (`unifusion.guidance`).
+    """
+    mode: str = "cd"
+    teacher: str | None = None
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    sigma_data: float | None = None
+    rho: float = 7.0
+    N: int = 18
+    mu: float = 0.95
+    distance: str | None = None
+    solver: str = "heun"
+    s0: int = 10
+    s1: int = 1280
+    p_mean: float = -1.1
+    p_std: float = 2.0
+    guidance: float | None = None
+
+
+DISTILL_DEFAULTS: dict = asdict(ConsistencyConfig())
 
 
 TRAIN_DEFAULTS: dict = {"steps": 2000, "ema_decays": [0.999], "log_every": 100}   # over the teacher's / config's
@@ -160,6 +186,10 @@ def check_consistency_section(sec: dict) -> dict:
     return c
 
 
+register_section("consistency", ConsistencyConfig, check=check_consistency_section, optional=True,
+                 excludes=("loss",))
+
+
 def _levels(c: dict, denoiser) -> tuple[float, float, float]:
     """`(sigma_min, sigma_max, sigma_data)` of the consistency function: given ones, else the process's range
     clipped to EDM's [0.002, 80], and the model's `sigma_data`."""
@@ -173,23 +203,25 @@ def _levels(c: dict, denoiser) -> tuple[float, float, float]:
 
 
 def build_consistency_run(cfg: dict):
-    """`(task, data, labels)` for a distill config: the training config's sections plus `consistency:`.
+    """`(task, data, None)` for a distill config: the training config's sections plus `consistency:`.
     CD: the student starts as a copy of the teacher (`cfg`'s data / process / model / net / latent sections are
     the teacher's, see `distill_config`); CT: a fresh network of `cfg`. With a `latent:` section the task runs on
     the autoencoder's latents (`unifusion.latent.build_latent_run`)."""
+    from ..data.loader import example_shape
     from ..train.task import build_data
 
     if cfg.get("latent") is not None:
         from ..latent import build_latent_run
         return build_latent_run(cfg, build_consistency_task)
-    data, labels = build_data(cfg)
-    return build_consistency_task(cfg, data.shape[1:]), data, labels
+    data = build_data(cfg)
+    return build_consistency_task(cfg, example_shape(data)), data, None
 
 
 def build_consistency_task(cfg: dict, data_shape) -> "ConsistencyTask":
     """The `ConsistencyTask` of a distill config for data of shape `[N, *data_shape]`."""
     from ..train import load_model
     from ..train.task import build_denoiser
+
 
     c = check_consistency_section(cfg.get("consistency", {}))
     torch.manual_seed(cfg["seed"])
@@ -257,9 +289,9 @@ def distill_config(base: dict | None = None, teacher=None, sets=()) -> dict:
     """A checked distill config. CD (`teacher` a checkpoint): the teacher's seed and data / process / model / net /
     train sections (its training settings: lr, batch, ...); CT: those of `base` (a config dict from
     `unifusion.train.load_config`). Then `TRAIN_DEFAULTS` (steps, EMA, logging), then `sets` (`key=value` strings as
-    in `unifusion train --set`; `consistency.*` keys are checked here). There is no `loss` section: the loss is the
+    in `unifusion train --set`, `consistency.*` keys included). There is no `loss` section: the loss is the
     consistency loss of `consistency.distance`."""
-    from ..train.config import DEFAULTS, apply_overrides, check_config, merge, parse_value, train_config
+    from ..train.config import DEFAULTS, apply_overrides, check_config, merge, train_config
     from ..train.checkpoint import read_checkpoint
     from ..train import CHECKPOINT_NAME
 
@@ -268,30 +300,26 @@ def distill_config(base: dict | None = None, teacher=None, sets=()) -> dict:
     if teacher is not None:
         path = Path(teacher)
         _, info = read_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
-        tcfg = merge(DEFAULTS, info.get("config", {}))
+        tcfg = check_config(info.get("config", {}))
         for sec in ("seed", "data", "process", "model", "net", "train", "latent"):
-            cfg[sec] = copy.deepcopy(tcfg[sec])
+            if sec in tcfg:
+                cfg[sec] = copy.deepcopy(tcfg[sec])
+            else:
+                cfg.pop(sec, None)
         cons.update(mode="cd", teacher=str(teacher))
     else:
         cons.setdefault("mode", "ct")
     cfg.pop("loss", None)
+    cfg["consistency"] = cons
     cfg["train"] = merge(cfg["train"], TRAIN_DEFAULTS)
     cfg["out"] = "runs/distill" if teacher is not None else "runs/ct"
-    rest = []
     for item in sets or ():
-        key, eq, text = item.partition("=")
-        if key.strip().startswith("consistency."):
-            if not eq:
-                raise ValueError(f"--set expects key=value, got {item!r}")
-            cons[key.strip()[len("consistency."):]] = parse_value(text)
-        elif key.strip().split(".")[0] == "loss":
-            raise ValueError(f"--set {key.strip()} does not apply to distill: its loss is the consistency loss "
+        key = item.partition("=")[0].strip()
+        if key.split(".")[0] == "loss":
+            raise ValueError(f"--set {key} does not apply to distill: its loss is the consistency loss "
                              f"(consistency.distance)")
-        else:
-            rest.append(item)
-    cfg = check_config(apply_overrides(cfg, rest))
+    cfg = apply_overrides(cfg, sets)
     train_config(cfg)
-    cfg["consistency"] = check_consistency_section(cons)
     return cfg
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import NOISE_SAMPLERS
+from ..losses import LOSS_FAMILIES, NOISE_SAMPLERS
 from ..parametrization import Denoiser, _per_example
 from ..utils import check_choice, coef, randn_like
 
@@ -82,6 +82,7 @@ def cross_entropy(process=None, noise: str = "lognormal", **noise_kwargs) -> Noi
 
 
 CLASSIFIER_LOSSES = {"cross_entropy": cross_entropy}
+LOSS_FAMILIES["classifier"] = CLASSIFIER_LOSSES        # the `loss:` names of a config with `task: classifier`
 
 
 class ClassifierTask:
@@ -117,17 +118,17 @@ def build_classifier_run(cfg: dict):
     `loss` section names a `CLASSIFIER_LOSSES` entry."""
     from ..data import get_dataset
     from ..train.config import check_config
-    from ..train.task import _build, _section, build_denoiser
+    from ..train.task import _build, _section, build_denoiser, data_source
 
     check_config(cfg)
-    name, kwargs = _section(cfg, "data", "name")
+    name, kwargs = data_source(cfg)
     data, labels = get_dataset(name, **kwargs)
     k = _classes(cfg, labels)
     torch.manual_seed(cfg["seed"])
     clf = NoiseClassifier(build_denoiser(cfg, data.shape[1:]), k)
     lname, lkw = _section(cfg, "loss", "name")
     check_choice(lname, "loss.name of a classifier", CLASSIFIER_LOSSES)
-    loss = _build("loss", CLASSIFIER_LOSSES[lname], CLASSIFIER_LOSSES[lname], lkw)
+    loss = _build("loss", CLASSIFIER_LOSSES[lname], **lkw)
     return ClassifierTask(clf, loss), data.float(), labels
 
 

@@ -19,28 +19,39 @@ from __future__ import annotations
 import copy
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from ..schema import choice_of, register_section
 from ..train.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from ..train.loop import CHECKPOINT_NAME
 from ..utils import check_choice
 from .autoencoder import AUTOENCODERS, Autoencoder, DiagonalGaussian
 
-__all__ = ["AE_DEFAULTS", "AE_LOSS_KEYS", "AutoencoderTask", "check_autoencoder_section", "estimate_latent_scale",
-           "build_autoencoder_run", "train_autoencoder_from_config", "save_autoencoder", "load_autoencoder",
-           "autoencoder_digest"]
+__all__ = ["AutoencoderLoss", "AE_DEFAULTS", "AE_LOSS_KEYS", "AutoencoderTask", "check_autoencoder_section",
+           "estimate_latent_scale", "build_autoencoder_run", "train_autoencoder_from_config", "save_autoencoder",
+           "load_autoencoder", "autoencoder_digest"]
 
 MODULE = "autoencoder"     # the trainable module's name in checkpoints (`model.autoencoder.*`)
 
-AE_DEFAULTS: dict = {
-    "kind": "kl",                   # a name in AUTOENCODERS; the other architecture keys are its options
-    "kl_weight": 1.0e-6,            # weight of the summed KL term (LDM's 1e-6)
-    "perceptual_weight": 0.0,       # weight of the digits-classifier feature loss (1x32x32 digits only; 0: none)
-    "shift": False,                 # also centre the latents (shift_factor = their mean); False: SD's scale only
-}
-AE_LOSS_KEYS = ("kl_weight", "perceptual_weight", "shift")
+@dataclass
+class AutoencoderLoss:
+    """The fixed keys of the `autoencoder:` section (next to `kind`, a name in `AUTOENCODERS`, and its options).
+
+    Attributes:
+        kl_weight:         weight of the summed KL term (LDM's 1e-6).
+        perceptual_weight: weight of the digits-classifier feature loss (1x32x32 digits only; 0: none).
+        shift:             also centre the latents (shift_factor = their mean); False: Stable Diffusion's scale only.
+    """
+    kl_weight: float = 1.0e-6
+    perceptual_weight: float = 0.0
+    shift: bool = False
+
+
+AE_DEFAULTS: dict = {"kind": "kl", **asdict(AutoencoderLoss())}
+AE_LOSS_KEYS = tuple(asdict(AutoencoderLoss()))
 
 
 class AutoencoderTask:
@@ -94,6 +105,11 @@ def check_autoencoder_section(sec) -> dict:
     return c
 
 
+register_section("autoencoder", AutoencoderLoss, head="kind", default="kl",
+                 choices=choice_of(AUTOENCODERS, "autoencoder.kind"), skip=("image_shape",),
+                 check=check_autoencoder_section, optional=True)
+
+
 def _build_autoencoder(sec: dict, image_shape) -> Autoencoder:
     from ..train.task import _build
 
@@ -101,7 +117,7 @@ def _build_autoencoder(sec: dict, image_shape) -> Autoencoder:
     if "channel_mult" in arch and isinstance(arch["channel_mult"], list):
         arch["channel_mult"] = tuple(arch["channel_mult"])
     cls = AUTOENCODERS[sec["kind"]]
-    return _build("autoencoder", cls, cls, arch, tuple(image_shape))
+    return _build("autoencoder", cls, tuple(image_shape), **arch)
 
 
 @torch.no_grad()
@@ -125,11 +141,11 @@ def estimate_latent_scale(autoencoder: Autoencoder, data: torch.Tensor, generato
 def build_autoencoder_run(cfg: dict):
     """`(task, data, labels)` of an autoencoder config (its `data`, `seed` and `autoencoder:` sections)."""
     from ..train.config import check_config
-    from ..train.task import build_data
+    from ..train.task import build_data_tensors
 
     check_config(cfg)
     sec = check_autoencoder_section(cfg["autoencoder"])
-    data, _ = build_data(cfg)
+    data, _ = build_data_tensors(cfg)
     if data.ndim != 4:
         raise ValueError(f"an autoencoder needs images [N, C, H, W]; data set {cfg['data'].get('name')!r} has shape "
                          f"{list(data.shape)}")
@@ -145,12 +161,12 @@ def train_autoencoder_from_config(cfg: dict, resume: bool = False, out=None):
     """Train the autoencoder of `cfg` with `unifusion.train.fit` (checkpoints, resume, EMA, DDP as `unifusion
     train`), then measure its latent scale on the training data with the weights `load_autoencoder` uses and store
     it in the checkpoint's metadata. Returns `fit`'s `FitResult`."""
-    from ..train.task import build_data, run_config
+    from ..train.task import build_data_tensors, run_config
 
     res = run_config(cfg, build_autoencoder_run, resume=resume, out=out)
     if res.checkpoint is not None and int(os.environ.get("RANK", "0")) == 0:
         ae = load_autoencoder(res.checkpoint, scaled=False)
-        data, _ = build_data(cfg)
+        data, _ = build_data_tensors(cfg)
         shift = check_autoencoder_section(cfg["autoencoder"])["shift"]
         scale, shift = estimate_latent_scale(ae, data, torch.Generator().manual_seed(cfg["seed"]), shift)
         tensors, info = read_checkpoint(res.checkpoint)

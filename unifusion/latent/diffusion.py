@@ -18,23 +18,35 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from ..schema import register_section
 from ..train.checkpoint import CheckpointError
 from ..utils import atomic_write, check_choice
 from .autoencoder import Autoencoder, DiagonalGaussian, latents_from_posterior
 from .autoencoder_task import autoencoder_digest, load_autoencoder, train_autoencoder_from_config
 
-__all__ = ["LATENT_DEFAULTS", "LatentTask", "check_latent_section", "encode_dataset", "build_latent_run",
-           "train_from_config", "latent_info", "autoencoder_of", "decode_samples"]
+__all__ = ["LatentConfig", "LATENT_DEFAULTS", "LatentTask", "check_latent_section", "encode_dataset",
+           "build_latent_run", "train_from_config", "latent_info", "autoencoder_of", "decode_samples"]
 
-LATENT_DEFAULTS: dict = {
-    "autoencoder": None,        # the autoencoder: a checkpoint (file or run folder) or a diffusers AutoencoderKL folder
-    "encode": "cache",          # "cache": posterior moments encoded once, cached to disk; "online": encoder per batch
-    "sample_posterior": True,   # draw z ~ q(z|x) per step (False: the posterior mean)
-}
+@dataclass
+class LatentConfig:
+    """The `latent:` section of a latent diffusion config.
+
+    Attributes:
+        autoencoder:      a checkpoint (file or run folder) or a diffusers AutoencoderKL folder.
+        encode:           "cache": posterior moments encoded once, cached to disk; "online": the encoder per batch.
+        sample_posterior: draw z ~ q(z|x) per step (False: the posterior mean).
+    """
+    autoencoder: str | None = None
+    encode: str = "cache"
+    sample_posterior: bool = True
+
+
+LATENT_DEFAULTS: dict = asdict(LatentConfig())
 
 
 def check_latent_section(sec) -> dict:
@@ -51,6 +63,9 @@ def check_latent_section(sec) -> dict:
     if not isinstance(c["sample_posterior"], bool):
         raise ValueError(f"latent.sample_posterior must be true or false, got {c['sample_posterior']!r}")
     return c
+
+
+register_section("latent", LatentConfig, check=check_latent_section, optional=True)
 
 
 class LatentTask:
@@ -163,7 +178,7 @@ def build_latent_run(cfg: dict, build_task=None):
     `unifusion.train.task.build_task`, the diffusion task) wrapped in a `LatentTask`, with the data `fit` sees
     (cached posterior moments, latents, or images for `encode: online`). Errors (no autoencoder, latent shape
     other than the net section's, images the autoencoder cannot take) come before anything is encoded."""
-    from ..train.task import build_data
+    from ..train.task import build_data_tensors
     from ..train.task import build_task as build_diffusion_task
 
     if cfg.get("autoencoder") is not None:
@@ -172,7 +187,7 @@ def build_latent_run(cfg: dict, build_task=None):
     sec = check_latent_section(cfg["latent"])
     where = sec["autoencoder"]
     ae = load_autoencoder(where)
-    data, labels = build_data(cfg)
+    data, labels = build_data_tensors(cfg)
     if data.ndim != 4:
         raise ValueError(f"latent diffusion needs images [N, C, H, W]; data set {cfg['data'].get('name')!r} has shape "
                          f"{list(data.shape)}")

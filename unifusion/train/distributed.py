@@ -131,6 +131,7 @@ def launch_local(nproc: int, argv: list[str], grace: float = 10.0) -> str | None
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(nproc),
                LOCAL_WORLD_SIZE=str(nproc))
     env.setdefault("OMP_NUM_THREADS", "1")                 # as torchrun: one thread per process unless asked
+    env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")         # c10d's store warnings after a peer is lost are noise
     procs = [subprocess.Popen([sys.executable, "-m", "unifusion", *argv],
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(nproc)]
     failed = None

@@ -11,13 +11,15 @@ with the samples.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from .. import grids
+from ..schema import register_section
 from ..utils import check_choice, check_positive_int
 
-__all__ = ["GRIDS", "make_grid", "generate"]
+__all__ = ["GRIDS", "make_grid", "generate", "SampleConfig"]
 
 
 def _timesteps(process, n):
@@ -95,7 +97,8 @@ class _Watch:
 @torch.no_grad()
 def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str | None = None, steps: int = 18,
              seed: int = 0, batch_size: int = 1000, sigma_min: float | None = None, sigma_max: float | None = None,
-             device="cpu", class_labels=None, clip_x0: bool | float = True, **options) -> tuple[torch.Tensor, dict]:
+             device="cpu", class_labels=None, clip_x0: bool | float = True, precision: str = "fp32",
+             compile: str | None = None, **options) -> tuple[torch.Tensor, dict]:
     """`n` samples of shape `shape` from `denoiser` (a VE-coordinate `D(x, sigma)`) with `sampler`.
 
     Args:
@@ -118,6 +121,11 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
                       `transforms.clip_x0`; a number: clip to that bound; False: the model as it is. An exact
                       denoiser never leaves the data's range; an eps-prediction network does where it extrapolates
                       (rare starts in low dimension), and its error is multiplied by sigma~ there.
+        precision:    "fp32", or "bf16" / "fp16": autocast of the network (GPU; the sampler's arithmetic stays in the
+                      samples' dtype).
+        compile:      a mode of `train.step.COMPILE_MODES`: `torch.compile` the denoiser's network in place, so every
+                      step of the fixed grid runs the compiled graph ("reduce-overhead": replayed as CUDA graphs);
+                      None: eager.
         **options:    the sampler's own options (its `Args:`), `model_kwargs` and `callback`.
 
     Returns `(samples, info)`, `info = {"sampler", "grid", "steps", "nfe", "clip_x0", "seconds"}` (`nfe` per batch).
@@ -126,6 +134,14 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
     """
     from ..samplers import DEFAULT_SAMPLER, get_sampler
     from ..transforms import clip_x0 as clip
+    from .step import COMPILE_MODES, autocast_dtype
+
+    amp = autocast_dtype(precision, torch.device(device)) if precision != "fp32" else None
+    if compile is not None:
+        check_choice(compile, "compile", COMPILE_MODES)
+        if not isinstance(getattr(denoiser, "net", None), torch.nn.Module):
+            raise ValueError("compile= needs a denoiser with a network `net`")
+        denoiser.net.compile(mode=None if compile == "default" else compile)
 
     name = sampler or DEFAULT_SAMPLER
     fn = get_sampler(name)
@@ -149,7 +165,8 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
         x = sigmas[0].item() * torch.randn((m, *shape), generator=g).to(device)
         if class_labels is not None:
             kwargs["class_labels"] = class_labels[i:i + m].to(device)
-        x = fn(watch.model, x, sigmas, generator=g, callback=watch, model_kwargs=kwargs, **options)
+        with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp is not None):
+            x = fn(watch.model, x, sigmas, generator=g, callback=watch, model_kwargs=kwargs, **options).float()
         if not bool(torch.isfinite(x).all()):
             raise watch.error(name, len(sigmas) - 1)
         out.append(x.cpu())
@@ -157,3 +174,42 @@ def generate(denoiser, n: int, shape, *, sampler: str | None = None, grid: str |
     info = {"sampler": name, "grid": grid if isinstance(grid, str) else ("recommended" if grid is None else "custom"),
             "steps": len(sigmas) - 1, "nfe": nfe, "clip_x0": bound, "seconds": time.perf_counter() - t0}
     return torch.cat(out), info
+
+
+@dataclass
+class SampleConfig:
+    """The `sample:` section of a run's config: the defaults of `unifusion sample`.
+
+    Attributes:
+        sampler:    a name of `unifusion.samplers.SAMPLERS` (None: `DEFAULT_SAMPLER`).
+        grid:       a name of `GRIDS` (None: the sampler's recommended grid).
+        steps:      grid levels (None: 18).
+        n:          samples to draw.
+        batch_size: samples per network batch.
+        seed:       the seed of the sampling noise.
+        ema:        sample with the EMA weights (the first decay), else the raw ones.
+    """
+    sampler: str | None = None
+    grid: str | None = None
+    steps: int | None = None
+    n: int = 64
+    batch_size: int = 1000
+    seed: int = 0
+    ema: bool = True
+
+
+def _check_sample(section: dict) -> None:
+    from ..samplers import SAMPLERS
+
+    for k in ("n", "batch_size", "steps"):
+        if section[k] is not None:
+            check_positive_int(section[k], f"sample.{k}")
+    if section["seed"] < 0:
+        raise ValueError(f"config key 'sample.seed' must be an integer >= 0, got {section['seed']!r}")
+    if section["sampler"] is not None:
+        check_choice(section["sampler"], "sample.sampler", SAMPLERS)
+    if section["grid"] is not None:
+        check_choice(section["grid"], "sample.grid", GRIDS)
+
+
+register_section("sample", SampleConfig, check=_check_sample)

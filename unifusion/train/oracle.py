@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from ..utils import atomic_write
 from .checkpoint import save_checkpoint
-from .config import load_config
+from .config import dump_config, load_config
 from .loop import CHECKPOINT_NAME
 from .task import build_denoiser
 
@@ -37,7 +36,7 @@ def write_oracle_run(out, dim: int = 8, preset: str = "mixture", k: int = 4, see
     denoiser = build_denoiser(cfg, (dim,))
     x = denoiser.net.mixture().sample(n, torch.Generator().manual_seed(seed + 1))
     atomic_write(out / "data.npz", lambda tmp: np.savez(tmp, x=x.numpy()))
-    atomic_write(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write(out / "config.yaml", dump_config(cfg))
     tensors = {f"model.net.{key}": v for key, v in denoiser.net.state_dict().items()}
     meta = {"data_shape": [dim], "step": 0, "seed": seed, "config": cfg, "ema_decays": [], "modules": ["net"],
             "oracle": f"MixtureOracle(dim={dim}, preset={preset!r}, k={k}, seed={seed})"}
