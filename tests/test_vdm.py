@@ -42,3 +42,19 @@ def test_fixed_schedule_is_not_a_module_of_the_task(tmp_path):
     assert info["modules"] == ["net"]
     d = load_model(out)
     assert d.process.gamma_ends[1] == pytest.approx(-float(d.process.base.log_snr(1.0)), rel=1e-14)
+
+
+def test_likelihood_bench_pairs_runs_on_one_dequantization(tmp_path):
+    """bench/likelihood.py: a run against itself differs by exactly 0 (the same dequantization and ELBO draws), and
+    a VDM run gets its ELBO beside the PF-ODE bits/dim."""
+    import json
+
+    from bench_scripts import load_bench
+
+    _, out = _tiny(tmp_path, "fixed", "process.shape=vp", "process.learn_ends=false")
+    load_bench("likelihood").main([str(out), str(out), "--n", "3", "--elbo-repeats", "2",
+                                   "--out", str(tmp_path / "lk")])
+    first, again = json.loads((tmp_path / "lk.json").read_text())
+    assert again["pf_ode_minus_first"] == 0 and again["elbo_minus_first"] == 0
+    assert first["pf_ode_bpd"] == again["pf_ode_bpd"] and math.isfinite(first["elbo_bpd"])
+    assert "| ELBO median |" in (tmp_path / "lk.md").read_text()
