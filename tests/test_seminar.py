@@ -100,4 +100,4 @@ def test_quick_report_end_to_end(tmp_path, capsys):
     assert rc == (0 if text.count("PASS") == len(numbers) else 1)
     assert "<img" in page and "src=\"data:image/png;base64," in page and "src=\"claim" not in page
     assert page.count("<img") == md.count("![")
-    assert "copy fraction" in md and "Runtime" in md
+    assert "copy fraction" in md and "Runtime" in md and "load average median" in md

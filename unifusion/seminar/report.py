@@ -14,6 +14,7 @@ import os
 import re
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,32 @@ def add_arguments(p) -> None:
                                                         "(its digits claims are not expected to pass)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, help="training processes at once (default 2; quick: 1)")
+
+
+class _LoadSampler:
+    """The machine's 1-minute load average, sampled every `every` seconds while the report runs (a shared machine
+    makes the wall time pessimistic: the report says by how much it was shared)."""
+
+    def __init__(self, every: float = 15.0):
+        self.every, self.samples, self._stop = every, [os.getloadavg()[0]], threading.Event()
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> str:
+        s = sorted(self.samples)
+        return f"median {s[len(s) // 2]:.1f} (range {s[0]:.1f}-{s[-1]:.1f})"
 
 
 def _cpu_seconds() -> float:
@@ -138,7 +165,8 @@ def run(args) -> int:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         budget.workers = args.workers
-    results = build_report(out, budget, args.seed)
+    with _LoadSampler() as load:
+        results = build_report(out, budget, args.seed)
     wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     passed = sum(r.passed for r in results)
     header = ["# The two formulations of diffusion models, measured", "",
@@ -148,8 +176,8 @@ def run(args) -> int:
               "fraction: samples closer to a training digit than every test digit is (a fresh sampler scores about "
               "0.003; above 0.5 a model is flagged as memorizing).", "",
               f"**{passed} of {len(results)} claims pass.** Runtime {wall:.0f} s wall, {cpu:.0f} s CPU (all "
-              f"processes, one thread each), load average {os.getloadavg()[0]:.1f}; command `unifusion seminar"
-              f"{' --quick' if budget.quick else ''} --out {out}`; budget: {budget}."]
+              f"processes, one thread each), 1-minute load average {load.summary()} on {os.cpu_count()} cores; "
+              f"command `unifusion seminar{' --quick' if budget.quick else ''} --out {out}`; budget: {budget}."]
     md = to_markdown(results, header)
     atomic_write(out / "report.md", md)
     atomic_write(out / "report.html", to_html(md, out))
