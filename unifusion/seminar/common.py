@@ -36,7 +36,8 @@ class ClaimResult:
 
 @dataclass
 class Budget:
-    """How much work the digits claims do. The default fits the report into 10 minutes on 2 idle cores;
+    """How much work the digits claims do. The default is sized for 10 minutes on 2 idle cores (the whole report
+    takes about 1000 CPU seconds, most of it training the 20 models of claim 2 two at a time);
     `Budget.quick_budget()` is a smoke run (tests)."""
     steps: int = 2000          # training steps of each digits model (batch 256)
     hidden: int = 256          # MLP width
