@@ -6,6 +6,8 @@ returns exit code 2, without a traceback. Subcommands:
 
     train   CONFIG [--set key=value ...] [--resume] [--out DIR]   train a model (works under `torchrun`)
     sample  CHECKPOINT [--sampler S] [--grid G] [--steps N] ...    draw samples: .npz + PNG grid / scatter
+    sample  --diffusers DIR --prompt "..." [--sampler S] ...       a diffusers pipeline folder -> unifusion.interop.cli
+    export  RUN [--diffusers DIR] [--pretrained DIR]               a run as a diffusers / pretrained folder (interop.cli)
     eval    SAMPLES.npz | CHECKPOINT [--n N] ...                   metrics with their noise floors
     demo    [--out runs/demo] [--quick]                             VP vs VE on digits, end to end
     configs                                                         list the shipped configs
@@ -92,6 +94,13 @@ def _sigmas_arg(args):
 def _cmd_sample(args) -> int:
     from .train.generate import generate
 
+    if args.diffusers:
+        from .interop.cli import sample_diffusers
+        return sample_diffusers(args, _sigmas_arg(args) if args.sigmas else None)
+    if args.checkpoint is None:
+        raise _UserError("sample needs a CHECKPOINT (a run folder or checkpoint file) or --diffusers DIR")
+    if args.prompt is not None or args.negative_prompt is not None or args.guidance is not None:
+        raise _UserError("--prompt, --negative-prompt and --guidance apply to --diffusers pipelines only")
     if args.sampler == "consistency":
         ccli, load = _consistency_sample(args)
         f, shape = load(args.checkpoint)
@@ -192,6 +201,12 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .interop.cli import export
+
+    return export(args)
+
+
 def _cmd_demo(args) -> int:
     from .demo import main as demo_main
 
@@ -213,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
-    s.add_argument("checkpoint", help="a checkpoint file or run folder")
+    s.add_argument("checkpoint", nargs="?", help="a checkpoint file, run folder or pretrained folder")
     s.add_argument("--sampler", help="a name from unifusion.samplers.SAMPLERS, or 'consistency' (default: DEFAULT_SAMPLER)")
     s.add_argument("--grid", help="a grid name (edm, geometric, log_snr, uniform_t, timesteps, ddim; default: the sampler's)")
     s.add_argument("--steps", type=int, help="grid levels (default: the run's sample.steps, else 18; "
@@ -228,7 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--out", help="output .npz (a .png is written next to it)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: the run's train.threads)")
+    s.add_argument("--diffusers", metavar="DIR", help="sample a local diffusers pipeline folder instead of a checkpoint "
+                                                      "(--out: a .png)")
+    s.add_argument("--prompt", help="text prompt (--diffusers; needs the pipeline's tokenizer)")
+    s.add_argument("--negative-prompt", help="negative prompt (--diffusers)")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance weight (--diffusers; default 7.5 for "
+                                                   "text pipelines)")
     s.set_defaults(func=_cmd_sample)
+
+    x = sub.add_parser("export", help="write a run as a diffusers DDPMPipeline and / or a unifusion pretrained folder")
+    x.add_argument("run", help="a checkpoint file or run folder")
+    x.add_argument("--diffusers", metavar="DIR", help="write a diffusers DDPMPipeline folder (net diffusers_unet2d)")
+    x.add_argument("--pretrained", metavar="DIR", help="write config.json + model.safetensors (from_pretrained)")
+    x.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    x.set_defaults(func=_cmd_export)
 
     e = sub.add_parser("eval", help="metrics of samples (.npz) or of a checkpoint, with noise floors")
     e.add_argument("samples", help="a .npz from `unifusion sample`, or a checkpoint / run folder")

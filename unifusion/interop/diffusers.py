@@ -20,6 +20,7 @@ pipeline functions are duck-typed on the pipeline's parts.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from ..utils import atomic_write_dir, check_choice, check_positive_int
 __all__ = [
     "PREDICTION_TYPES", "process_from_scheduler_config", "target_from_prediction_type", "scheduler_sigmas",
     "DiffusersNet", "denoiser_from_diffusers", "classifier_free", "sample_pipeline", "load_pipeline",
-    "DiffusersUNet2D", "scheduler_config_from_process", "export_pipeline",
+    "DiffusersUNet2D", "scheduler_config_from_process", "check_exportable", "export_pipeline",
 ]
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -64,9 +65,12 @@ def process_from_scheduler_config(config) -> DDPM:
 
     The betas are formed in float32 exactly as diffusers forms them (so `alphas_cumprod` equals the scheduler's to the
     last bit), then carried in float64. `rescale_betas_zero_snr` rescales them (Lin et al. 2024; the process floors
-    the terminal alpha-bar, see `DDPM`). The Euler-type schedulers of `SIGMA_SCHEDULERS` with the default
-    `interpolation_type="linear"` interpolate sigma~ linearly between timesteps, the others log-linearly
-    (`DDPM(interpolation=...)`); the two agree at integer timesteps. Raises `ValueError` naming an unknown beta schedule.
+    the terminal alpha-bar, see `DDPM`). Between integer timesteps the Euler-type schedulers of `SIGMA_SCHEDULERS`
+    interpolate sigma~ linearly in t (`interpolation_type="linear"`, their default, on their own timesteps); every
+    other config, and those with Karras / exponential / beta sigmas (whose times diffusers finds log-linearly),
+    log-linearly (`DDPM(interpolation=...)`). The two agree at integer timesteps. A config dict needs its
+    `_class_name` for this (a saved `scheduler_config.json` has it; a scheduler object supplies it). Raises
+    `ValueError` naming an unknown beta schedule.
     """
     cfg = _config(config)
     n = cfg.get("num_train_timesteps", 1000)
@@ -79,9 +83,10 @@ def process_from_scheduler_config(config) -> DDPM:
                            n, dtype=torch.float32)
     if cfg.get("rescale_betas_zero_snr", False):
         betas = zero_terminal_snr_betas(betas)
-    linear = cfg.get("interpolation_type", "linear" if cfg.get("_class_name") in SIGMA_SCHEDULERS else None)
+    linear = cfg.get("_class_name") in SIGMA_SCHEDULERS and cfg.get("interpolation_type", "linear") == "linear" and \
+        not any(cfg.get(k) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"))
     return DDPM.from_alphas_cumprod(torch.cumprod(1.0 - betas, 0).double(),
-                                    interpolation="linear" if linear == "linear" else "log_linear")
+                                    interpolation="linear" if linear else "log_linear")
 
 
 def target_from_prediction_type(prediction_type: str) -> str:
@@ -107,7 +112,8 @@ def scheduler_sigmas(process: DDPM, config, steps: int) -> torch.Tensor:
     cfg = _config(config)
     check_positive_int(steps, "steps")
     cls, T = cfg.get("_class_name", ""), process.num_timesteps
-    spacing, offset = cfg.get("timestep_spacing", "leading"), cfg.get("steps_offset", 0)
+    spacing = cfg.get("timestep_spacing", "linspace" if cls in MULTISTEP_SCHEDULERS else "leading")
+    offset = cfg.get("steps_offset", 0)
     if cls in MULTISTEP_SCHEDULERS and spacing != "trailing":
         ts = grids.ddim_timesteps(T, steps + 1, spacing, offset)[:-1]
     else:
@@ -183,16 +189,23 @@ def classifier_free(denoiser, scale: float, cond: dict, uncond: dict):
 # ---- pipelines --------------------------------------------------------------------------------------------------
 def load_pipeline(folder, **kwargs):
     """`diffusers.DiffusionPipeline.from_pretrained(folder)` from a local folder only (never a download), after
-    checking that it is a pipeline folder with a unet and a scheduler (`ValueError` naming what is missing)."""
+    checking that it is a pipeline folder with a unet and a scheduler (`ValueError` naming what is missing).
+    Components that the folder's `model_index.json` lists as absent (e.g. no tokenizer or safety checker) load as
+    None."""
     path = Path(folder)
     if not path.is_dir():
         raise ValueError(f"diffusers pipeline folder {path} does not exist")
     for need in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json"):
         if not (path / need).is_file():
             raise ValueError(f"{path} is not a diffusers pipeline folder with a unet and a scheduler: no {need}")
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path / 'model_index.json'} is not valid JSON ({e.msg})") from None
+    absent = {k: None for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is None}
     from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(str(path), local_files_only=True, **kwargs)
+    return DiffusionPipeline.from_pretrained(str(path), local_files_only=True, **{**absent, **kwargs})
 
 
 def _conditioning(pipe, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, n_per_prompt, cfg, device):
@@ -398,11 +411,10 @@ def scheduler_config_from_process(process, target: str) -> dict:
     return cfg
 
 
-def export_pipeline(denoiser: Denoiser, folder) -> Path:
-    """Write `denoiser` (a `Denoiser` whose net is `DiffusersUNet2D`, on a `DDPM` process, network time = the integer
-    timestep) as a `diffusers.DDPMPipeline` folder that `DDPMPipeline.from_pretrained(folder)` loads offline, its
-    scheduler config equivalent to the process (`scheduler_config_from_process`). The folder is written atomically
-    and must not exist yet (or be empty). Raises `ValueError` for a model diffusers cannot express."""
+def check_exportable(denoiser: Denoiser) -> dict:
+    """The scheduler config `export_pipeline` would write for `denoiser`, or `ValueError` naming why diffusers cannot
+    express it: the net must be `DiffusersUNet2D` (unconditional), the network time the integer timestep
+    (`noise_cond="t"`, `time_scale=1`), the process `DDPM` and the target eps / v / x0."""
     net = getattr(denoiser, "net", None)
     if not isinstance(net, DiffusersUNet2D):
         raise ValueError(f"export to diffusers needs a model whose net is diffusers_unet2d, got "
@@ -413,8 +425,16 @@ def export_pipeline(denoiser: Denoiser, folder) -> Path:
         raise ValueError(f"export to diffusers needs the network to see the integer timestep (model.noise_cond: t, "
                          f"model.time_scale: 1), got noise_cond={denoiser.noise_cond!r}, "
                          f"time_scale={denoiser.time_scale!r}")
-    config = scheduler_config_from_process(denoiser.process, denoiser.target)
+    return scheduler_config_from_process(denoiser.process, denoiser.target)
+
+
+def export_pipeline(denoiser: Denoiser, folder) -> Path:
+    """Write `denoiser` as a `diffusers.DDPMPipeline` folder that `DDPMPipeline.from_pretrained(folder)` loads
+    offline: its UNet (float32) and a `DDPMScheduler` whose config is equivalent to the process (`check_exportable`,
+    which raises `ValueError` for a model diffusers cannot express). Written atomically; `folder` must not exist yet
+    (or be empty)."""
+    config = check_exportable(denoiser)
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    pipe = DDPMPipeline(unet=copy.deepcopy(net.unet).float().cpu(), scheduler=DDPMScheduler(**config))
+    pipe = DDPMPipeline(unet=copy.deepcopy(denoiser.net.unet).float().cpu(), scheduler=DDPMScheduler(**config))
     return atomic_write_dir(folder, lambda tmp: pipe.save_pretrained(str(tmp), safe_serialization=True))

@@ -1,10 +1,12 @@
 """Networks that never know the formulation: called as `net(x, noise_cond, class_labels=None)`.
 
 `MLP` for vectors, `UNet` (DDPM++ family) for images, the noise/label embeddings, and `build_net(kind, **kwargs)`
-so a YAML config can name either (`NETS`).
+so a YAML config can name any of `NETS`: "mlp", "unet", and "diffusers_unet2d" (diffusers' `UNet2DModel`,
+`unifusion.interop.diffusers.DiffusersUNet2D`, needs the `[diffusers]` extra), which is imported on first use.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 
 from torch import nn
@@ -17,7 +19,24 @@ from .unet import UNet
 __all__ = ["MLP", "UNet", "NETS", "build_net", "PositionalEmbedding", "FourierEmbedding", "NoiseEmbedding",
            "EMBEDDINGS"]
 
-NETS = {"mlp": MLP, "unet": UNet}
+
+
+class _Registry(dict):
+    """name -> network class; a value given as "module:Class" is imported on first access (optional backends)."""
+
+    def __getitem__(self, kind):
+        value = super().__getitem__(kind)
+        if isinstance(value, str):
+            module, name = value.split(":")
+            value = getattr(importlib.import_module(module), name)
+            self[kind] = value
+        return value
+
+    def get(self, kind, default=None):
+        return self[kind] if kind in self else default
+
+
+NETS = _Registry(mlp=MLP, unet=UNet, diffusers_unet2d="unifusion.interop.diffusers:DiffusersUNet2D")
 
 
 def build_net(kind: str, **kwargs) -> nn.Module:

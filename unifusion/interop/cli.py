@@ -1,0 +1,108 @@
+"""The command-line verbs of interop (registered by `unifusion.cli`, which owns parsing and the error policy):
+
+    unifusion sample --diffusers DIR --prompt "..." [--sampler S] [--steps N] [--guidance W] [--n N] [--out F.png]
+        a diffusers pipeline folder sampled by a unifusion sampler (`interop.diffusers.sample_pipeline`);
+    unifusion export RUN [--diffusers DIR] [--pretrained DIR] [--raw]
+        a trained run as a `diffusers.DDPMPipeline` folder (`interop.diffusers.export_pipeline`) and / or a
+        unifusion pretrained folder (`train.save_pretrained`).
+
+Every user error is a `ValueError` with a one-line message (the CLI prints it and exits 2).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+__all__ = ["sample_diffusers", "export"]
+
+
+def _tile(images):
+    """`[N, H, W, C]` floats in [0, 1] as one uint8 picture, `ceil(sqrt(N))` columns."""
+    import numpy as np
+
+    n, h, w, c = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    out = np.ones((rows * h, cols * w, c), dtype=np.float32)
+    for i, im in enumerate(images):
+        out[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = im
+    return (out.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def _quiet() -> None:
+    """diffusers' and transformers' loading bars and warnings off: the CLI's stderr is for its own one-line errors."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def sample_diffusers(args, sigmas=None) -> int:
+    """`unifusion sample --diffusers DIR ...`: images from a local pipeline folder, saved as one PNG.
+
+    Args:
+        args:   the parsed `sample` arguments (`diffusers`, `prompt`, `negative_prompt`, `guidance`, `sampler`,
+                `grid`, `steps`, `n`, `seed`, `out`, `threads` are used).
+        sigmas: an explicit grid from `--sigmas`, or None.
+    """
+    import time
+
+    import torch
+    from PIL import Image
+
+    from ..utils import atomic_write
+    from .diffusers import load_pipeline, sample_pipeline
+
+    if args.checkpoint is not None:
+        raise ValueError(f"--diffusers cannot be combined with a unifusion checkpoint (got {args.checkpoint})")
+    unused = [flag for flag, v in (("--raw", args.raw), ("--batch-size", args.batch_size),
+                                   ("--sigma-min", args.sigma_min), ("--sigma-max", args.sigma_max)) if v]
+    if unused:
+        raise ValueError(f"{', '.join(unused)} do(es) not apply to --diffusers pipelines")
+    if args.sampler == "consistency":
+        raise ValueError("--sampler consistency needs a unifusion consistency model, not a diffusers pipeline")
+    out = Path(args.out) if args.out else Path(f"samples_diffusers_{args.sampler or 'default'}.png")
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must end in .png with --diffusers, got {out}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _quiet()
+    pipe = load_pipeline(args.diffusers)
+    pipe.set_progress_bar_config(disable=True)
+    t0 = time.perf_counter()
+    images = sample_pipeline(pipe, prompt=args.prompt, negative_prompt=args.negative_prompt, sampler=args.sampler,
+                             steps=args.steps or 20, guidance=args.guidance, num_images_per_prompt=args.n or 1,
+                             generator=torch.Generator().manual_seed(args.seed or 0),
+                             grid=sigmas if sigmas is not None else args.grid, output_type="np")
+    seconds = time.perf_counter() - t0
+    atomic_write(out, lambda tmp: Image.fromarray(_tile(images).squeeze(-1) if images.shape[-1] == 1
+                                                  else _tile(images)).save(tmp))
+    print(f"{images.shape[0]} images, {args.sampler or 'default sampler'}, {args.steps or 20} steps, "
+          f"{seconds:.2f} s -> {out}")
+    return 0
+
+
+def export(args) -> int:
+    """`unifusion export RUN --diffusers DIR --pretrained DIR`: checks every requested format before writing any."""
+    from ..train import load_model, save_pretrained
+    from .diffusers import check_exportable, export_pipeline
+
+    if not (args.diffusers or args.pretrained):
+        raise ValueError("export needs --diffusers DIR and / or --pretrained DIR")
+    model = load_model(args.run, ema=not args.raw)
+    model.weights = "raw" if args.raw else "ema"
+    if args.diffusers:
+        check_exportable(model)
+    for folder in (args.diffusers, args.pretrained):
+        if folder and Path(folder).exists() and (not Path(folder).is_dir() or any(Path(folder).iterdir())):
+            raise ValueError(f"{folder} already exists and is not an empty folder; remove it or choose another")
+    if args.pretrained:
+        save_pretrained(model, args.pretrained)
+        print(f"pretrained model -> {args.pretrained} (load with unifusion.train.from_pretrained)")
+    if args.diffusers:
+        export_pipeline(model, args.diffusers)
+        print(f"diffusers DDPMPipeline -> {args.diffusers} (load with diffusers.DDPMPipeline.from_pretrained)")
+    return 0
