@@ -19,7 +19,7 @@ import transformers
 
 from unifusion import grids
 from unifusion.cli import main
-from unifusion.interop.diffusers import (classifier_free, denoiser_from_diffusers, export_pipeline, load_pipeline,
+from unifusion.interop.diffusers import (classifier_free, denoiser_from_diffusers, export_pipeline,
                                          process_from_scheduler_config, sample_pipeline, scheduler_config_from_process,
                                          scheduler_sigmas, target_from_prediction_type)
 from unifusion.processes import DDPM, VP
@@ -36,19 +36,10 @@ def rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def perturb(module, seed=0, scale=0.05):
-    """Random weights all over (diffusers zero-initialises some output layers)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return module.eval()
-
-
 @pytest.fixture(scope="module")
-def unet():
+def unet(bench):
     torch.manual_seed(0)
-    return perturb(diffusers.UNet2DModel(
+    return bench.perturb(diffusers.UNet2DModel(
         sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=4, attention_head_dim=4))
@@ -184,9 +175,9 @@ def copy_double(module):
     return copy.deepcopy(module).double()
 
 
-def test_denoiser_passes_conditioning_and_keeps_the_mean_of_learned_variance():
+def test_denoiser_passes_conditioning_and_keeps_the_mean_of_learned_variance(bench):
     torch.manual_seed(0)
-    net = perturb(diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=2, block_out_channels=(8, 16),
+    net = bench.perturb(diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=2, block_out_channels=(8, 16),
                                         layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
                                         up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
                                         num_class_embeds=3))
@@ -214,26 +205,26 @@ def test_classifier_free_is_one_batched_call_and_linear():
 
 
 # ---- a tiny Stable Diffusion pipeline --------------------------------------------------------------------------
+def load_bench():
+    """bench/interop.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "interop.py"
+    spec = importlib.util.spec_from_file_location("interop_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="module")
-def sd_pipe():
-    torch.manual_seed(0)
-    unet = perturb(diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=4))
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                                  latent_channels=4, norm_num_groups=4, sample_size=16).eval()
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1, vocab_size=16,
-        max_position_embeddings=8, projection_dim=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
-    sched = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                    clip_sample=False, set_alpha_to_one=False, steps_offset=1)  # Stable Diffusion's
-    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=None, unet=unet, scheduler=sched,
-                                             safety_checker=None, feature_extractor=None,
-                                             requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def bench():
+    return load_bench()
+
+
+@pytest.fixture(scope="module")
+def sd_pipe(bench):
+    return bench.tiny_sd_pipeline()
 
 
 def embeds(seed=3):
@@ -286,9 +277,9 @@ def test_sample_pipeline_bad_input(sd_pipe, unet):
 
 
 # ---- export, pretrained folders and the CLI --------------------------------------------------------------------
-TINY = ["--set", "net.block_out_channels=[8, 16]", "--set", "net.norm_num_groups=4", "--set", "net.attention_head_dim=4",
-        "--set", "train.steps=20", "--set", "train.batch_size=16", "--set", "train.progress=false",
-        "--set", "train.log_every=0", "--set", "train.ckpt_every=0", "--set", "train.threads=1"]
+TINY = [a for kv in ["net.block_out_channels=[8, 16]", "net.norm_num_groups=4", "net.attention_head_dim=4",
+                     "train.steps=20", "train.batch_size=16", "train.progress=false", "train.log_every=0",
+                     "train.ckpt_every=0", "train.threads=1"] for a in ("--set", kv)]
 
 
 @pytest.fixture(scope="module")
@@ -416,3 +407,11 @@ def test_import_unifusion_stays_light():
             "assert 'diffusers' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_bench_quick_writes_its_tables(bench, tmp_path):
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "interop.json").read_text())
+    assert {r["diffusers_scheduler"] for r in res["overhead"]} >= {"DDIMScheduler", "DPMSolverMultistepScheduler"}
+    assert all(r["ratio"] > 0 for r in res["overhead"]) and "5" in res["endpoint"]["best"]
+    assert "| NFE |" in (tmp_path / "interop.md").read_text()

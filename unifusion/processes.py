@@ -12,7 +12,8 @@ This module owns every schedule and everything derived from one schedule in one 
 * forward sampling and the Gaussian prior.
 
 Processes (DESIGN.md has the table):
-  `DDPM` (Ho et al. 2020), `VP` (VP-SDE, Song et al. 2021), `VPCosine` (Nichol & Dhariwal 2021),
+  `DDPM` (Ho et al. 2020; linear, scaled-linear or cosine betas, Nichol & Dhariwal 2021; zero-terminal-SNR
+  rescaling, Lin et al. 2024), `VP` (VP-SDE, Song et al. 2021), `VPCosine` (Nichol & Dhariwal 2021),
   `SubVP` (Song et al. 2021), `VE` (NCSN / Score SDE VE, Song & Ermon 2019), `EDM` (Karras et al. 2022),
   `RectifiedFlow` (Liu et al. 2022; Lipman et al. 2022).
 

@@ -29,13 +29,19 @@ def _tile(images):
     return (out.clip(0, 1) * 255).round().astype(np.uint8)
 
 
-def _quiet() -> None:
-    """diffusers' and transformers' loading bars and warnings off: the CLI's stderr is for its own one-line errors."""
-    import diffusers
-    import transformers
-
+def _quiet_diffusers() -> None:
+    """diffusers' (and transformers', if installed) loading bars and warnings off: the CLI's stderr is for its own
+    one-line errors. A missing diffusers is a one-line error too."""
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ValueError(f"this command needs diffusers ({e}): pip install 'unifusion[diffusers]'") from None
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
+    try:
+        import transformers
+    except ImportError:  # only text pipelines need it
+        return
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
@@ -69,7 +75,7 @@ def sample_diffusers(args, sigmas=None) -> int:
         raise ValueError(f"--out must end in .png with --diffusers, got {out}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    _quiet()
+    _quiet_diffusers()
     pipe = load_pipeline(args.diffusers)
     pipe.set_progress_bar_config(disable=True)
     t0 = time.perf_counter()
@@ -92,6 +98,8 @@ def export(args) -> int:
 
     if not (args.diffusers or args.pretrained):
         raise ValueError("export needs --diffusers DIR and / or --pretrained DIR")
+    if args.diffusers:
+        _quiet_diffusers()
     model = load_model(args.run, ema=not args.raw)
     model.weights = "raw" if args.raw else "ema"
     if args.diffusers:

@@ -48,6 +48,15 @@ MULTISTEP_SCHEDULERS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepSched
                         "DEISMultistepScheduler", "SASolverScheduler")
 
 
+def _diffusers():
+    """The diffusers package, or an `ImportError` saying how to install it."""
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ImportError(f"this needs diffusers ({e}): pip install 'unifusion[diffusers]'") from None
+    return diffusers
+
+
 # ---- scheduler configs -> process, target, grid ---------------------------------------------------------------
 def _config(scheduler_or_config) -> dict:
     """A scheduler's config (or a config mapping) as a plain dict with its `_class_name`."""
@@ -203,9 +212,7 @@ def load_pipeline(folder, **kwargs):
     except json.JSONDecodeError as e:
         raise ValueError(f"{path / 'model_index.json'} is not valid JSON ({e.msg})") from None
     absent = {k: None for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is None}
-    from diffusers import DiffusionPipeline
-
-    return DiffusionPipeline.from_pretrained(str(path), local_files_only=True, **{**absent, **kwargs})
+    return _diffusers().DiffusionPipeline.from_pretrained(str(path), local_files_only=True, **{**absent, **kwargs})
 
 
 def _conditioning(pipe, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, n_per_prompt, cfg, device):
@@ -341,6 +348,7 @@ def _initial_noise(pipe, batch, height, width, dtype, device, generator, latents
         if tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         return latents.to(device=device, dtype=dtype)
+    _diffusers()
     from diffusers.utils.torch_utils import randn_tensor
 
     return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -370,13 +378,11 @@ class DiffusersUNet2D(nn.Module):
                  up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups: int = 8,
                  attention_head_dim: int = 8, dropout: float = 0.0, num_classes: int = 0):
         super().__init__()
-        from diffusers import UNet2DModel
-
         if not (len(block_out_channels) == len(down_block_types) == len(up_block_types)):
             raise ValueError(f"block_out_channels, down_block_types and up_block_types need one entry per level, got "
                              f"{list(block_out_channels)}, {list(down_block_types)}, {list(up_block_types)}")
         self.num_classes = num_classes
-        self.unet = UNet2DModel(
+        self.unet = _diffusers().UNet2DModel(
             sample_size=img_resolution, in_channels=in_channels, out_channels=out_channels or in_channels,
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
             down_block_types=tuple(down_block_types), up_block_types=tuple(up_block_types),
@@ -434,7 +440,6 @@ def export_pipeline(denoiser: Denoiser, folder) -> Path:
     which raises `ValueError` for a model diffusers cannot express). Written atomically; `folder` must not exist yet
     (or be empty)."""
     config = check_exportable(denoiser)
-    from diffusers import DDPMPipeline, DDPMScheduler
-
-    pipe = DDPMPipeline(unet=copy.deepcopy(denoiser.net.unet).float().cpu(), scheduler=DDPMScheduler(**config))
+    d = _diffusers()
+    pipe = d.DDPMPipeline(unet=copy.deepcopy(denoiser.net.unet).float().cpu(), scheduler=d.DDPMScheduler(**config))
     return atomic_write_dir(folder, lambda tmp: pipe.save_pretrained(str(tmp), safe_serialization=True))

@@ -20,7 +20,6 @@ __all__ = ["MLP", "UNet", "NETS", "build_net", "PositionalEmbedding", "FourierEm
            "EMBEDDINGS"]
 
 
-
 class _Registry(dict):
     """name -> network class; a value given as "module:Class" is imported on first access (optional backends)."""
 
