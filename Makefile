@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY          = $(VENV)/bin/python
 PIP         = $(PY) -m pip
 
-.PHONY: demo test bench bench-peers clean
+.PHONY: demo lint test bench bench-peers clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,27 +16,37 @@ $(VENV)/.base: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.base
+# the tests load k-diffusion's sampling.py and external.py alone: k-diffusion and the two modules sampling.py imports
+# go in with --no-deps (k-diffusion's requirements include torchvision, which would replace the installed torch)
+$(VENV)/.dev: $(VENV)/.base Makefile
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps k-diffusion torchdiffeq torchsde trampoline
 	touch $@
 
 ## make demo: create .venv, install unifusion, run `unifusion demo` (writes runs/demo/)
 demo: $(VENV)/.base
 	$(VENV)/bin/unifusion demo
 
-## make test: install the dev extras into .venv and run the whole suite on 2 processes
-test: $(VENV)/.dev
+## make lint: ruff (pycodestyle E/W, pyflakes F, bugbear B; rules in pyproject.toml) and pyflakes on the whole tree
+lint: $(VENV)/.dev
+	$(PY) -m ruff check .
+	$(PY) -m pyflakes unifusion tests bench scripts
+
+## make test: install the dev extras into .venv, lint, then run the whole suite on 2 processes
+test: lint
 	$(PY) -m pytest -n 2 --durations=15
 
 ## make bench: the sampler benchmark on exact oracles (tables in bench/results/)
 bench: $(VENV)/.dev
-	$(VENV)/bin/unifusion bench samplers
+	$(PY) bench/samplers.py
 
-## make bench-peers: install k-diffusion (no deps) and diffusers, then benchmark side by side
+## make bench-peers: install the [bench] extra and k-diffusion, then benchmark side by side. k-diffusion goes in
+## with --no-deps: its requirements include torchvision, which pins one torch release and would replace the
+## installed torch (a multi-GB CUDA build); the benchmark loads only its sampling.py, whose imports the extra has.
 bench-peers: $(VENV)/.dev
+	$(PIP) install -q -e ".[bench]"
 	$(PIP) install -q --no-deps k-diffusion
-	$(PIP) install -q ".[bench]"
-	$(VENV)/bin/unifusion bench samplers --peers
+	$(PY) bench/samplers.py --peers
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,4 +1,4 @@
-"""Consistency-model benchmark (issue 5): 1-step and few-step generation against the ODE samplers.
+"""Consistency-model benchmark: 1-step and few-step generation against the ODE samplers.
 
     .venv/bin/python bench/consistency.py toy                                  # ~5 min on 2 busy cores
     .venv/bin/python bench/consistency.py digits --teacher runs/digits_ve [--cd-steps 3000] [--ct runs/ct]
@@ -109,7 +109,8 @@ def run_toy(args) -> dict:
 
     floor_vals = [sliced_wasserstein(mix.sample(n, generator=torch.Generator().manual_seed(2000 + r)),
                                      mix.sample(n, generator=torch.Generator().manual_seed(1000 + r)),
-                                     n_projections=512, generator=torch.Generator().manual_seed(r)) for r in range(reps)]
+                                     n_projections=512, generator=torch.Generator().manual_seed(r))
+                  for r in range(reps)]
     floor = sum(floor_vals) / reps
 
     def noise(rep):
@@ -152,29 +153,29 @@ def run_toy(args) -> dict:
 
     cands = torch.logspace(math.log10(0.05), math.log10(10.0), 13).tolist()
     chosen = {}
-    for name, (fc, secs, hist, steps) in trained.items():
-        val = lambda s, fc=fc: score_sampler(lambda z, g: sample_consistency(fc, z, [S_MAX, s], generator=g), 99)
-        s2 = _pick_two_step(val, cands)
+    for name, (fc, secs, _hist, steps) in trained.items():
+        def on_levels(sig, fc=fc):
+            """`(z, g) -> samples`: `fc` sampled on the levels `sig`."""
+            return lambda z, g: sample_consistency(fc, z, sig, generator=g)
+        s2 = _pick_two_step(lambda s, on_levels=on_levels: score_sampler(on_levels([S_MAX, s]), 99), cands)
         chosen[name] = s2
         ex = {"train_steps": steps, "train_seconds": secs}
-        curve = [(1, add(f"{name}, 1 step", 1, lambda z, g: sample_consistency(fc, z, [S_MAX], generator=g), ex))]
-        curve.append((2, add(f"{name}, 2 steps, sigma_1={s2:.3g}", 2,
-                             lambda z, g: sample_consistency(fc, z, [S_MAX, s2], generator=g), ex)))
+        curve = [(1, add(f"{name}, 1 step", 1, on_levels([S_MAX]), ex))]
+        curve.append((2, add(f"{name}, 2 steps, sigma_1={s2:.3g}", 2, on_levels([S_MAX, s2]), ex)))
         for k in (2, 3, 4):
-            sig = consistency_sigmas(k, S_MIN, S_MAX)
-            v = add(f"{name}, {k} steps, Karras levels", k,
-                    lambda z, g, sig=sig: sample_consistency(fc, z, sig, generator=g), ex)
+            v = add(f"{name}, {k} steps, Karras levels", k, on_levels(consistency_sigmas(k, S_MIN, S_MAX)), ex)
             if k > 2:
                 curve.append((k, v))
         curves[name] = curve
 
     from unifusion.plots import save_metric_vs_steps
-    fig = save_metric_vs_steps(curves, RESULTS / "consistency.toy.png", floor=floor, ylabel="sliced W2 to exact samples",
-                               xlabel="NFE (network evaluations)", logy=True,
+    fig = save_metric_vs_steps(curves, RESULTS / "consistency.toy.png", floor=floor,
+                               ylabel="sliced W2 to exact samples", xlabel="NFE (network evaluations)", logy=True,
                                title="eight Gaussians: consistency vs PF-ODE")
     cd1 = next(r for r in rows if r["method"] == "CD (oracle teacher), 1 step")
     eu1 = next(r for r in rows if r["method"] == "Euler, exact oracle" and r["nfe"] == 1)
-    table = [f"## Eight Gaussians, exact oracle teacher ({n} samples, SW2 with 512 projections, mean of {reps} draws)", "",
+    table = [f"## Eight Gaussians, exact oracle teacher ({n} samples, SW2 with 512 projections, mean of {reps} draws)",
+             "",
              f"Exact-vs-exact floor: **{floor:.4f}**. Target: CD 1-step SW2 <= 3x floor -> measured "
              f"**{cd1['ratio_to_floor']:.2f}x** ({'met' if cd1['ratio_to_floor'] <= 3 else 'NOT met'}); "
              f"Euler 1-step: {eu1['ratio_to_floor']:.1f}x.", "",
@@ -247,9 +248,10 @@ def run_digits(args) -> dict:
     g = lambda s: torch.Generator().manual_seed(s)
     for name, (path, secs) in models.items():
         f, shape = load_consistency(path)
-        z = lambda s: torch.randn(n, *shape, generator=g(s)) * f.sigma_max
+        z = lambda s, shape=shape, f=f: torch.randn(n, *shape, generator=g(s)) * f.sigma_max
         cands = torch.logspace(math.log10(0.1), math.log10(10.0), 9).tolist()
-        s2 = _pick_two_step(lambda s: fd(sample_consistency(f, z(7), [f.sigma_max, s], generator=g(8)))["fd"], cands)
+        s2 = _pick_two_step(lambda s, f=f, z=z: fd(sample_consistency(f, z(7), [f.sigma_max, s], generator=g(8)))["fd"],
+                            cands)
         ex = {"checkpoint": str(path), "distill_seconds": secs, "train_steps": f.checkpoint_step}
         run = lambda sig, f=f, z=z: (lambda s: sample_consistency(f, z(1000 + s), sig, generator=g(2000 + s)))
         curve = [(1, add(f"{name} 1 step", 1, run([f.sigma_max]), ex))]
@@ -263,7 +265,8 @@ def run_digits(args) -> dict:
     from unifusion.plots import save_metric_vs_steps
     fig = save_metric_vs_steps(curves, RESULTS / "consistency.digits.png", floor=floor, ylabel="digits FD",
                                xlabel="NFE (network evaluations)", logy=True, title="digits: consistency vs teacher")
-    table = [f"## Digits: CD from the EDM model, CT from data ({n} samples, FD in the digits classifier's features)", "",
+    table = [f"## Digits: CD from the EDM model, CT from data ({n} samples, FD in the digits classifier's features)",
+             "",
              f"Teacher: `{args.teacher}` (step {teacher.checkpoint_step}); its Heun-35 FD **{teacher_fd:.3f}** "
              f"+- {rows[0]['fd_std']:.3f}; FD noise floor at n={n}: {floor:.3f}. FD: mean +- std over {args.seeds} "
              f"sampling seeds; the 2-step level sigma_1 is picked on a separate validation draw.", ""]
@@ -271,9 +274,10 @@ def run_digits(args) -> dict:
         one = next(r for r in rows if r["method"] == f"{name} 1 step")
         two = next(r for r in rows if r["method"].startswith(f"{name} 2 steps, sigma_1="))
         lim1 = 1.5 if name == "CD" else 2.5
-        table.append(f"- {name}: 1 step {one['fd']:.3f} +- {one['fd_std']:.3f} = **{one['fd'] / teacher_fd:.2f}x** teacher "
-                     f"(target <= {lim1}x: {'met' if one['fd'] <= lim1 * teacher_fd else 'NOT met'}); 2 steps "
-                     f"{two['fd']:.3f} +- {two['fd_std']:.3f} = **{two['fd'] / teacher_fd:.2f}x** ({two['method'].split(', ')[-1]})"
+        table.append(f"- {name}: 1 step {one['fd']:.3f} +- {one['fd_std']:.3f} = **{one['fd'] / teacher_fd:.2f}x** "
+                     f"teacher (target <= {lim1}x: {'met' if one['fd'] <= lim1 * teacher_fd else 'NOT met'}); 2 steps "
+                     f"{two['fd']:.3f} +- {two['fd_std']:.3f} = **{two['fd'] / teacher_fd:.2f}x** "
+                     f"({two['method'].split(', ')[-1]})"
                      + (f" (target <= 1.2x: {'met' if two['fd'] <= 1.2 * teacher_fd else 'NOT met'})"
                         if name == "CD" else "")
                      + (f"; training wall time {secs:.0f} s ({one['train_steps']} steps)" if secs else "")

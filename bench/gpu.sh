@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 4, as one script for a lent GPU (no install: the machine's python3 has torch and every
-# dependency). Writes into ${OUT:-bench/results/gpu}: the GPU tests' log and the CIFAR-sized U-Net's img/s table.
+# The GPU checks (GPU tests, U-Net throughput), as one script for a machine with a CUDA GPU (no install: the
+# machine's python3 has torch and every dependency). Writes into ${OUT:-bench/results/gpu}: the GPU tests' log and the CIFAR-sized U-Net's img/s table.
 #   OUT=/tmp/gpu bash bench/gpu.sh
 set -uo pipefail
 out=${OUT:-bench/results/gpu}
@@ -14,3 +14,6 @@ timeout 240 python3 -m pytest tests/test_gpu.py -p no:cacheprovider -x 2>&1 | te
 # batch 128 (the config's)
 timeout 420 python3 bench/train_digits.py --skip ve --skip vp --unet-device cuda --unet-batch 128 --unet-steps 40 \
     --unet-precision bf16 fp32 --unet-compile --out "$out" --tag _unet_gpu 2>&1 | tail -8
+# Training at scale (bench/throughput.py): the U-Net's training images/s and MFU over batch sizes (bf16, channels-last,
+# compiled, fused AdamW), the loader feeding the GPU, the host-device syncs inside a step, Heun-35 sampling at batch 512
+timeout 540 python3 bench/throughput.py --gpu --no-cpu --out "$out/throughput" 2>&1 | tail -30

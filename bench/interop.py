@@ -91,7 +91,7 @@ def overhead(steps: int = 20, repeat: int = 7, log=print) -> list[dict]:
     rows = []
     for sampler, grid, cls in cases:
         pipe.scheduler = cls.from_config(base)
-        def ours():
+        def ours(sampler=sampler, grid=grid):
             return sample_pipeline(pipe, prompt_embeds=pe, negative_prompt_embeds=npe, guidance=7.5, output_type="np",
                                    sampler=sampler, grid=grid, steps=steps, progress=False,
                                    generator=torch.Generator().manual_seed(0))

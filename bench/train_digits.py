@@ -1,4 +1,4 @@
-"""Digits training benchmark (issue 4 targets): wall time until each formulation's samples reach the FD target.
+"""Digits training benchmark: wall time until each formulation's samples reach the FD target.
 
 * EDM (VE) model, `configs/digits_ve.yaml`: Heun at 35 NFE, 2000 samples, target FD <= 1.2 x floor.
 * VP model (DDPM loss), `configs/digits_vp.yaml`: Heun 35 NFE and DDPM ancestral with 1000 steps, 2000 samples,
@@ -147,7 +147,8 @@ def unet_speed(device: str, batch: int, steps: int, threads: int, precision: str
     used = {"auto": "bf16" if on_gpu else "fp32"}.get(precision, precision)
     return {"device": "cuda" if on_gpu else "cpu", "gpu": torch.cuda.get_device_name() if on_gpu else None,
             "batch": batch, "params_M": round(params / 1e6, 2), "steps_per_s": sps, "images_per_s": sps * batch,
-            "precision": (f"{used} autocast" if used in ("bf16", "fp16") else "fp32") + (", compiled" if compile else ""),
+            "precision": (f"{used} autocast" if used in ("bf16", "fp16") else "fp32")
+            + (", compiled" if compile else ""),
             "threads": threads,
             "peak_memory_GiB": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if on_gpu else None}
 
@@ -235,8 +236,8 @@ def table(result: dict) -> str:
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     iid = lambda v: f"{v['ratio_iid']:.2f}" if "ratio_iid" in v else ""
     for split, v in result.get("reference", {}).items():
-        lines.append(f"| real {split} digits (n={v['n']}) | | | | | {v['fd']:.3f} | {v['floor']:.3f} | {v['ratio']:.2f} "
-                     f"| | {iid(v)} | {v['confident']:.3f} | {v['nn_ratio']:.2f} |")
+        lines.append(f"| real {split} digits (n={v['n']}) | | | | | {v['fd']:.3f} | {v['floor']:.3f} "
+                     f"| {v['ratio']:.2f} | | {iid(v)} | {v['confident']:.3f} | {v['nn_ratio']:.2f} |")
     for run in result["runs"]:
         for row in run["history"]:
             for k, v in row.items():
@@ -247,8 +248,8 @@ def table(result: dict) -> str:
         r = run["reached"]
         names = sorted({k for row in run["history"] for k, v in row.items() if isinstance(v, dict)})
         tracked = [k for k in names if all(k in row for row in run["history"])]
-        lines.append(f"| {run['label']} | {', '.join(tracked)} target {run['target_ratio']}x floor "
-                     f"{'first reached at step %d after %.0f s of training' % (r['step'], r['train_seconds']) if r else 'not reached'} "
+        when = f"first reached at step {r['step']} after {r['train_seconds']:.0f} s of training" if r else "not reached"
+        lines.append(f"| {run['label']} | {', '.join(tracked)} target {run['target_ratio']}x floor {when} "
                      f"| | | | | | | | | | |")
         for k in names:
             if k not in tracked:

@@ -1,28 +1,13 @@
 """The digits training benchmark script (`bench/train_digits.py`) in its quick mode: it trains, evaluates over
 several seeds with both floors, and `--resume --reevaluate` evaluates the saved checkpoints again without training."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("train_digits_bench", BENCH / "train_digits.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
+from bench_scripts import load_bench
 
 
 def test_quick_benchmark_then_reevaluate(tmp_path):
-    bench = _bench()
+    bench = load_bench("train_digits")
     args = ["--quick", "--skip", "vp", "--skip", "unet", "--out", str(tmp_path), "--runs", str(tmp_path / "runs")]
     assert bench.main(args) == 0
     first = json.loads((tmp_path / "train_digits_quick.json").read_text())

@@ -135,7 +135,8 @@ def test_multistep_sampling_matches_the_closed_form_distribution():
     v <- (s0^2 + s_min^2) / (s0^2 + s^2) * (v_in), v_in = v + s^2 - s_min^2 (and S_MAX^2 at the start)."""
     mu, s0, n = 1.5, 0.7, 200_000
     f, sig = GaussianFlow(mu, s0), [S_MAX, 2.0, 0.3]
-    x = sample_consistency(f, torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * S_MAX,
+    z = torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = sample_consistency(f, z * S_MAX,
                            sig, generator=torch.Generator().manual_seed(2))
     v = S_MAX ** 2
     for i, s in enumerate(sig):
@@ -172,7 +173,7 @@ def test_ict_curriculum_doubles_from_10_to_1280():
     ns = [ict_num_scales(k, K) for k in range(K)]
     assert ns[0] == 11 and ns[-1] == 1281
     assert sorted(set(ns)) == [11, 21, 41, 81, 161, 321, 641, 1281]
-    assert all(b >= a for a, b in zip(ns, ns[1:]))
+    assert all(b >= a for a, b in zip(ns[:-1], ns[1:], strict=True))
     assert ns.index(21) == K // 8                                                   # K' = floor(K / 8)
 
 
@@ -295,8 +296,9 @@ def test_distill_cli_trains_resumes_bit_exactly_and_samples(toy_teacher, tmp_pat
     from unifusion.consistency.cli import load_consistency, main
 
     a, b = tmp_path / "a", tmp_path / "b"
-    assert main([str(toy_teacher), "--out", str(a), "--set", "train.steps=6", *sum([["--set", s] for s in _TINY], [])]) == 0
-    assert main([str(toy_teacher), "--out", str(b), "--set", "train.steps=3", *sum([["--set", s] for s in _TINY], [])]) == 0
+    tiny = [arg for s in _TINY for arg in ("--set", s)]
+    assert main([str(toy_teacher), "--out", str(a), "--set", "train.steps=6", *tiny]) == 0
+    assert main([str(toy_teacher), "--out", str(b), "--set", "train.steps=3", *tiny]) == 0
     assert main([str(toy_teacher), "--out", str(b), "--resume", "--set", "train.steps=6",
                  *sum([["--set", s] for s in _TINY], [])]) == 0
     wa, wb = _weights(a / "checkpoint.safetensors"), _weights(b / "checkpoint.safetensors")
@@ -304,6 +306,8 @@ def test_distill_cli_trains_resumes_bit_exactly_and_samples(toy_teacher, tmp_pat
     assert wa.keys() == wb.keys()
     for k in wa:                                                    # student, EMA, target, optimiser: bit-exact
         assert torch.equal(wa[k], wb[k]), k
+    import yaml
+    assert "loss" not in yaml.safe_load((a / "config.yaml").read_text())   # the saved config has no unused loss
     f, shape = load_consistency(a)
     x = torch.randn(7, *shape)
     assert shape == (2,) and torch.equal(f(x, f.sigma_min), x)
@@ -330,3 +334,19 @@ def test_distill_cli_consistency_training_and_errors(toy_teacher, tmp_path, caps
     with pytest.raises(ValueError, match="target"):
         load_consistency(tmp_path / "ct", weights="target")
     assert not (tmp_path / "bad").exists()
+
+
+def test_distillation_inherits_the_teacher_training_settings(toy_teacher):
+    """CD takes the teacher's training settings (lr, batch, warm-up, seed, ...), as CT takes its config's, with the
+    distill defaults of steps / EMA / logging on top and `--set` over all; the config has no unused `loss`."""
+    from unifusion.consistency.task import TRAIN_DEFAULTS, distill_config
+    from unifusion.train import read_checkpoint
+    teacher = read_checkpoint(toy_teacher)[1]["config"]
+    cfg = distill_config(teacher=toy_teacher, sets=["train.lr=3e-4"])
+    for k, v in teacher["train"].items():
+        expect = 3e-4 if k == "lr" else TRAIN_DEFAULTS.get(k, v)
+        assert cfg["train"][k] == expect, k
+    assert teacher["train"]["lr"] != 3e-4 and cfg["train"]["batch_size"] == teacher["train"]["batch_size"] == 64
+    assert cfg["seed"] == teacher["seed"] and "loss" not in cfg
+    ct = distill_config(__import__("unifusion.train", fromlist=["load_config"]).load_config("toy_ve"))
+    assert "loss" not in ct and ct["train"]["lr"] == 2e-3

@@ -114,8 +114,8 @@ def test_image_folder_values_labels_and_jpeg(tmp_path):
     assert torch.equal(x[0, 0], torch.full((4, 4), -1.0)) and torch.equal(x[0, 1], torch.full((4, 4), 1.0))
     assert torch.allclose(x[2, 0], torch.full((4, 4), 51 / 127.5 - 1))
     assert (x[3] - (128 / 127.5 - 1)).abs().max() < 3 / 127.5  # JPEG decodes to about the grey it holds
-    xi, label = ds[2]
-    assert torch.equal(xi, x[2]) and label == 1
+    xi, label = ds[2]                                   # one image, decoded on demand, still uint8
+    assert xi.dtype == torch.uint8 and torch.equal(xi.float() / 127.5 - 1, x[2]) and label == 1
     xg, yg = get_dataset(str(tmp_path))
     assert torch.equal(xg, x) and torch.equal(yg, ds.labels)
 
@@ -151,4 +151,21 @@ def test_registry_errors():
         get_dataset("moons", size=3)
     x, y = get_dataset("moons", n=100, seed=3)
     assert x.shape == (100, 2) and y is None and torch.equal(x, get_dataset("moons", n=100, seed=3)[0])
-    assert set(DATASETS) == set(TOYS) | {"digits"}
+    assert set(DATASETS) == set(TOYS) | {"digits", "digits32", "mixture_64d"}
+
+
+def test_mixture_data_sets_are_labelled_by_component():
+    """The Gaussian toys and mixture_64d carry the component each point was drawn from (the oracle's class
+    labels); the points are those of `toy_2d` with the same seed, and the other toys have no labels."""
+    from unifusion.data import toy_2d_labelled
+    from unifusion.oracles import mixture_64d
+    for name in ("eight_gaussians", "grid"):
+        x, y = get_dataset(name, n=3000, seed=4)
+        assert torch.equal(x, toy_2d(name, 3000, torch.Generator().manual_seed(4)))
+        assert y.dtype == torch.int64 and (toy_oracle(name).component(x.double()) == y).double().mean() > 0.99
+    assert get_dataset("moons", n=10)[1] is None and toy_2d_labelled("moons", 10)[1] is None
+    x, y = get_dataset("mixture_64d", n=2000, seed=1)
+    assert x.shape == (2000, 64) and x.dtype == torch.float32 and y.shape == (2000,)
+    assert (mixture_64d().component(x.double()) == y).double().mean() > 0.99
+    with pytest.raises(ValueError, match="unknown option"):
+        get_dataset("mixture_64d", dim=3)

@@ -35,3 +35,6 @@ def test_quick_demo_writes_report_and_figures(tmp_path):
     assert "VE sampler (EDM Heun" in text and "VP sampler (DDPM ancestral" in text
     fds = [float(r.split("|")[5]) for r in rows]
     assert all(f > 0 for f in fds)
+    guided = [r for r in rows if r.startswith("| VE-cond")]          # the guidance rows: one per scale
+    assert len(guided) == 4 and all("class agreement" in r for r in guided) and "w=2:" in guided[2]
+    assert (tmp_path / "samples_ve_cond_cfg2.png").stat().st_size > 1000

@@ -13,8 +13,10 @@ def test_edm_grid_formula_and_shape():
     assert s.dtype == torch.float64 and s.shape == (11,) and s[-1] == 0
     assert math.isclose(s[0].item(), 80.0, rel_tol=1e-14) and math.isclose(s[-2].item(), 0.002, rel_tol=1e-12)
     root = s[:-1] ** (1 / 7)  # Karras et al. eq. 5: linear in sigma^(1/rho)
-    torch.testing.assert_close(root[1:] - root[:-1], torch.full((9,), (root[-1] - root[0]).item() / 9, dtype=torch.float64))
-    torch.testing.assert_close(grids.edm_grid(5, 1.0, 5.0, rho=1.0, zero=False), torch.linspace(5, 1, 5, dtype=torch.float64))
+    torch.testing.assert_close(root[1:] - root[:-1],
+                               torch.full((9,), (root[-1] - root[0]).item() / 9, dtype=torch.float64))
+    torch.testing.assert_close(grids.edm_grid(5, 1.0, 5.0, rho=1.0, zero=False),
+                               torch.linspace(5, 1, 5, dtype=torch.float64))
 
 
 def test_geometric_and_log_snr_grids():
@@ -22,8 +24,8 @@ def test_geometric_and_log_snr_grids():
     assert s.shape == (8,) and s[0].item() == pytest.approx(50.0) and s[-1].item() == pytest.approx(0.01)
     ratio = s[1:] / s[:-1]
     torch.testing.assert_close(ratio, ratio[:1].expand(7))
-    l = -2 * torch.log(grids.log_snr_grid(8, 0.01, 50.0)[:-1])  # uniform in log-SNR
-    torch.testing.assert_close(l[1:] - l[:-1], (l[1] - l[0]).expand(7))
+    lam = -2 * torch.log(grids.log_snr_grid(8, 0.01, 50.0)[:-1])  # uniform in log-SNR
+    torch.testing.assert_close(lam[1:] - lam[:-1], (lam[1] - lam[0]).expand(7))
     assert grids.log_snr_grid(8, 0.01, 50.0)[-1] == 0
 
 
@@ -53,11 +55,13 @@ def test_sigmas_from_timesteps_and_lists():
     s = grids.sigmas_from_timesteps(p, ts)
     torch.testing.assert_close(s[:-1], p.sigma_ve(ts.double()))
     assert s[-1] == 0
-    torch.testing.assert_close(grids.grid_from_list([3.0, 1.0, 0.5], zero=True), torch.tensor([3.0, 1.0, 0.5, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(grids.grid_from_list([3.0, 1.0, 0.5], zero=True),
+                               torch.tensor([3.0, 1.0, 0.5, 0.0], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("bad, match", [([1.0, 2.0], "descending"), ([2.0, 0.0, 1.0], "> 0"), ([1.0, -1.0], "> 0"),
-                                        ([float("nan"), 1.0], "NaN"), ([float("inf"), 1.0], "finite"), ([1.0], "N >= 1")])
+                                        ([float("nan"), 1.0], "NaN"), ([float("inf"), 1.0], "finite"),
+                                        ([1.0], "N >= 1")])
 def test_grid_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         grids.grid_from_list(bad)
@@ -79,7 +83,7 @@ def test_tuned_grid_shape_and_bounds(sampler):
         assert s.shape == (n + 1,) and s[0].item() == 80.0 and s[-1] == 0
         grids.check_sigmas(s)
         assert s[-2] >= 0.002
-    for n, (hi, lo, rho) in grids.TUNED[sampler].items():  # the tuned n are reproduced exactly
+    for n, (hi, lo, _rho) in grids.TUNED[sampler].items():  # the tuned n are reproduced exactly
         s = grids.tuned_grid(n, 0.002, 80.0, sampler=sampler)
         assert s[1].item() == pytest.approx(hi) and s[-2].item() == pytest.approx(lo)
     narrow = grids.tuned_grid(10, 0.5, 2.0, sampler=sampler)  # clipped into the caller's range

@@ -361,7 +361,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(trained, tmp_path, capsys):
     assert main(["export", str(trained), "--diffusers", str(pipe_dir)]) == 0
     assert "cannot be combined" in _error(capsys, ["sample", str(trained), "--diffusers", str(pipe_dir)])
     assert "nothing to guide" in _error(capsys, ["sample", "--diffusers", str(pipe_dir), "--guidance", "5"])
-    assert "--diffusers pipelines only" in _error(capsys, ["sample", str(trained), "--prompt", "a cat"])
+    assert "--prompt: does not apply without --diffusers" in _error(capsys, ["sample", str(trained), "--prompt", "a"])
+    assert "--class: does not apply to --diffusers" in _error(capsys, ["sample", "--diffusers", str(pipe_dir),
+                                                                       "--class", "3"])
+    assert "required: checkpoint" in _error(capsys, ["sample"])
     cfg_path = pipe_dir / "scheduler" / "scheduler_config.json"
     good = cfg_path.read_text()
     for key, value, what in [("prediction_type", "flow", "prediction_type"), ("beta_schedule", "sigmoid",
@@ -370,7 +373,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(trained, tmp_path, capsys):
         assert what in _error(capsys, ["sample", "--diffusers", str(pipe_dir), "--steps", "2"])
     cfg_path.write_text(good)
     assert "exists" in _error(capsys, ["export", str(trained), "--diffusers", str(pipe_dir)])
-    assert "needs --diffusers" in _error(capsys, ["export", str(trained)])
+    assert "--diffusers DIR and / or --pretrained DIR" in _error(capsys, ["export", str(trained)])
     mlp = tmp_path / "mlp"
     assert main(["train", "toy_vp", "--out", str(mlp), "--set", "train.steps=2", "--set", "train.progress=false",
                  "--set", "net.hidden=8", "--set", "net.depth=1"]) == 0

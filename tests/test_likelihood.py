@@ -56,7 +56,8 @@ def test_hutchinson_is_unbiased_within_its_standard_error():
     x = gm.sample(4, g) + 0.1 * torch.randn(4, 6, generator=g, dtype=torch.float64)
     prior = lambda z: gm.log_prob(z, 20.0)
     exact = log_likelihood(gm, x, sigma_min=0.1, sigma_max=20.0, prior_log_prob=prior, rtol=1e-5, atol=1e-5).log_prob
-    runs = torch.stack([log_likelihood(gm, x, sigma_min=0.1, sigma_max=20.0, divergence="hutchinson", prior_log_prob=prior,
+    runs = torch.stack([log_likelihood(gm, x, sigma_min=0.1, sigma_max=20.0, divergence="hutchinson",
+                                       prior_log_prob=prior,
                                        generator=torch.Generator().manual_seed(k), rtol=1e-5, atol=1e-5).log_prob
                         for k in range(8)])
     se = runs.std(0) / math.sqrt(runs.shape[0])

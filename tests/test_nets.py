@@ -14,7 +14,7 @@ def _randomise_outputs(net):
     """Zero-initialised layers make a fresh network constant; give them weights to test conditioning."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, p in net.named_parameters():
+        for p in net.parameters():
             if (p == 0).all():
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
     return net
@@ -117,7 +117,7 @@ def test_class_labels_and_label_dropout():
     net.train()
     torch.manual_seed(1)
     dropped = [torch.allclose(r, n, atol=1e-6) for r, n in zip(net(x.repeat(50, 1), c.repeat(50), y.repeat(50)),
-                                                 none.repeat(50, 1))]
+                                                                none.repeat(50, 1), strict=True)]
     frac = sum(dropped) / len(dropped)
     assert abs(frac - 0.5) < 4 * math.sqrt(0.25 / 300)
     with pytest.raises(ValueError, match="class_labels must lie in"):
@@ -129,7 +129,7 @@ def test_class_labels_and_label_dropout():
 def test_build_net_from_config_values():
     net = build_net("unet", img_resolution=8, in_channels=1, model_channels=16, channel_mult=[1, 2],
                     attn_resolutions=[4], num_classes=10)
-    assert isinstance(net, UNet) and set(NETS) == {"mlp", "unet"}
+    assert isinstance(net, UNet) and set(NETS) == {"mlp", "unet", "diffusers_unet2d"}
     assert isinstance(build_net("mlp", dim=64, hidden=64), MLP)
     with pytest.raises(ValueError, match="'resnet' is not one of"):
         build_net("resnet")

@@ -126,3 +126,47 @@ def test_bad_input_names_the_argument():
         o.sample(0)
     with pytest.raises(ValueError, match="sigma must be > 0"):
         EmpiricalData(torch.zeros(3, 2)).denoiser(torch.zeros(1, 2), 0.0)
+
+
+# ---- conditional answers: the mixture restricted to one component -------------------------------------------
+@pytest.mark.parametrize("name", ["grid", "full2d", "64d"])
+def test_conditional_answers_are_the_component_and_bayes_holds(name):
+    """`p(x | y)` is component y's Gaussian: Bayes' rule against the unconditional density and the exact
+    classifier, score = gradient, Tweedie, and label -1 = the whole mixture."""
+    o = ORACLES[name]
+    g = torch.Generator().manual_seed(3)
+    x = o.sample(16, g) + 0.3 * torch.randn(16, o.dim, generator=g, dtype=torch.float64)
+    for s in [0.0, 0.2, 2.0]:
+        log_r = o.log_responsibilities(x, s)
+        torch.testing.assert_close(log_r.exp().sum(1), torch.ones(16, dtype=torch.float64))
+        for k in range(min(o.K, 6)):
+            y = torch.full((16,), k)
+            lp = o.log_prob(x, s, class_labels=y)
+            torch.testing.assert_close(o.weights[k].log() + lp - o.log_prob(x, s), log_r[:, k], rtol=1e-9, atol=1e-9)
+            if s > 0:
+                xr = x.clone().requires_grad_(True)
+                (grad,) = torch.autograd.grad(o.log_prob(xr, s, class_labels=y).sum(), xr)
+                torch.testing.assert_close(o.score(x, s, class_labels=y), grad, rtol=1e-8, atol=1e-8)
+                torch.testing.assert_close(o.denoiser(x, s, class_labels=y), x + s ** 2 * o.score(x, s, class_labels=y),
+                                           rtol=1e-8, atol=1e-8)
+        none = torch.full((16,), -1)
+        torch.testing.assert_close(o.log_prob(x, s, class_labels=none), o.log_prob(x, s), rtol=0, atol=0)
+        assert torch.equal(o.component(x, s), log_r.argmax(1))
+
+
+def test_conditional_density_integrates_to_one_and_sampling_labels_match():
+    o = ORACLES["full2d"]
+    u = torch.linspace(-6.0, 6.0, 481, dtype=torch.float64)
+    xy = torch.cartesian_prod(u, u)
+    for k in range(o.K):
+        mass = o.log_prob(xy, 0.3, class_labels=torch.full((xy.shape[0],), k)).exp().sum() * (u[1] - u[0]) ** 2
+        assert abs(float(mass) - 1) < 1e-3, (k, float(mass))
+    x, y = o.sample_labelled(20000, torch.Generator().manual_seed(0))
+    assert torch.equal(x, o.sample(20000, torch.Generator().manual_seed(0)))       # the same draws
+    for k in range(o.K):                                   # each component's points have that component's mean
+        se = (x[y == k].var(0) / int((y == k).sum())).sqrt()
+        assert ((x[y == k].mean(0) - o.means[k]).abs() < 5 * se).all()
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[-1, 2\]"):
+        o.denoiser(x[:4], 1.0, class_labels=torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[-1, -1\]"):
+        ORACLES["empirical"].denoiser(torch.zeros(2, 3, dtype=torch.float64), 1.0, class_labels=torch.tensor([0, 0]))

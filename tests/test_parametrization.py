@@ -87,9 +87,10 @@ def test_ve_view_of_a_process_trained_oracle_is_the_ve_oracle(p, target):
     gm = eight_gaussians()
     x = gm.sample(64, torch.Generator().manual_seed(0)) + 0.3 * torch.randn(64, 2, dtype=torch.float64)
     lo, hi = max(p.sigma_ve_min, 1e-3), min(p.sigma_ve_max, 80.0)
-    sigma = torch.logspace(torch.log10(torch.tensor(lo * 1.01)), torch.log10(torch.tensor(hi * 0.99)), 64, dtype=torch.float64)
+    sigma = torch.logspace(math.log10(lo * 1.01), math.log10(hi * 0.99), 64, dtype=torch.float64)
     D = P.Denoiser(gm.process_model(p, target), p, target)
-    torch.testing.assert_close(D(x * sigma[:, None], sigma), gm.denoiser(x * sigma[:, None], sigma), rtol=1e-9, atol=1e-9)
+    x_t = x * sigma[:, None]
+    torch.testing.assert_close(D(x_t, sigma), gm.denoiser(x_t, sigma), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("p", PROCS, ids=[p.name for p in PROCS])

@@ -92,8 +92,8 @@ def test_t_from_log_snr_inverts_log_snr(p, u):
 
 @pytest.mark.parametrize("p", ALL, ids=IDS)
 def test_log_snr_strictly_decreasing(p):
-    l = p.log_snr(interior(p, 500))
-    assert (l[1:] < l[:-1]).all()
+    lam = p.log_snr(interior(p, 500))
+    assert (lam[1:] < lam[:-1]).all()
 
 
 def test_ddpm_integer_timesteps_are_the_discrete_schedule():

@@ -33,18 +33,20 @@ def smooth_case():
 
 ORDERS = [("euler", {}, 1), ("ddim", {}, 1), ("heun", {}, 2), ("dpmpp_2m", {}, 2), ("dpmpp_3m", {}, 3),
           ("exp_adams", {"order": 2}, 2), ("unipc", {"order": 1}, 2),
-          ("unipc", {"order": 2}, 3), ("lms", {"order": 2, "corrector": False}, 2), ("lms", {"order": 1, "corrector": True}, 2),
+          ("unipc", {"order": 2}, 3), ("lms", {"order": 2, "corrector": False}, 2),
+          ("lms", {"order": 1, "corrector": True}, 2),
           ("lms", {"order": 2, "corrector": True}, 3), ("hybrid", {"order": 1, "sigma_switch": 1.0}, 2),
           ("hybrid", {"order": 2, "sigma_switch": 1.0}, 3), ("hybrid", {"order": 2, "sigma_switch": 0.3}, 3),
           ("hybrid", {"order": 2, "sigma_switch": 0.1}, 3),
           ("unipc", {"order": 2, "final_adams": True}, 3)]
 
 
-@pytest.mark.parametrize("name, opts, order", ORDERS, ids=[f"{n}{o.get('order', '')}{'c' if o.get('corrector') else ''}{'a' if o.get('final_adams') else ''}"
-                                                f"{'s' + str(o['sigma_switch']) if 'sigma_switch' in o else ''}"
-                                                for n, o, _ in ORDERS])
+@pytest.mark.parametrize("name, opts, order", ORDERS,
+                         ids=[f"{n}{o.get('order', '')}{'c' if o.get('corrector') else ''}"
+                              f"{'a' if o.get('final_adams') else ''}"
+                              f"{'s' + str(o['sigma_switch']) if 'sigma_switch' in o else ''}" for n, o, _ in ORDERS])
 def test_convergence_order(smooth_case, name, opts, order):
-    """Fitted slope of log(RMS error) against log(NFE) is -order within 0.3 (issue 3). `hybrid` at a fixed switch:
+    """Fitted slope of log(RMS error) against log(NFE) is -order within 0.3. `hybrid` at a fixed switch:
     its default switch depends on the step count, so the default is a different method at each n."""
     x, ref = smooth_case
     nfes, errs = [], []
@@ -102,13 +104,13 @@ def _vp_view(oracle):
     return Denoiser(oracle.process_model(vp, "eps"), vp, target="eps")
 
 
-FAST_OPTS = {"langevin": {"n_steps_each": 3, "step_lr": 1e-3}, "pc": {"snr": 0.1}, "dopri5": {"rtol": 1e-5},
+FAST_OPTS = {"langevin": {"n_steps_each": 3, "step_size": 0.4}, "pc": {"snr": 0.1}, "dopri5": {"rtol": 1e-5},
              "edm_stochastic": {"s_churn": 10.0}, "ddim": {"eta": 0.5}}
 
 
 @pytest.mark.parametrize("name", sorted(S.SAMPLERS))
 def test_vp_view_equals_ve_view(name):
-    """A VP-view and a VE-view of the same oracle give the same endpoints, same noise (issue 3)."""
+    """A VP-view and a VE-view of the same oracle give the same endpoints, same noise."""
     mix = GaussianMixture(torch.ones(3), torch.tensor([[0.0, 1.0], [1.0, -1.0], [-1.0, 0.0]]), torch.tensor(0.04))
     x = 20 * torch.randn(16, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     sig = grids.edm_grid(8, 0.01, 20.0)
@@ -132,14 +134,15 @@ def test_nfe_reported_and_conditioning_passed(name):
     S.get_sampler(name)(counted, x, grids.edm_grid(4, 0.05, 5.0), callback=calls.append,
                         model_kwargs={"label": 7}, **FAST_OPTS.get(name, {}))
     assert calls[-1]["nfe"] == counted.nfe > 0 and set(seen_kwargs) == {7}
-    expected = {"euler": 4, "ddim": 4, "dpmpp_2m": 4, "dpmpp_3m": 4, "exp_adams": 4, "unipc": 4, "lms": 4, "hybrid": 4, "ancestral": 4,
-                "euler_maruyama": 4, "heun": 7, "edm_stochastic": 7, "pc": 7, "langevin": 4 * 3 + 1}
+    expected = {"euler": 4, "ddim": 4, "dpmpp_2m": 4, "dpmpp_3m": 4, "exp_adams": 4, "unipc": 4, "lms": 4, "hybrid": 4,
+                "ancestral": 4, "euler_maruyama": 4, "heun": 7, "edm_stochastic": 7, "pc": 7, "langevin": 4 * 3 + 1}
     if name in expected:
         assert counted.nfe == expected[name]
 
 
 def test_float32_model_float64_coefficients():
-    """A float32 state stays float32, and agrees with the float64 run to float32 precision (coefficients are float64)."""
+    """A float32 state stays float32, and agrees with the float64 run to float32 precision (coefficients are
+    float64)."""
     x = 10 * torch.randn(32, 1, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     sig = grids.edm_grid(200, 0.01, 10.0)
     for name in ("dpmpp_3m", "unipc", "heun"):
@@ -165,13 +168,13 @@ def test_exp_adams_weights_are_exact_for_polynomials():
     for m in range(4):
         exact = math.factorial(m) * sum((-1) ** (m - j) * h ** j / math.factorial(j) for j in range(m + 1)) \
             - math.factorial(m) * (-1) ** m * math.exp(-h)  # int_0^h e^{u-h} u^m du
-        assert sum(wj * u ** m for wj, u in zip(w, nodes)) == pytest.approx(exact, rel=1e-12, abs=1e-15)
+        assert sum(wj * u ** m for wj, u in zip(w, nodes, strict=True)) == pytest.approx(exact, rel=1e-12, abs=1e-15)
     assert S.exp_adams_weights([0.0], 1e-9)[0] == pytest.approx(-math.expm1(-1e-9), rel=1e-12)
 
 
 def test_registry_and_validation():
     assert S.DEFAULT_SAMPLER in S.SAMPLERS and set(S.RECOMMENDED) >= set(S.SAMPLERS)
-    for name, grid_fn in S.RECOMMENDED.items():
+    for grid_fn in S.RECOMMENDED.values():
         g = grids.check_sigmas(grid_fn(10, 0.002, 80.0))
         assert g[-1] == 0 and g[0].item() == pytest.approx(80.0) and g.dtype == torch.float64
     with pytest.raises(ValueError, match="'euler'"):
@@ -230,5 +233,45 @@ def test_final_adams_step_beats_x_equals_d_on_a_sharp_mixture():
     x = 10 * torch.randn(256, 1, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     ref = pf_ode_reference(oracle, x, 10.0, 1e-6)
     sig = grids.edm_grid(30, 0.05, 10.0)
-    err = {fa: (S.sample_unipc(oracle, x, sig, final_adams=fa) - ref).pow(2).mean().sqrt().item() for fa in (False, True)}
+    err = {fa: (S.sample_unipc(oracle, x, sig, final_adams=fa) - ref).pow(2).mean().sqrt().item()
+           for fa in (False, True)}
     assert err[True] < 0.5 * err[False], err
+
+
+@pytest.mark.parametrize("name", sorted(S.SAMPLERS))
+def test_no_grad_float32_sigma_and_k_diffusion_keywords(name):
+    """Every sampler runs under no_grad (a trainable model leaves no graph), hands the model sigma in x's dtype,
+    takes k-diffusion's `extra_args` as `model_kwargs` (not both) and `disable` (its progress-bar switch)."""
+    weight = torch.nn.Parameter(torch.ones(()))
+    seen = []
+
+    def model(x, sigma, label=None):
+        seen.append((sigma.dtype, label))
+        return weight * SMOOTH(x.double(), sigma).to(x.dtype)
+
+    x = 5 * torch.randn(3, 1, generator=torch.Generator().manual_seed(5))
+    sig, fn = grids.edm_grid(4, 0.05, 5.0), S.get_sampler(name)
+    opts = {**FAST_OPTS.get(name, {}), "generator": torch.Generator().manual_seed(0)}
+    out = fn(model, x, sig, extra_args={"label": 3}, disable=False, **opts)
+    assert not out.requires_grad and out.dtype == torch.float32
+    assert set(seen) == {(torch.float32, 3)}
+    opts["generator"] = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(fn(model, x, sig, model_kwargs={"label": 3}, **opts), out, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="extra_args"):
+        fn(model, x, sig, model_kwargs={"label": 3}, extra_args={"label": 3}, **opts)
+
+
+def test_callback_x_is_where_denoised_was_evaluated():
+    """The callback's `x` is the state `denoised` was computed at (k-diffusion's meaning); `x_next` the state after
+    the step, which is the next step's `x` for one-step methods; the last `x_next` is the result."""
+    x = 10 * torch.randn(16, 1, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    sig = grids.edm_grid(6, 0.02, 10.0)
+    for name in ("euler", "heun", "dpmpp_2m", "ddim", "edm_stochastic", "dopri5"):
+        calls = []
+        out = S.get_sampler(name)(SMOOTH, x, sig, callback=calls.append)
+        torch.testing.assert_close(calls[0]["x"], x)
+        torch.testing.assert_close(calls[-1]["x_next"], out)
+        for c, nxt in zip(calls, calls[1:], strict=False):
+            torch.testing.assert_close(c["denoised"], SMOOTH(c["x"], c["sigma_hat"]))
+            torch.testing.assert_close(nxt["x"], c["x_next"])
+            assert nxt["sigma"] == c["sigma_next"]

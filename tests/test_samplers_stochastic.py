@@ -21,7 +21,7 @@ CASES = {
     "ddim_eta_half": (grids.edm_grid(100, 0.005, 20.0), {"eta": 0.5}),
     "euler_maruyama": (grids.edm_grid(300, 0.005, 20.0), {}),
     "pc": (grids.edm_grid(60, 0.005, 20.0), {"snr": 0.16}),
-    "langevin": (grids.geometric_grid(40, 0.02, 20.0, zero=True), {"n_steps_each": 12, "step_lr": 5e-4}),
+    "langevin": (grids.geometric_grid(40, 0.02, 20.0, zero=True), {"n_steps_each": 12, "step_size": 1.25}),
     "edm_stochastic": (grids.edm_grid(40, 0.005, 20.0), {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 10.0}),
 }
 
@@ -51,10 +51,9 @@ def test_same_generator_same_samples():
     x = 10 * torch.randn(8, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     sig = grids.edm_grid(10, 0.01, 10.0)
     for name in ("ancestral", "euler_maruyama", "pc", "edm_stochastic"):
-        a = S.get_sampler(name)(MIX, x, sig, generator=torch.Generator().manual_seed(1), s_churn=5.0) \
-            if name == "edm_stochastic" else S.get_sampler(name)(MIX, x, sig, generator=torch.Generator().manual_seed(1))
-        b = S.get_sampler(name)(MIX, x, sig, generator=torch.Generator().manual_seed(1), s_churn=5.0) \
-            if name == "edm_stochastic" else S.get_sampler(name)(MIX, x, sig, generator=torch.Generator().manual_seed(1))
+        opts = {"s_churn": 5.0} if name == "edm_stochastic" else {}
+        a = S.get_sampler(name)(MIX, x, sig, generator=torch.Generator().manual_seed(1), **opts)
+        b = S.get_sampler(name)(MIX, x, sig, generator=torch.Generator().manual_seed(1), **opts)
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -75,7 +74,8 @@ def test_discrete_ddim_equals_ve_ddim(eta, spacing):
     p = DDPM()
     ts = grids.ddim_timesteps(1000, 10, spacing)
     x_t = torch.randn(16, 1, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    a = S.sample_ddim_discrete(MIX.process_model(p, "eps"), p, x_t, ts, eta=eta, generator=torch.Generator().manual_seed(5))
+    a = S.sample_ddim_discrete(MIX.process_model(p, "eps"), p, x_t, ts, eta=eta,
+                               generator=torch.Generator().manual_seed(5))
     alpha = p.alpha(ts[0].double()).item()
     b = S.sample_ddim(MIX, x_t / alpha, grids.sigmas_from_timesteps(p, ts), eta=eta,
                       generator=torch.Generator().manual_seed(5))

@@ -1,5 +1,4 @@
 """The training loop: bit-exact resume, NaN stop, checkpoint integrity, configs, EMA, and learning an exact oracle."""
-import errno
 import json
 
 import pytest
@@ -25,8 +24,8 @@ def one_thread():
 def toy_cfg(out, *sets):
     return load_config("toy_ve", [f"out={out}", "train.steps=20", "train.batch_size=64", "train.progress=false",
                                   "net.hidden=32", "net.depth=2", "net.emb_dim=16", "data.n=256",
-                                  "train.log_every=5", "train.warmup=4", "train.ema_decays=[0.9, 0.99]", "train.device=cpu",
-                                  *sets])
+                                  "train.log_every=5", "train.warmup=4", "train.ema_decays=[0.9, 0.99]",
+                                  "train.device=cpu", *sets])
 
 
 def test_resume_is_bit_exact(tmp_path):
@@ -36,7 +35,8 @@ def test_resume_is_bit_exact(tmp_path):
     assert full.step == resumed.step == 20
     ta, ma = read_checkpoint(full.checkpoint)
     tb, mb = read_checkpoint(resumed.checkpoint)
-    assert sorted(ta) == sorted(tb) and any(k.startswith("optim.") for k in ta) and any(k.startswith("ema1.") for k in ta)
+    assert sorted(ta) == sorted(tb)
+    assert any(k.startswith("optim.") for k in ta) and any(k.startswith("ema1.") for k in ta)
     for k in ta:
         assert torch.equal(ta[k], tb[k]), k
     log = lambda d: [json.loads(ln) for ln in (d / "log.jsonl").read_text().splitlines()]
@@ -45,12 +45,76 @@ def test_resume_is_bit_exact(tmp_path):
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
 
 
-def test_resume_with_another_config_is_refused(tmp_path):
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_resume_with_another_config_is_refused_and_changes_no_file(tmp_path):
     train_from_config(toy_cfg(tmp_path, "train.steps=5"))
+    before = _files(tmp_path)
     with pytest.raises(CheckpointError, match="net.hidden"):
         train_from_config(toy_cfg(tmp_path, "net.hidden=48"), resume=True)
+    with pytest.raises(CheckpointError, match="micro-batches"):
+        fit_resume_with_micro_batches(tmp_path)
     with pytest.raises(ValueError, match="--resume"):
         train_from_config(toy_cfg(tmp_path, "train.steps=5"))
+    assert _files(tmp_path) == before          # config.yaml is not the rejected config
+
+
+def fit_resume_with_micro_batches(tmp_path):
+    """Resume the run of `toy_cfg(tmp_path)` as if two DDP processes ran it (2 micro-batches per step)."""
+    from unifusion.train.distributed import DistInfo
+    from unifusion.train.task import build_run, train_config
+    cfg = toy_cfg(tmp_path)
+    task, data, _ = build_run(cfg)
+    fit(task, data, train=train_config(cfg), seed=cfg["seed"], out=tmp_path, config=cfg, resume=True,
+        dist=DistInfo(0, 2, 0, torch.device("cpu")))
+
+
+def test_a_cut_last_log_line_does_not_block_resume(tmp_path):
+    """A crash in the middle of an append leaves a cut last line in log.jsonl: resume drops it and rewrites the log
+    (atomically) as if the run had never stopped; a damaged line before the last is named, and nothing changes."""
+    full = train_from_config(toy_cfg(tmp_path / "a"))
+    train_from_config(toy_cfg(tmp_path / "b", "train.steps=10"))
+    log = tmp_path / "b" / "log.jsonl"
+    with open(log, "a") as f:
+        f.write('{"step": 11, "lo')
+    train_from_config(toy_cfg(tmp_path / "b"), resume=True)
+    recs = lambda d: [(r["step"], r["loss"]) for r in map(json.loads, (d / "log.jsonl").read_text().splitlines())]
+    assert recs(tmp_path / "b") == recs(tmp_path / "a") and full.step == 20
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], "garbage", *lines[2:]]) + "\n")
+    before = _files(tmp_path / "b")
+    with pytest.raises(ValueError, match=r"log\.jsonl line 2 is not a JSON record"):
+        train_from_config(toy_cfg(tmp_path / "b", "train.steps=25"), resume=True)
+    assert _files(tmp_path / "b") == before
+
+
+def test_temporary_files_of_a_crash_are_removed(tmp_path):
+    """What a process killed inside `atomic_write` leaves (`.<name>.tmp-<pid>...`) is removed by the next checkpoint
+    write and by a resume; a live process's temporary file stays."""
+    import os
+    from unifusion.utils import remove_stale_temps
+    dead = 2 ** 22 + 12345                      # above the default pid_max: no such process
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        for name in (f".checkpoint.tmp-{dead}.safetensors", f".log.tmp-{dead}.jsonl",
+                     f".checkpoint.tmp-{os.getppid()}.safetensors"):      # the last: a live process's
+            (d / name).write_bytes(b"partial")
+    save_checkpoint(a / "checkpoint.safetensors", {"w": torch.ones(3)}, {"step": 1})
+    assert sorted(p.name for p in a.iterdir()) == sorted([f".log.tmp-{dead}.jsonl", "checkpoint.safetensors",
+                                                          f".checkpoint.tmp-{os.getppid()}.safetensors"])
+    train_from_config(toy_cfg(b, "train.steps=2"), resume=True)
+    assert sorted(p.name for p in b.iterdir()) == sorted(["checkpoint.safetensors", "config.yaml", "log.jsonl",
+                                                          f".checkpoint.tmp-{os.getppid()}.safetensors"])
+    assert remove_stale_temps(b / "checkpoint.safetensors") == []   # one file holds the checkpoint: no sidecar
+
+
+def test_fit_leaves_the_thread_count_alone(tmp_path):
+    n = torch.get_num_threads()
+    train_from_config(toy_cfg(tmp_path, "train.steps=2", f"train.threads={n + 1}"))
+    assert torch.get_num_threads() == n
 
 
 class _Task:
@@ -110,21 +174,24 @@ def test_checkpoint_truncated_corrupted_or_foreign(tmp_path):
         read_checkpoint(tmp_path / "missing.safetensors")
 
 
-def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    p = tmp_path / "c.safetensors"
+def test_full_disk_keeps_previous_checkpoint(full_disk):
+    """A real full file system (tmpfs): the error is one line naming the file, the previous checkpoint stays intact
+    and no temporary file is left, whatever error type the serialiser would raise."""
+    folder = full_disk(free_bytes=64 * 1024)
+    p = folder / "c.safetensors"
     save_checkpoint(p, {"w": torch.ones(10)}, {"step": 1})
     before = p.read_bytes()
-
-    def full_disk(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
-    with pytest.raises(CheckpointError, match="No space left on device; the previous checkpoint .* is intact"):
-        save_checkpoint(p, {"w": torch.zeros(10)}, {"step": 2})
+    with pytest.raises(CheckpointError, match=r"c\.safetensors: No space left on device; the previous checkpoint .* "
+                                              r"is intact"):
+        save_checkpoint(p, {"w": torch.zeros(100_000)}, {"step": 2})
     assert p.read_bytes() == before and read_checkpoint(p)[1]["step"] == 1
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["c.json", "c.safetensors"]
+    assert sorted(x.name for x in folder.iterdir()) == ["c.safetensors"]
+
+
+def test_one_ema_update_for_weight_averages_and_consistency_targets():
+    from unifusion.consistency import losses
+    from unifusion.train import ema
+    assert losses.ema_update is ema.ema_update
 
 
 def test_ema_follows_its_recursion():
@@ -223,6 +290,19 @@ def test_warmup_stable_decay_schedule_and_its_resume(tmp_path):
         assert torch.equal(ta[k], tb[k]), k
     lrs = [json.loads(ln)["lr"] for ln in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([2e-3, 2e-3, 1.6e-3, 1.1e-3])                   # logged at steps 5, 10, 15, 20
-    with pytest.raises(CheckpointError, match="of step 7,"):                      # the 7th step already ran at the full lr
+    with pytest.raises(CheckpointError, match="of step 7,"):  # the 7th step already ran at the full lr
         train_from_config(toy_cfg(tmp_path / "b", "train.steps=30", "train.decay_start=5", "train.decay_end=30"),
                           resume=True)
+
+
+def test_atomic_write_names_the_target_not_its_temporary_file(tmp_path):
+    from unifusion.utils import atomic_write
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        atomic_write(tmp_path / "d.npz", "x")
+    assert e.value.filename == str(tmp_path / "d.npz")
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(OSError) as e:
+        atomic_write(tmp_path / "f" / "x.txt", "x")      # its folder is a file
+    assert str(tmp_path / "f") in str(e.value.filename) and ".tmp-" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "f"]

@@ -14,20 +14,24 @@ sampler), and with the reverse SDE (Euler-Maruyama) and the probability-flow ODE
 
 Extension point: `register_rows(fn)` adds rows to the table; `fn(ctx: DemoContext) -> list[dict]` gets the
 trained models and an `evaluate(samples, label)` helper and returns rows with the keys of `ROW_KEYS`.
-`main` also calls `unifusion.consistency.demo.demo_rows(ctx)` when that module exists (the consistency helper's
-1-step and 2-step rows), and skips it with a note when it does not.
+`main` first adds `unifusion.consistency.demo.demo_rows(ctx)` (the consistency model's 1-step and 2-step rows)
+and `unifusion.guidance.demo.demo_rows(ctx)` (a class-conditional model: a 10-class grid and FD / class agreement
+per classifier-free guidance scale).
+The demo leaves torch's thread count to its caller (`unifusion demo` runs it on one thread); its two training
+processes run one thread each.
 """
 from __future__ import annotations
 
 import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .consistency import demo as cdemo
+from .guidance import demo as gdemo
 from .utils import atomic_write
 
 __all__ = ["main", "DemoContext", "register_rows", "ROW_KEYS", "demo_configs"]
@@ -44,14 +48,25 @@ def register_rows(fn: Callable) -> Callable:
 
 @dataclass
 class DemoContext:
-    """What a row hook gets: the run folder, the trained models and the evaluation helper."""
+    """What a row hook gets: the run folder, the trained models and the evaluation helper.
+
+    Attributes:
+        out:         the demo's folder.
+        models:      "VP" / "VE" -> trained Denoiser (EMA weights).
+        checkpoints: "VP" / "VE" -> checkpoint path.
+        n:           samples per row.
+        seed, quick: the demo's arguments.
+        evaluate:    `evaluate(samples [n, 64], label) -> {"fd", "confident", "picture"}`.
+        notes:       lines a hook adds to the report.
+    """
+
     out: Path
-    models: dict                            # "VP" / "VE" -> trained Denoiser (EMA weights)
-    checkpoints: dict                       # "VP" / "VE" -> checkpoint path
-    n: int                                  # samples per row
+    models: dict
+    checkpoints: dict
+    n: int
     seed: int
     quick: bool
-    evaluate: Callable                      # evaluate(samples [n, 64], label) -> {"fd", "confident", "picture"}
+    evaluate: Callable
     notes: list = field(default_factory=list)
 
 
@@ -68,10 +83,9 @@ def demo_configs(quick: bool = False, seed: int = 0) -> dict:
 
 
 def _train_one(cfg: dict) -> tuple[str, float]:
-    """Train one config in this process (1 CPU thread); returns (checkpoint path, seconds)."""
+    """Train one config in this process; returns (checkpoint path, seconds)."""
     from .train import train_from_config
 
-    torch.set_num_threads(1)
     t0 = time.perf_counter()
     res = train_from_config(cfg)
     return str(res.checkpoint), time.perf_counter() - t0
@@ -83,11 +97,12 @@ def _train_both(cfgs: dict, parallel: bool) -> dict:
         import concurrent.futures as cf
         import multiprocessing as mp
         try:
-            with cf.ProcessPoolExecutor(max_workers=len(cfgs), mp_context=mp.get_context("spawn")) as ex:
+            with cf.ProcessPoolExecutor(max_workers=len(cfgs), mp_context=mp.get_context("spawn"),
+                                        initializer=torch.set_num_threads, initargs=(1,)) as ex:  # its own processes
                 futs = {k: ex.submit(_train_one, c) for k, c in cfgs.items()}
                 return {k: f.result() for k, f in futs.items()}
-        except (OSError, cf.process.BrokenProcessPool):
-            pass                        # no process pool here (sandbox): fall back to one after the other
+        except OSError:
+            pass                        # no process pool here (a sandbox without semaphores): one after the other
     return {k: _train_one(c) for k, c in cfgs.items()}
 
 
@@ -128,7 +143,7 @@ def _trajectories(out: Path, seed: int, quick: bool) -> Path:
         g = torch.Generator().manual_seed(seed)
         x = sigmas[0].item() * torch.randn(64, 2, generator=g, dtype=torch.float64)
         states = [x]
-        get_sampler(name)(oracle, x, sigmas, generator=g, callback=lambda d: states.append(d["x"]))
+        get_sampler(name)(oracle, x, sigmas, generator=g, callback=lambda d, states=states: states.append(d["x_next"]))
         paths[name] = torch.stack(states)
     ref = oracle.sample(2000, generator=torch.Generator().manual_seed(seed + 1))
     return save_trajectories(paths["euler_maruyama"], paths["heun"], out / "trajectories.png", reference=ref,
@@ -146,7 +161,8 @@ def _fmt(v, spec=".3g"):
     return "–" if v is None else format(v, spec)
 
 
-def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = None, parallel: bool | None = None) -> Path:
+def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = None,
+         parallel: bool | None = None) -> Path:
     """Run the demo into `out`; returns the path of `report.md`. `quick=True`: tiny models and sample counts
     (seconds; what the tests run). `n`: samples per row (default 1000, quick 200)."""
     from .metrics import digits_report
@@ -171,7 +187,6 @@ def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = No
             ck.unlink()
     trained = _train_both(cfgs, parallel if parallel is not None else not quick)
     models = {k: load_model(p) for k, (p, _) in trained.items()}
-    torch.set_num_threads(1)
 
     def evaluate(samples, label):
         rep = digits_report(samples.reshape(samples.shape[0], -1).clamp(-1, 1), floor_repeats=5, seed=seed)
@@ -187,19 +202,8 @@ def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = No
                      "confident": ev["confident"], "seconds": info["seconds"], "picture": ev["picture"]})
 
     ctx = DemoContext(out, models, {k: p for k, (p, _) in trained.items()}, n, seed, quick, evaluate)
-    hooks = list(_HOOKS)
-    try:
-        from .consistency import demo as cdemo          # the consistency helper's 1-step / 2-step rows
-        hooks.append(cdemo.demo_rows)
-    except (ImportError, AttributeError):
-        ctx.notes.append("consistency rows: `unifusion.consistency.demo.demo_rows` is not available in this install")
-    for hook in hooks:
-        try:
-            rows += [dict({k: None for k in ROW_KEYS}, **r) for r in hook(ctx)]
-        except Exception as e:                          # a broken extension must not sink the demo
-            ctx.notes.append(f"row hook {getattr(hook, '__module__', '')}.{getattr(hook, '__name__', hook)} "
-                             f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            traceback.print_exc()
+    for hook in (cdemo.demo_rows, gdemo.demo_rows, *_HOOKS):   # consistency, guidance, then registered extensions
+        rows += [dict({k: None for k in ROW_KEYS}, **r) for r in hook(ctx)]
 
     lines = [
         "# unifusion demo: VP and VE diffusion models on digits", "",
@@ -217,8 +221,8 @@ def main(out="runs/demo", quick: bool = False, seed: int = 0, n: int | None = No
     ]
     for r in rows:
         pic = f"![]({r['picture']})" if r.get("picture") else ""
-        lines.append(f"| {r['model']} | {r['sampler']} | {r['role']} | {_fmt(r['nfe'], 'd') if r['nfe'] is not None else '–'} "
-                     f"| {_fmt(r['fd'], '.2f')} | {_fmt(r['confident'], '.3f')} | {_fmt(r['seconds'], '.1f')} | {pic} |")
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['role']} | {_fmt(r['nfe'], 'd')} | {_fmt(r['fd'], '.2f')} "
+                     f"| {_fmt(r['confident'], '.3f')} | {_fmt(r['seconds'], '.1f')} | {pic} |")
     if floor is not None:
         lines.append(f"| floor | real test vs train | noise floor at n={n} | – | {floor['fd_floor']:.2f} "
                      f"| {floor['confident_fraction_floor']:.3f} | – | |")

@@ -12,7 +12,8 @@ This module owns every step schedule the samplers walk along:
 * `tuned_grid`        a first jump from sigma_max, then a rho-schedule between two tuned levels: the step placement
                       tuned per sampler on training mixtures (not the benchmark's; docs/samplers.md says how);
 * `grid_from_list`    any user list, checked;
-* `check_sigmas`      the one validator every sampler calls.
+* `check_sigmas`      the one validator every sampler calls;
+* `default_sigma_range` where a sampling grid of a model of a given process starts and ends by default.
 
 Convention: `n` is the number of positive noise levels; with `zero=True` (the default for ODE/SDE sampling
 grids) a final `0` is appended, so the grid has `n + 1` entries and a sampler takes `n` steps, the last one
@@ -32,9 +33,11 @@ from .utils import as_float_tensor, check_choice, check_positive_int
 __all__ = [
     "append_zero", "edm_grid", "geometric_grid", "log_snr_grid", "uniform_t_grid", "ddim_timesteps",
     "sigmas_from_timesteps", "grid_from_list", "check_sigmas", "DDIM_SPACINGS", "tuned_grid", "TUNED",
+    "SIGMA_MIN", "default_sigma_range",
 ]
 
 DDIM_SPACINGS = ("leading", "trailing", "linspace")
+SIGMA_MIN = 0.002  # EDM's lowest level (Karras et al. 2022, Sec. 5), the floor of every default grid
 
 
 def _check_range(sigma_min, sigma_max):
@@ -54,8 +57,9 @@ def _finish(sigmas: torch.Tensor, zero: bool) -> torch.Tensor:
 
 def edm_grid(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, *,
              zero: bool = True) -> torch.Tensor:
-    """EDM schedule (Karras et al. 2022, eq. 5): `sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho`,
-    `i = 0..n-1`, then a final 0 if `zero`. `rho=1` is uniform in sigma; `rho -> inf` tends to geometric."""
+    """EDM schedule (Karras et al. 2022, eq. 5):
+    `sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho`, `i = 0..n-1`, then a final 0 if `zero`.
+    `rho=1` is uniform in sigma; `rho -> inf` tends to geometric."""
     check_positive_int(n, "n")
     _check_range(sigma_min, sigma_max)
     if not (rho > 0):
@@ -94,7 +98,8 @@ def uniform_t_grid(process: NoiseProcess, n: int, t_min: float | None = None, t_
     t_max = process.t_max if t_max is None else t_max
     if not (t_min < t_max):
         raise ValueError(f"need t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}")
-    t = torch.linspace(t_max, t_min, n, dtype=torch.float64) if n > 1 else torch.tensor([float(t_max)], dtype=torch.float64)
+    t = torch.linspace(t_max, t_min, n, dtype=torch.float64) if n > 1 else \
+        torch.tensor([float(t_max)], dtype=torch.float64)
     return _finish(process.sigma_ve(t), zero)
 
 
@@ -136,7 +141,7 @@ def sigmas_from_timesteps(process: NoiseProcess, timesteps, *, zero: bool = True
 # n -> (sigma_hi, sigma_lo, rho), fitted by Nelder-Mead per n on 5 training mixtures (three 2-D, a 64-D and a 32-D,
 # none of them a benchmark oracle) to minimise a log RMS + (1 - a) log median relative endpoint error: "unipc" and
 # "lms" with a = 0.7 on 1000 starts each, "hybrid" with a = 0.85 on 3000 starts each (RMS, set by the few starts that
-# end in another component, weighted more); bench.samplers.TUNE_SETTINGS and docs/samplers.md say how. The values
+# end in another component, weighted more); bench/sampler_tuning.py and docs/samplers.md say how. The values
 # assume data of about unit scale (as normalised images or the toy sets).
 TUNED = {
     "unipc": {5: (6.276, 0.2073, 153.0), 10: (6.573, 0.0368, 180.3), 20: (8.706, 0.0226, 6.458),
@@ -166,7 +171,7 @@ def _interpolate(table: dict, n: int) -> tuple:
     a, b = items[j][1], items[k][1]
     if not isinstance(a, tuple):
         return math.exp((1 - f) * math.log(a) + f * math.log(b))
-    return tuple(math.exp((1 - f) * math.log(u) + f * math.log(v)) for u, v in zip(a, b))
+    return tuple(math.exp((1 - f) * math.log(u) + f * math.log(v)) for u, v in zip(a, b, strict=True))
 
 
 def hybrid_switch(n: int) -> float:
@@ -177,9 +182,10 @@ def hybrid_switch(n: int) -> float:
 
 def tuned_grid(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, sampler: str = "unipc",
                zero: bool = True) -> torch.Tensor:
-    """`[sigma_max]`, then `n - 1` levels of a rho-schedule (`edm_grid`) from `sigma_hi(n)` down to `sigma_lo(n)`, then 0.
-    `(sigma_hi, sigma_lo, rho)` come from `TUNED[sampler]`, interpolated linearly in `log n` between tuned `n` (held
-    at the ends), and clipped into `[sigma_min, sigma_max]`. One evaluation per level for one-step-per-level samplers."""
+    """`[sigma_max]`, then `n - 1` levels of a rho-schedule (`edm_grid`) from `sigma_hi(n)` down to `sigma_lo(n)`,
+    then 0. `(sigma_hi, sigma_lo, rho)` come from `TUNED[sampler]`, interpolated linearly in `log n` between tuned `n`
+    (held at the ends), and clipped into `[sigma_min, sigma_max]`. One evaluation per level for one-step-per-level
+    samplers."""
     check_positive_int(n, "n")
     _check_range(sigma_min, sigma_max)
     check_choice(sampler, "sampler", TUNED)
@@ -190,6 +196,16 @@ def tuned_grid(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, sam
     lo = min(max(lo, sigma_min), hi * 0.999)
     rest = edm_grid(n - 1, lo, hi, rho, zero=False) if n > 2 else torch.tensor([hi], dtype=torch.float64)
     return _finish(torch.cat([torch.tensor([float(sigma_max)], dtype=torch.float64), rest]), zero)
+
+
+def default_sigma_range(process: NoiseProcess | None = None) -> tuple[float, float]:
+    """The default ends `(sigma_min, sigma_max)` of a sampling grid for a model of `process`: `sigma~(t_max)` and
+    `max(sigma~(t_min), SIGMA_MIN)`; EDM's `(0.002, 80)` without a process. The floor keeps the grid positive where
+    `sigma~(t_min) = 0` (rectified flow, the cosine schedule) and out of levels below EDM's, which change nothing
+    visible in data of unit scale and only strain float32 and bfloat16 (SubVP's `sigma~(t_min)` is 2e-6)."""
+    if process is None:
+        return SIGMA_MIN, 80.0
+    return max(process.sigma_ve_min, SIGMA_MIN), process.sigma_ve_max
 
 
 def grid_from_list(values: Sequence[float] | torch.Tensor, *, zero: bool = False) -> torch.Tensor:

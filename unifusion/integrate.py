@@ -24,14 +24,21 @@ _E = [71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 4
 
 
 def dopri5(f: Callable[[torch.Tensor, float], torch.Tensor], y: torch.Tensor, u0: float, u1: float, *,
-           rtol: float = 1e-5,        # relative tolerance of the local error
-           atol: float = 1e-5,        # absolute tolerance of the local error
-           h_init: float | None = None,  # first step size; None: 1/10 of the interval
-           max_steps: int = 10000,    # attempted steps before giving up (ValueError)
-           on_step: Callable | None = None,  # called as on_step(y, u_prev, u, k_last) after each accepted step
-           ) -> tuple[torch.Tensor, torch.Tensor, int]:
+           rtol: float = 1e-5, atol: float = 1e-5, h_init: float | None = None, max_steps: int = 10000,
+           on_step: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Integrate `dy/du = f(y, u)` from `u0` to `u1` (either direction). The error norm is the RMS over each
     example's entries of `err / (atol + rtol max(|y|, |y_new|))`, maximised over the batch.
+
+    Args:
+        f:         the derivative, `f(y, u) -> dy/du` of `y`'s shape.
+        y:         the state at `u0`, `[B, ...]`.
+        u0, u1:    start and end of the integration.
+        rtol:      relative tolerance of the local error.
+        atol:      absolute tolerance of the local error.
+        h_init:    first step size; None: 1/10 of the interval.
+        max_steps: attempted steps before giving up (`ValueError`).
+        on_step:   called as `on_step(y, u_prev, u, k_last)` after each accepted step.
+
     Returns `(y(u1), f(y(u1), u1), nfe)`; the last derivative comes free (first-same-as-last)."""
     if not (rtol > 0 and atol >= 0):
         raise ValueError(f"need rtol > 0 and atol >= 0, got rtol={rtol!r}, atol={atol!r}")
@@ -44,10 +51,10 @@ def dopri5(f: Callable[[torch.Tensor, float], torch.Tensor], y: torch.Tensor, u0
     while direction * (u1 - u) > 1e-12 * max(1.0, abs(u1)) and steps < max_steps:
         h = direction * min(abs(h), abs(u1 - u))
         for j in range(1, 7):
-            y_j = y + h * sum(a * kk for a, kk in zip(_A[j], k) if a != 0.0)
+            y_j = y + h * sum(a * kk for a, kk in zip(_A[j], k[:j], strict=True) if a != 0.0)
             k[j] = f(y_j, u + _C[j] * h)
         nfe += 6
-        err = h * sum(e * kk for e, kk in zip(_E, k) if e != 0.0)
+        err = h * sum(e * kk for e, kk in zip(_E, k, strict=True) if e != 0.0)
         scale = atol + rtol * torch.maximum(y.abs(), y_j.abs())
         norm = float((err / scale).pow(2).mean(dims).sqrt().max()) if y.numel() else 0.0
         if norm <= 1.0:

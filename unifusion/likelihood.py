@@ -31,11 +31,21 @@ __all__ = ["LikelihoodResult", "log_likelihood", "bits_per_dim"]
 
 
 class LikelihoodResult(NamedTuple):
-    log_prob: torch.Tensor        # [B] log-density of the input
-    prior_log_prob: torch.Tensor  # [B] log-density of the ODE's endpoint under the prior
-    delta: torch.Tensor           # [B] integral of the divergence (log_prob = prior_log_prob + delta (- d log alpha))
-    x_T: torch.Tensor             # the ODE's endpoint at sigma_max (the encoding of the input)
-    nfe: int                      # drift evaluations (each costs one denoiser call plus the trace)
+    """What `log_likelihood` returns.
+
+    Attributes:
+        log_prob:       `[B]` log-density of the input.
+        prior_log_prob: `[B]` log-density of the ODE's endpoint under the prior.
+        delta:          `[B]` integral of the divergence (`log_prob = prior_log_prob + delta (- d log alpha)`).
+        x_T:            the ODE's endpoint at `sigma_max` (the encoding of the input).
+        nfe:            drift evaluations (each costs one denoiser call plus the trace).
+    """
+
+    log_prob: torch.Tensor
+    prior_log_prob: torch.Tensor
+    delta: torch.Tensor
+    x_T: torch.Tensor
+    nfe: int
 
 
 def _trace_exact(den: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -57,17 +67,26 @@ def _trace_hutchinson(den: torch.Tensor, x: torch.Tensor, probes: torch.Tensor) 
     return tr / probes.shape[0]
 
 
-def log_likelihood(denoiser: Callable, x: torch.Tensor, *,
-                   sigma_min: float | None = None,   # start of the ODE; None: the process's sigma~(t_min), else 0.002
-                   sigma_max: float | None = None,   # end of the ODE; None: the process's sigma~(t_max), else 80
-                   process: NoiseProcess | None = None,  # None: x is in VE coordinates; else x is x_{t_min} of process
-                   prior_log_prob: Callable | None = None,  # log-density at sigma_max; None: N(0, sigma_max^2 I)
-                   divergence: str = "exact",        # "exact" (d VJPs per step) or "hutchinson"
-                   n_probes: int = 1,                # Hutchinson probes per evaluation
-                   rtol: float = 1e-5, atol: float = 1e-5,
-                   generator: torch.Generator | None = None,  # draws the Hutchinson probes
+def log_likelihood(denoiser: Callable, x: torch.Tensor, *, sigma_min: float | None = None,
+                   sigma_max: float | None = None, process: NoiseProcess | None = None,
+                   prior_log_prob: Callable | None = None, divergence: str = "exact", n_probes: int = 1,
+                   rtol: float = 1e-5, atol: float = 1e-5, generator: torch.Generator | None = None,
                    model_kwargs: dict | None = None) -> LikelihoodResult:
-    """Log-likelihood of `x` (`[B, ...]`) under the model `denoiser` through the PF-ODE (Song et al. 2021, App. D.2)."""
+    """Log-likelihood of `x` (`[B, ...]`) under the model `denoiser` through the PF-ODE (Song et al. 2021, App. D.2).
+
+    Args:
+        denoiser:       the model as a VE-coordinate denoiser `D(x~, sigma~, **model_kwargs)`.
+        x:              the data, `[B, ...]`.
+        sigma_min:      start of the ODE; None: the process's `sigma~(t_min)`, else 0.002.
+        sigma_max:      end of the ODE; None: the process's `sigma~(t_max)`, else 80.
+        process:        None: `x` is in VE coordinates; else `x` is `x_{t_min}` of `process`.
+        prior_log_prob: log-density at `sigma_max`; None: `N(0, sigma_max^2 I)`.
+        divergence:     "exact" (one vector-Jacobian product per dimension and step) or "hutchinson".
+        n_probes:       Hutchinson probes per evaluation.
+        rtol, atol:     tolerances of the adaptive Dormand-Prince integration (`integrate.dopri5`).
+        generator:      draws the Hutchinson probes.
+        model_kwargs:   passed to every `denoiser` call (e.g. `class_labels`).
+    """
     check_choice(divergence, "divergence", ("exact", "hutchinson"))
     check_positive_int(n_probes, "n_probes")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
@@ -78,7 +97,8 @@ def log_likelihood(denoiser: Callable, x: torch.Tensor, *,
         s_hi = process.sigma_ve_max if sigma_max is None else sigma_max
         log_alpha = float(process._log_alpha(process.t_from_sigma_ve(torch.tensor(s_lo, dtype=torch.float64))))
     else:
-        s_lo, s_hi, log_alpha = (0.002 if sigma_min is None else sigma_min), (80.0 if sigma_max is None else sigma_max), 0.0
+        s_lo = 0.002 if sigma_min is None else sigma_min
+        s_hi, log_alpha = (80.0 if sigma_max is None else sigma_max), 0.0
     if not (0 < s_lo < s_hi):
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={s_lo!r}, sigma_max={s_hi!r}")
     kw = dict(model_kwargs or {})

@@ -36,12 +36,13 @@ import torch
 
 from .parametrization import Denoiser, edm_precond, score_from_eps, target_from_x0, x0_from_target
 from .processes import NoiseProcess
+from .schema import choice_of, register_section
 from .utils import check_choice, check_positive_int, coef, generator_device, randn_like
 
 __all__ = [
     "UniformTimesteps", "UniformTime", "LogNormalSigma", "GeometricSigmas", "NOISE_SAMPLERS",
     "Constant", "SigmaSquared", "LikelihoodWeight", "EDMWeight", "ELBOWeight", "WEIGHTINGS",
-    "DenoisingLoss", "LOSSES", "build_loss",
+    "DenoisingLoss", "LOSSES", "build_loss", "LOSS_FAMILIES", "loss_choice",
 ]
 
 
@@ -360,3 +361,16 @@ def build_loss(name: str, process: NoiseProcess | None = None, **kwargs) -> Deno
     if process is None and name != "edm":
         raise ValueError(f"loss {name!r} needs a process")
     return make(process, **kwargs)
+
+
+LOSS_FAMILIES = {"diffusion": LOSSES}     # the loss names of each `task`; other tasks add theirs (`unifusion.guidance`)
+
+
+def loss_choice(name: str, cfg: dict | None = None):
+    """The builder `loss.name` names for the config's `task` (the schema's choices of the `loss:` section)."""
+    task = (cfg or {}).get("task") or "diffusion"
+    return choice_of(LOSS_FAMILIES.get(task, LOSSES), "loss.name" if task == "diffusion" else f"loss.name of a {task}")(
+        name)
+
+
+register_section("loss", head="name", default="ddpm", choices=loss_choice, skip=("process",))

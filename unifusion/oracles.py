@@ -11,6 +11,11 @@ This module owns
 
 Every oracle is itself a denoiser in VE coordinates: `oracle(x, sigma) == oracle.denoiser(x, sigma)`, so it
 can be handed to any sampler. Computations are batched and log-sum-exp stable, in the dtype of `x`.
+
+Conditional answers: a mixture's component index is its class label. `denoiser / score / log_prob(x, sigma,
+class_labels=y)` (and `oracle(x, sigma, class_labels=y)`) are those of the mixture restricted to component
+`y` (`-1`: the whole mixture), and `log_responsibilities(x, sigma)` is the exact classifier
+`log p(y | x_sigma)`, so every guidance formula (Ho & Salimans 2022; Dhariwal & Nichol 2021) has a closed form.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ from torch import nn
 
 from .parametrization import eps_from_score, target_from_x0
 from .processes import NoiseProcess
-from .utils import as_float_tensor, check_choice, check_finite, check_nonnegative, check_positive_int
+from .utils import (as_float_tensor, check_choice, check_class_labels, check_finite, check_nonnegative,
+                    check_positive_int)
 
 __all__ = ["GaussianMixture", "EmpiricalData", "eight_gaussians", "grid_gaussians", "mixture_64d"]
 
@@ -45,22 +51,30 @@ def _check_level(c, name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 class _Oracle:
-    """Shared calling convention: the oracle is a VE-coordinate denoiser `D(x, sigma)`."""
+    """Shared calling convention: the oracle is a VE-coordinate denoiser `D(x, sigma, class_labels=None)`.
+    `num_classes` is the number of labels it knows (a mixture's components; 0: only -1, "no label")."""
 
-    def __call__(self, x, sigma, **unused):
-        return self.denoiser(x, sigma)
+    num_classes = 0
 
-    def denoiser(self, x, sigma):
-        """`E[x0 | x0 + sigma eps = x]` (VE coordinates)."""
-        return self._posterior(_check_x(x, self.dim), 1.0, _check_level(sigma, "sigma", x))[1]
+    def __call__(self, x, sigma, class_labels=None, **unused):
+        return self.denoiser(x, sigma, class_labels)
 
-    def score(self, x, sigma):
-        """`grad_x log p_sigma(x)` of the sigma-smoothed data density."""
-        return self._posterior(_check_x(x, self.dim), 1.0, _check_level(sigma, "sigma", x))[2]
+    def _answer(self, x, sigma, class_labels, i: int):
+        x = _check_x(x, self.dim)
+        y = None if class_labels is None else check_class_labels(class_labels, x.shape[0], self.num_classes, x.device)
+        return self._posterior(x, 1.0, _check_level(sigma, "sigma", x), y)[i]
 
-    def log_prob(self, x, sigma=0.0):
-        """`log p_sigma(x)` per example, `p_sigma = p_data * N(0, sigma^2 I)`."""
-        return self._posterior(_check_x(x, self.dim), 1.0, _check_level(sigma, "sigma", x))[0]
+    def denoiser(self, x, sigma, class_labels=None):
+        """`E[x0 | x0 + sigma eps = x (, y)]` (VE coordinates); `class_labels` `[B]`: condition on class `y`."""
+        return self._answer(x, sigma, class_labels, 1)
+
+    def score(self, x, sigma, class_labels=None):
+        """`grad_x log p_sigma(x (| y))` of the sigma-smoothed data density."""
+        return self._answer(x, sigma, class_labels, 2)
+
+    def log_prob(self, x, sigma=0.0, class_labels=None):
+        """`log p_sigma(x (| y))` per example, `p_sigma = p_data * N(0, sigma^2 I)`."""
+        return self._answer(x, sigma, class_labels, 0)
 
     def process_model(self, process: NoiseProcess, target: str = "eps") -> nn.Module:
         """The exact `target`-predictor `model(x_t, t)` of `process`, computed in the process's own
@@ -74,12 +88,14 @@ class _ExactProcessModel(nn.Module):
         super().__init__()
         self.oracle, self.process, self.target = oracle, process, target
 
-    def forward(self, x_t, t, **unused):
+    def forward(self, x_t, t, class_labels=None, **unused):
         t = torch.as_tensor(t, device=x_t.device).to(torch.float64)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         c = self.process._coefficients(t)
-        _, x0, score = self.oracle._posterior(x_t, c.alpha[:, None], c.sigma[:, None])
+        y = None if class_labels is None else \
+            check_class_labels(class_labels, x_t.shape[0], self.oracle.num_classes, x_t.device)
+        _, x0, score = self.oracle._posterior(x_t, c.alpha[:, None], c.sigma[:, None], y)
         if self.target == "score":
             return score
         if self.target == "eps":
@@ -116,11 +132,12 @@ class GaussianMixture(_Oracle):
                 raise ValueError("covs must be symmetric")
             lam, self.U = torch.linalg.eigh(c)
         else:
-            raise ValueError(f"covs must be a scalar or have shape [{K}], [{K}, {d}] or [{K}, {d}, {d}], got {tuple(c.shape)}")
+            raise ValueError(f"covs must be a scalar or have shape [{K}], [{K}, {d}] or [{K}, {d}, {d}], got "
+                             f"{tuple(c.shape)}")
         if (lam < -1e-12 * float(lam.abs().max().clamp_min(1.0))).any():
             raise ValueError(f"covs must be positive semi-definite, got an eigenvalue {lam.min().item():.3g}")
         self.weights, self.means, self.lam = w / w.sum(), means, lam.clamp_min(0.0)
-        self.K, self.dim = K, d
+        self.K, self.dim, self.num_classes = K, d, K
         self._cache: dict = {}
 
     def _params(self, dtype, device):
@@ -130,8 +147,9 @@ class GaussianMixture(_Oracle):
             self._cache[key] = (cast(self.weights.log()), cast(self.means), cast(self.lam), cast(self.U))
         return self._cache[key]
 
-    def _posterior(self, x, alpha, sigma):
-        """`(log p(x), E[x0 | x], grad log p(x))` for `x = alpha x0 + sigma eps`; alpha, sigma `[B, 1]` or floats."""
+    def _components(self, x, alpha, sigma):
+        """`(log w_k, log N(x; alpha mu_k, alpha^2 C_k + sigma^2 I), z_k)` per component, `[K]`, `[B, K]`,
+        `[B, K, d]`, with `z_k = (alpha^2 C_k + sigma^2 I)^-1 (x - alpha mu_k)` in eigen-coordinates, and `a`."""
         logw, mu, lam, U = self._params(x.dtype, x.device)
         alpha = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
@@ -141,7 +159,17 @@ class GaussianMixture(_Oracle):
         var = a ** 2 * lam[None] + s2                                # [B, K, d]
         z = y / var
         log_n = -0.5 * (y * z).sum(-1) - 0.5 * torch.log(2 * math.pi * var).sum(-1)
+        return logw, log_n, z, a
+
+    def _posterior(self, x, alpha, sigma, labels=None):
+        """`(log p(x), E[x0 | x], grad log p(x))` for `x = alpha x0 + sigma eps`; alpha, sigma `[B, 1]` or floats.
+        `labels` `[B]` (or None): rows with `y >= 0` get the answers of component `y` alone."""
+        _, mu, lam, U = self._params(x.dtype, x.device)
+        logw, log_n, z, a = self._components(x, alpha, sigma)
         logits = logw[None] + log_n                                  # [B, K]
+        if labels is not None:                                       # p(x | y): component y with weight 1
+            own = labels[:, None] == torch.arange(self.K, device=x.device)
+            logits = torch.where(labels[:, None] < 0, logits, log_n.masked_fill(~own, -math.inf))
         logp = torch.logsumexp(logits, dim=1)
         resp = torch.softmax(logits, dim=1)[..., None]               # [B, K, 1]
         dx0 = a * lam[None] * z                                      # posterior-mean shift, eigen-coordinates
@@ -152,25 +180,30 @@ class GaussianMixture(_Oracle):
         score = -(resp * z).sum(1)
         return logp, x0, score
 
-    def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float64, device=None):
-        """`n` exact draws from the mixture, `[n, d]`."""
+    def sample_labelled(self, n: int, generator: torch.Generator | None = None, dtype=torch.float64,
+                        device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` exact draws from the mixture and their components: `(x [n, d], labels int64 [n])`."""
         check_positive_int(n, "n")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64) * self.lam[k].sqrt()
         if self.U is not None:
             z = torch.einsum("nij,nj->ni", self.U[k], z)
-        return (self.means[k] + z).to(dtype=dtype, device=device)
+        return (self.means[k] + z).to(dtype=dtype, device=device), k.to(device)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float64, device=None):
+        """`n` exact draws from the mixture, `[n, d]` (the same draws as `sample_labelled`)."""
+        return self.sample_labelled(n, generator, dtype, device)[0]
+
+    def log_responsibilities(self, x, sigma=0.0) -> torch.Tensor:
+        """The exact classifier of the sigma-smoothed mixture: `log p(k | x_sigma)`, `[B, K]` (Bishop 2006, eq. 9.13).
+        Differentiable in `x`; `exp` of it sums to 1 over `k`."""
+        x = _check_x(x, self.dim)
+        logw, log_n, _, _ = self._components(x, 1.0, _check_level(sigma, "sigma", x))
+        return torch.log_softmax(logw[None] + log_n, dim=1)
 
     def component(self, x, sigma=0.0) -> torch.Tensor:
         """The most probable mixture component of each row of `x` under the sigma-smoothed mixture, `[B]`."""
-        x = _check_x(x, self.dim)
-        s = _check_level(sigma, "sigma", x).to(x.dtype)
-        logw, mu, lam, U = self._params(x.dtype, x.device)
-        r = x[:, None, :] - mu[None]
-        y = r if U is None else torch.einsum("kij,bki->bkj", U, r)
-        var = lam[None] + (s ** 2)[..., None]
-        logits = logw[None] - 0.5 * (y ** 2 / var).sum(-1) - 0.5 * torch.log(2 * math.pi * var).sum(-1)
-        return logits.argmax(1)
+        return self.log_responsibilities(x, sigma).argmax(1)
 
     def __repr__(self):
         return f"GaussianMixture(K={self.K}, d={self.dim}, {'full' if self.U is not None else 'diagonal'} covariances)"
@@ -195,8 +228,8 @@ class EmpiricalData(_Oracle):
             self._cache[key] = (p, (p ** 2).sum(1))
         return self._cache[key]
 
-    def _posterior(self, x, alpha, sigma):
-        pts, sq = self._pts(x.dtype, x.device)
+    def _posterior(self, x, alpha, sigma, labels=None):
+        pts, sq = self._pts(x.dtype, x.device)        # no classes: `labels` can only be -1 ("no label")
         alpha = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
         s2 = torch.as_tensor(sigma, dtype=x.dtype, device=x.device) ** 2
         if (s2 == 0).any():

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .processes import NoiseProcess
+from .schema import register_section
 from .utils import check_choice, coef
 
 __all__ = [
@@ -106,34 +107,31 @@ def x0_from_flow(x_t, u, alpha, sigma, d_alpha, d_sigma):
     return (s * u - ds * x_t) / (da * s - ds * a)
 
 
+def _identity(x_t, x0, alpha, sigma):
+    return x0
+
+
+# target -> (x0_from_<target>, <target>_from_x0), each called as f(x_t, value, alpha, sigma[, d_alpha, d_sigma])
+_CONVERSIONS = {"eps": (x0_from_eps, eps_from_x0), "x0": (_identity, _identity),
+                "score": (x0_from_score, score_from_x0), "v": (x0_from_v, v_from_x0),
+                "flow": (x0_from_flow, flow_from_x0)}
+
+
+def _convert(target: str, way: int, x_t, value, alpha, sigma, d_alpha, d_sigma):
+    if target not in _CONVERSIONS:
+        raise ValueError(f"target={target!r} is not one of {[t for t in TARGETS if t != 'edm']}")
+    derivatives = (d_alpha, d_sigma) if target == "flow" else ()
+    return _CONVERSIONS[target][way](x_t, value, alpha, sigma, *derivatives)
+
+
 def x0_from_target(target: str, x_t, out, alpha, sigma, d_alpha=None, d_sigma=None):
     """`x0` from a network output `out` of kind `target` in `TARGETS` (not "edm": that needs the preconditioning)."""
-    if target == "eps":
-        return x0_from_eps(x_t, out, alpha, sigma)
-    if target == "x0":
-        return out
-    if target == "score":
-        return x0_from_score(x_t, out, alpha, sigma)
-    if target == "v":
-        return x0_from_v(x_t, out, alpha, sigma)
-    if target == "flow":
-        return x0_from_flow(x_t, out, alpha, sigma, d_alpha, d_sigma)
-    raise ValueError(f"target={target!r} is not one of {[t for t in TARGETS if t != 'edm']}")
+    return _convert(target, 0, x_t, out, alpha, sigma, d_alpha, d_sigma)
 
 
 def target_from_x0(target: str, x_t, x0, alpha, sigma, d_alpha=None, d_sigma=None):
     """The prediction of kind `target` that corresponds to a clean-data estimate `x0` (inverse of `x0_from_target`)."""
-    if target == "eps":
-        return eps_from_x0(x_t, x0, alpha, sigma)
-    if target == "x0":
-        return x0
-    if target == "score":
-        return score_from_x0(x_t, x0, alpha, sigma)
-    if target == "v":
-        return v_from_x0(x_t, x0, alpha, sigma)
-    if target == "flow":
-        return flow_from_x0(x_t, x0, alpha, sigma, d_alpha, d_sigma)
-    raise ValueError(f"target={target!r} is not one of {[t for t in TARGETS if t != 'edm']}")
+    return _convert(target, 1, x_t, x0, alpha, sigma, d_alpha, d_sigma)
 
 
 # ---- EDM preconditioning ---------------------------------------------------------------------------
@@ -236,3 +234,11 @@ class ProcessModel(nn.Module):
         c = self.process._coefficients(t)
         x0 = self.denoiser(x_t / coef(c.alpha, x_t), self.process._sigma_ve(t), **cond)
         return target_from_x0(self.target, x_t, x0, *c)
+
+
+def _check_model(section: dict) -> None:
+    check_choice(section["target"], "model.target", TARGETS)
+    check_choice(section["noise_cond"], "model.noise_cond", ("t", "log_sigma"))
+
+
+register_section("model", Denoiser, skip=("net", "process"), check=_check_model)   # the Denoiser's options

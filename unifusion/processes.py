@@ -11,7 +11,7 @@ This module owns every schedule and everything derived from one schedule in one 
   through which every sampler sees every process;
 * forward sampling and the Gaussian prior.
 
-Processes (DESIGN.md has the table):
+Processes (README.md has their table):
   `DDPM` (Ho et al. 2020; linear, scaled-linear or cosine betas, Nichol & Dhariwal 2021; zero-terminal-SNR
   rescaling, Lin et al. 2024), `VP` (VP-SDE, Song et al. 2021), `VPCosine` (Nichol & Dhariwal 2021),
   `SubVP` (Song et al. 2021), `VE` (NCSN / Score SDE VE, Song & Ermon 2019), `EDM` (Karras et al. 2022),
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .utils import as_float_tensor, check_choice, check_finite, check_in_range, check_nonnegative, expand_like
+from .schema import choice_of, register_section
 
 __all__ = [
     "NoiseProcess", "Coefficients", "DDPM", "DDPM_SCHEDULES", "DDPM_INTERPOLATIONS", "TERMINAL_ALPHA_CUMPROD",
@@ -101,11 +102,11 @@ class NoiseProcess:
         return check_in_range(t, name, self.t_min, self.t_max)
 
     def alpha(self, t) -> torch.Tensor:
-        """Signal scale `alpha(t)` (DESIGN.md process table)."""
+        """Signal scale `alpha(t)` (the process table of README.md)."""
         return torch.exp(self._log_alpha(self._t(t)))
 
     def sigma(self, t) -> torch.Tensor:
-        """Noise scale `sigma(t)` (DESIGN.md process table)."""
+        """Noise scale `sigma(t)` (the process table of README.md)."""
         return torch.exp(self._log_sigma(self._t(t)))
 
     def log_snr(self, t) -> torch.Tensor:
@@ -114,8 +115,7 @@ class NoiseProcess:
 
     def t_from_log_snr(self, log_snr) -> torch.Tensor:
         """Inverse of `log_snr` (closed form per process); raises if the result leaves `[t_min, t_max]`."""
-        l = as_float_tensor(log_snr, "log_snr")
-        t = self._t_from_log_snr(l)
+        t = self._t_from_log_snr(as_float_tensor(log_snr, "log_snr"))
         return check_in_range(t, f"log_snr (mapped to t) of {self.name}", self.t_min, self.t_max)
 
     def sigma_ve(self, t) -> torch.Tensor:
@@ -398,7 +398,8 @@ class VP(_VariancePreserving):
         if not (0 < beta_min < beta_max):
             raise ValueError(f"VP needs 0 < beta_min < beta_max, got beta_min={beta_min!r}, beta_max={beta_max!r}")
         _check_range(t_min, t_max, 0.0, math.inf, "VP")
-        self.beta_min, self.beta_max, self.t_min, self.t_max = float(beta_min), float(beta_max), float(t_min), float(t_max)
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.t_min, self.t_max = float(t_min), float(t_max)
 
     def beta(self, t):
         """`beta(t)`, the instantaneous noise rate."""
@@ -463,7 +464,8 @@ class VPCosine(_VariancePreserving):
     def _log_sigma(self, t):
         # a - a0 = t/(1+s) pi/2 and a + a0 = (t + 2s)/(1+s) pi/2, formed without cancellation
         c = math.pi / (2 * (1 + self.s))
-        return 0.5 * (torch.log(torch.sin(t * c)) + torch.log(torch.sin((t + 2 * self.s) * c))) - math.log(math.cos(self._a0))
+        log_sin = torch.log(torch.sin(t * c)) + torch.log(torch.sin((t + 2 * self.s) * c))
+        return 0.5 * log_sin - math.log(math.cos(self._a0))
 
     def _t_from_log_snr(self, log_snr):
         # cos a = alpha cos a0 with alpha^2 = sigmoid(l); sin a = sqrt(sigmoid(-l) + sigmoid(l) sin^2 a0).
@@ -572,3 +574,6 @@ def get_process(name: str, **kwargs) -> NoiseProcess:
     """A process by its registry name (`PROCESSES` keys) with constructor keyword arguments."""
     check_choice(name, "process", PROCESSES)
     return PROCESSES[name](**kwargs)
+
+
+register_section("process", head="name", default="ddpm", choices=choice_of(PROCESSES, "process.name"))

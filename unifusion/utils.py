@@ -1,10 +1,13 @@
-"""Small tensor helpers every module shares: broadcasting per-example scalars and input checks.
+"""Small helpers every module shares: broadcasting per-example scalars, input checks and atomic file writes.
 
-One home for the two things the house rules forbid re-writing: the `[B] -> [B, 1, ..., 1]`
-broadcast (`expand_like`) and the `ValueError` that names a bad argument (`check_*`).
+One home for the three things the house rules forbid re-writing: the `[B] -> [B, 1, ..., 1]`
+broadcast (`expand_like`), the `ValueError` that names a bad argument (`check_*`), and the write that leaves a
+file complete or untouched (`atomic_write`, with `remove_stale_temps` for what a crash left behind).
 """
 from __future__ import annotations
 
+import errno
+import glob
 import math
 import os
 import shutil
@@ -14,8 +17,9 @@ from typing import Callable
 import torch
 
 __all__ = [
-    "expand_like", "coef", "atomic_write", "atomic_write_dir", "as_float_tensor", "check_finite", "check_nonnegative", "check_in_range",
-    "check_positive_int", "check_choice", "default_dtype_of", "generator_device", "randn_like",
+    "expand_like", "coef", "atomic_write", "atomic_write_dir", "remove_stale_temps", "as_float_tensor",
+    "check_finite", "check_nonnegative", "check_in_range",
+    "check_positive_int", "check_choice", "check_class_labels", "default_dtype_of", "generator_device", "randn_like",
 ]
 
 
@@ -46,25 +50,62 @@ def coef(c, x: torch.Tensor):
     return expand_like(c, x).to(x.dtype)
 
 
-def atomic_write(path, write: Callable[[Path], object] | str, *, fsync: bool = False) -> Path:
-    """Write `path` so that it is either complete or untouched: `write(tmp)` (or the text `write`) goes to a
+def _temp_name(path: Path) -> Path:
+    """The temporary file `atomic_write` writes before renaming it over `path` (hidden, tagged with the pid)."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path) -> list[Path]:
+    """Remove the temporary files that `atomic_write(path, ...)` calls of crashed processes left next to `path`
+    (those of live processes stay); returns the removed paths. A run folder's owner calls it before writing."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.stem)}.tmp-*{glob.escape(path.suffix)}"):
+        pid = tmp.name[len(path.stem) + 6:len(tmp.name) - len(path.suffix)]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def atomic_write(path, write: Callable[[Path], object] | str | bytes, *, fsync: bool = False) -> Path:
+    """Write `path` so that it is either complete or untouched: `write(tmp)` (or the text / bytes `write`) goes to a
     temporary file in the same folder, keeping `path`'s extension (numpy and matplotlib pick formats by it),
     which is then renamed over `path`; on any failure the temporary file is removed and `path` keeps its old
-    content. `fsync=True` flushes the data to disk before the rename (checkpoints)."""
+    content. `fsync=True` flushes the data to disk before the rename (checkpoints). An `OSError` of the write
+    (a full disk, a folder at `path`) names `path`, not the temporary file."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    tmp = _temp_name(path)
     try:
         if isinstance(write, str):
             tmp.write_text(write)
+        elif isinstance(write, bytes):
+            tmp.write_bytes(write)
         else:
             write(tmp)
         if fsync:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, str(tmp), tmp):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
     return path
 
@@ -168,3 +209,19 @@ def check_choice(value, name: str, choices) -> None:
     """Raise `ValueError` naming `name` and listing `choices` unless `value` is one of them."""
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not one of {sorted(choices)}")
+
+
+def check_class_labels(y, batch: int, num_classes: int, device=None) -> torch.Tensor:
+    """Class labels as an int64 `[batch]` tensor on `device`: integers in `[-1, num_classes - 1]`, `-1` meaning
+    "no label" (the unconditional model of classifier-free guidance). Anything else raises `ValueError` naming it."""
+    if not isinstance(y, torch.Tensor):
+        try:
+            y = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"class_labels must be integers of shape [{batch}], got {y!r}") from None
+    if y.shape != (batch,) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"class_labels must be integers of shape [{batch}], got {y.dtype} of shape {tuple(y.shape)}")
+    if y.numel() and ((y < -1) | (y >= num_classes)).any():
+        raise ValueError(f"class_labels must lie in [-1, {num_classes - 1}] (-1 = no label), "
+                         f"got values in [{int(y.min())}, {int(y.max())}]")
+    return y.to(device=device, dtype=torch.long)

@@ -4,7 +4,8 @@ This module owns
 * the distances `d(x, y)` per example: squared L2, L1 (Song et al. 2023, Sec. 5) and pseudo-Huber
   `sqrt(|x - y|^2 + c^2) - c`, `c = 0.00054 sqrt(d)` (Song & Dhariwal 2023, "Improved Techniques for Training
   Consistency Models", Sec. 3.3);
-* `ema_update`: the target network `theta- <- mu theta- + (1 - mu) theta` (Song et al. 2023, Algorithm 2);
+* `ema_update` (re-exported from `unifusion.train.ema`, its one home): the target network
+  `theta- <- mu theta- + (1 - mu) theta` (Song et al. 2023, Algorithm 2);
 * `cd_loss`: consistency distillation (Song et al. 2023, eq. 7 / Algorithm 2): `x_{n+1} = x0 + sigma_{n+1} z`,
   the teacher's one PF-ODE step (Heun or Euler, imported from `unifusion.samplers`) to `x^_n`, and
   `lambda(sigma_n) d(f_theta(x_{n+1}, sigma_{n+1}), f_theta-(x^_n, sigma_n))`;
@@ -21,10 +22,9 @@ from typing import Callable
 
 import torch
 
-from ..utils import coef
 from ..samplers import sample_euler, sample_heun
-from ..utils import check_choice, check_positive_int
-from ..utils import randn_like
+from ..train.ema import ema_update
+from ..utils import check_choice, check_positive_int, coef, randn_like
 from .model import ConsistencyFunction
 
 __all__ = ["l2", "l1", "pseudo_huber", "DISTANCES", "get_distance", "ema_update", "teacher_step",
@@ -62,21 +62,6 @@ def get_distance(name: str) -> Callable:
     """The distance called `name`, one of `DISTANCES`."""
     check_choice(name, "distance", DISTANCES)
     return DISTANCES[name]
-
-
-@torch.no_grad()
-def ema_update(target: torch.nn.Module, online: torch.nn.Module, mu: float) -> None:
-    """`theta- <- mu theta- + (1 - mu) theta` for parameters; buffers are copied (Song et al. 2023, Algorithm 2).
-    `mu = 0` makes the target a copy of `online`."""
-    if not (0.0 <= mu <= 1.0):
-        raise ValueError(f"mu must lie in [0, 1], got {mu!r}")
-    tp, op = list(target.parameters()), list(online.parameters())
-    if len(tp) != len(op):
-        raise ValueError(f"target and online models differ: {len(tp)} vs {len(op)} parameters")
-    if tp:
-        torch._foreach_lerp_(tp, op, 1.0 - mu)
-    for tb, ob in zip(target.buffers(), online.buffers()):
-        tb.copy_(ob)
 
 
 def teacher_step(teacher: Callable, x: torch.Tensor, s_from: torch.Tensor, s_to: torch.Tensor,

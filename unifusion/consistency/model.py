@@ -133,7 +133,8 @@ def sample_consistency(f: ConsistencyFunction, x: torch.Tensor, sigmas, *, gener
         sigmas:       descending noise levels `[K]` or per example `[K, B]` in `[sigma_min, sigma_max]`; a final 0
                       (as in sampler grids) is ignored. `K = 1` is 1-step generation; K levels cost K evaluations.
         generator:    the random source of the re-noising `z` (`None`: torch's global one).
-        callback:     called after each step with `{"i", "x", "sigma", "sigma_next", "denoised", "nfe"}`.
+        callback:     called after each step with the samplers' dict `{"i", "x", "sigma", "sigma_hat", "denoised",
+                      "sigma_next", "x_next", "nfe"}`: `denoised = x_next = f(x, sigma)` at the (re-noised) `x`.
         model_kwargs: passed to `f` (e.g. `{"class_labels": y}`; `None`: nothing).
     Returns `x = f(x, s_0)`, then for each later `s`: `x = f(x + sqrt(s^2 - sigma_min^2) z, s)`.
     """
@@ -142,8 +143,10 @@ def sample_consistency(f: ConsistencyFunction, x: torch.Tensor, sigmas, *, gener
         if i > 0:
             z = randn_like(x, generator)
             x = x + coef((sigmas[i] ** 2 - f.sigma_min ** 2).sqrt(), x) * z
-        x = f(x, sigmas[i], **kw)
+        x_next = f(x, sigmas[i], **kw)
         if callback is not None:
             nxt = sigmas[i + 1] if i + 1 < sigmas.shape[0] else torch.zeros_like(sigmas[i])
-            callback({"i": i, "x": x, "sigma": sigmas[i], "sigma_next": nxt, "denoised": x, "nfe": i + 1})
+            callback({"i": i, "x": x, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x_next,
+                      "sigma_next": nxt, "x_next": x_next, "nfe": i + 1})
+        x = x_next
     return x

@@ -14,38 +14,67 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ..utils import check_choice
+from ..grids import default_sigma_range
+from ..schema import register_section
+from ..utils import check_choice, generator_device
+from ..nets.embedding import NoiseEmbedding
 from .losses import DISTANCES, cd_loss, ct_loss, ema_update, ict_num_scales
 from .model import ConsistencyFunction, karras_sigmas
 
-__all__ = ["DISTILL_DEFAULTS", "TRAIN_DEFAULTS", "ConsistencyTask", "check_consistency_section", "distill_config",
-           "build_consistency_run", "distill_from_config", "load_consistency"]
+__all__ = ["ConsistencyConfig", "DISTILL_DEFAULTS", "TRAIN_DEFAULTS", "ConsistencyTask", "check_consistency_section",
+           "distill_config", "build_consistency_run", "build_consistency_task", "distill_from_config",
+           "load_consistency"]
 
 STUDENT = "student"   # the trainable module's name in checkpoints (not "net": `load_model` must not mistake it)
 
-DISTILL_DEFAULTS: dict = {
-    "mode": "cd",               # "cd": distil `teacher`; "ct": improved consistency training from data
-    "teacher": None,            # CD: the teacher's checkpoint (any process / target of `unifusion train`)
-    "sigma_min": None,          # None: max(0.002, the process's smallest sigma~)
-    "sigma_max": None,          # None: min(80, the process's largest sigma~)
-    "sigma_data": None,         # None: the config's model.sigma_data
-    "rho": 7.0,                 # Karras discretization exponent
-    "N": 18,                    # CD: number of noise levels (fixed)
-    "mu": 0.95,                 # CD: EMA decay of the target network (0: the student itself)
-    "distance": None,           # None: "l2" for CD, "pseudo_huber" for CT; or "l1"
-    "solver": "heun",           # CD: the teacher's ODE step, "heun" or "euler"
-    "s0": 10,                   # CT: initial N - 1 of the curriculum
-    "s1": 1280,                 # CT: final N - 1 of the curriculum
-    "p_mean": -1.1,             # CT: log-normal index distribution, mean of log sigma
-    "p_std": 2.0,               # CT: ... and its standard deviation
-}
+
+@dataclass
+class ConsistencyConfig:
+    """The `consistency:` section of a distill config (next to a training config's sections; it has no `loss:`).
+
+    Attributes:
+        mode:       "cd": distil `teacher`; "ct": improved consistency training from data.
+        teacher:    CD: the teacher's checkpoint (any process / target of `unifusion train`).
+        sigma_min:  None: max(0.002, the process's smallest sigma~).
+        sigma_max:  None: min(80, the process's largest sigma~).
+        sigma_data: None: the config's model.sigma_data.
+        rho:        Karras discretization exponent.
+        N:          CD: number of noise levels (fixed).
+        mu:         CD: EMA decay of the target network (0: the student itself).
+        distance:   None: "l2" for CD, "pseudo_huber" for CT; or "l1".
+        solver:     CD: the teacher's ODE step, "heun" or "euler".
+        s0:         CT: initial N - 1 of the curriculum.
+        s1:         CT: final N - 1 of the curriculum.
+        p_mean:     CT: log-normal index distribution, mean of log sigma.
+        p_std:      CT: ... and its standard deviation.
+        guidance:   CD: distil the classifier-free guided teacher of this scale (`unifusion.guidance`).
+    """
+    mode: str = "cd"
+    teacher: str | None = None
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    sigma_data: float | None = None
+    rho: float = 7.0
+    N: int = 18
+    mu: float = 0.95
+    distance: str | None = None
+    solver: str = "heun"
+    s0: int = 10
+    s1: int = 1280
+    p_mean: float = -1.1
+    p_std: float = 2.0
+    guidance: float | None = None
 
 
-TRAIN_DEFAULTS: dict = {"steps": 2000, "ema_decays": [0.999], "log_every": 100}   # over the train: defaults
+DISTILL_DEFAULTS: dict = asdict(ConsistencyConfig())
+
+
+TRAIN_DEFAULTS: dict = {"steps": 2000, "ema_decays": [0.999], "log_every": 100}   # over the teacher's / config's
 
 
 class ConsistencyTask:
@@ -60,15 +89,18 @@ class ConsistencyTask:
         solver:      CD: "heun" or "euler".
         total_steps: CT: the K of the curriculum `N(k)` (the run's `train.steps`).
         rho, s0, s1, p_mean, p_std: as in `DISTILL_DEFAULTS`.
+        label_dropout: probability of replacing a label by "no label" (-1) for teacher and student alike (the
+                     student network's own label dropout is switched off, so both see the same label).
     """
 
     def __init__(self, f: ConsistencyFunction, teacher=None, *, N: int = 18, mu: float = 0.95, distance: str = "l2",
                  solver: str = "heun", total_steps: int = 1, rho: float = 7.0, s0: int = 10, s1: int = 1280,
-                 p_mean: float = -1.1, p_std: float = 2.0):
+                 p_mean: float = -1.1, p_std: float = 2.0, label_dropout: float = 0.0):
         check_choice(distance, "distance", DISTANCES)
         self.f, self.teacher, self.distance, self.solver = f, teacher, DISTANCES[distance], solver
         self.N, self.mu, self.total_steps, self.rho = N, mu, total_steps, rho
         self.s0, self.s1, self.p_mean, self.p_std = s0, s1, p_mean, p_std
+        self.label_dropout = float(label_dropout)
         self.modules = {STUDENT: f.denoiser.net}
         self.target = copy.deepcopy(f).requires_grad_(False).eval() if teacher is not None else None
         self.step = 0
@@ -88,6 +120,9 @@ class ConsistencyTask:
 
     def loss(self, batch, generator):
         x, labels = batch
+        if labels is not None and self.label_dropout > 0:
+            drop = torch.rand(labels.shape, generator=generator, device=generator_device(generator)).to(labels.device)
+            labels = torch.where(drop < self.label_dropout, torch.full_like(labels, -1), labels)
         kw = {"class_labels": labels} if labels is not None else None
         sig = self.sigmas(self.num_scales(), x.device)
         if self.teacher is not None:
@@ -143,15 +178,24 @@ def check_consistency_section(sec: dict) -> dict:
     for k in ("sigma_min", "sigma_max", "sigma_data"):
         if c[k] is not None and not (isinstance(c[k], (int, float)) and 0 < c[k] < math.inf):
             raise ValueError(f"consistency.{k} must be a positive number or null, got {c[k]!r}")
+    if c["guidance"] is not None:
+        from ..guidance import check_scale
+        check_scale(c["guidance"], "consistency.guidance")
+        if c["mode"] != "cd":
+            raise ValueError("consistency.guidance needs a teacher (CD): consistency training has none to guide")
     return c
+
+
+register_section("consistency", ConsistencyConfig, check=check_consistency_section, optional=True,
+                 excludes=("loss",))
 
 
 def _levels(c: dict, denoiser) -> tuple[float, float, float]:
     """`(sigma_min, sigma_max, sigma_data)` of the consistency function: given ones, else the process's range
     clipped to EDM's [0.002, 80], and the model's `sigma_data`."""
-    p = denoiser.process
-    lo = c["sigma_min"] if c["sigma_min"] is not None else max(0.002, p.sigma_ve_min if p is not None else 0.0)
-    hi = c["sigma_max"] if c["sigma_max"] is not None else min(80.0, p.sigma_ve_max if p is not None else 80.0)
+    lo, hi = default_sigma_range(denoiser.process)
+    lo = c["sigma_min"] if c["sigma_min"] is not None else lo
+    hi = c["sigma_max"] if c["sigma_max"] is not None else min(80.0, hi)
     sd = c["sigma_data"] if c["sigma_data"] is not None else denoiser.sigma_data
     if not lo < hi:
         raise ValueError(f"need consistency.sigma_min < sigma_max, got {lo!r} and {hi!r}")
@@ -159,29 +203,52 @@ def _levels(c: dict, denoiser) -> tuple[float, float, float]:
 
 
 def build_consistency_run(cfg: dict):
-    """`(task, data, labels)` for a distill config: the training config's sections plus `consistency:`.
-    CD: the student starts as a copy of the teacher (`cfg`'s data / process / model / net sections are the
-    teacher's, see `distill_config`); CT: a fresh network of `cfg`."""
+    """`(task, data, None)` for a distill config: the training config's sections plus `consistency:`.
+    CD: the student starts as a copy of the teacher (`cfg`'s data / process / model / net / latent sections are
+    the teacher's, see `distill_config`); CT: a fresh network of `cfg`. With a `latent:` section the task runs on
+    the autoencoder's latents (`unifusion.latent.build_latent_run`)."""
+    from ..data.loader import example_shape
+    from ..train.task import build_data
+
+    if cfg.get("latent") is not None:
+        from ..latent import build_latent_run
+        return build_latent_run(cfg, build_consistency_task)
+    data = build_data(cfg)
+    return build_consistency_task(cfg, example_shape(data)), data, None
+
+
+def build_consistency_task(cfg: dict, data_shape) -> "ConsistencyTask":
+    """The `ConsistencyTask` of a distill config for data of shape `[N, *data_shape]`."""
     from ..train import load_model
-    from ..train.task import build_data, build_denoiser
+    from ..train.task import build_denoiser
+
 
     c = check_consistency_section(cfg.get("consistency", {}))
     torch.manual_seed(cfg["seed"])
     if c["mode"] == "cd":
         teacher = load_model(c["teacher"])
+        if tuple(teacher.data_shape) != tuple(data_shape):
+            raise ValueError(f"teacher {c['teacher']} models data of shape {list(teacher.data_shape)}, but this run's "
+                             f"data has shape {list(data_shape)}")
         student = copy.deepcopy(teacher).requires_grad_(True).train()
     else:
-        teacher, student = None, None
-    data, labels = build_data(cfg)
-    if student is None:
-        student = build_denoiser(cfg, data.shape[1:])
+        teacher, student = None, build_denoiser(cfg, data_shape)
+    if c["guidance"] is not None:
+        from ..guidance import classifier_free, num_classes
+        if not num_classes(teacher):
+            raise ValueError("consistency.guidance needs a class-conditional teacher (trained with net.num_classes)")
+        teacher = classifier_free(teacher, c["guidance"])
+    label_dropout = 0.0
+    for m in student.modules():     # labels are dropped once per example, in the task, for every model call alike
+        if isinstance(m, NoiseEmbedding):
+            label_dropout, m.label_dropout = max(label_dropout, m.label_dropout), 0.0
     lo, hi, sd = _levels(c, student)
     f = ConsistencyFunction(student, lo, hi, sd)
     distance = c["distance"] or ("l2" if teacher is not None else "pseudo_huber")
     task = ConsistencyTask(f, teacher, N=c["N"], mu=c["mu"], distance=distance, solver=c["solver"],
                            total_steps=cfg["train"]["steps"], rho=c["rho"], s0=c["s0"], s1=c["s1"],
-                           p_mean=c["p_mean"], p_std=c["p_std"])
-    return task, data, labels
+                           p_mean=c["p_mean"], p_std=c["p_std"], label_dropout=label_dropout)
+    return task
 
 
 def load_consistency(path, weights: str = "ema", device="cpu"):
@@ -203,7 +270,8 @@ def load_consistency(path, weights: str = "ema", device="cpu"):
                               f"another --sampler")
     base = merge(DEFAULTS, {k: v for k, v in cfg.items() if k != "consistency"})
     c = check_consistency_section(cfg["consistency"])
-    prefix = {"ema": "ema0." if info.get("ema_decays") else "model.", "raw": "model.", "target": "task.target."}[weights]
+    prefix = {"ema": "ema0." if info.get("ema_decays") else "model.", "raw": "model.",
+              "target": "task.target."}[weights]
     if weights == "target" and c["mode"] != "cd":
         raise ValueError("weights='target' exists only for consistency distillation (CT has no target network)")
     prefix = prefix if weights == "target" else prefix + STUDENT + "."
@@ -218,10 +286,12 @@ def load_consistency(path, weights: str = "ema", device="cpu"):
 
 
 def distill_config(base: dict | None = None, teacher=None, sets=()) -> dict:
-    """A checked distill config. CD (`teacher` a checkpoint): the teacher's data / process / model / net sections;
-    CT: those of `base` (a config dict from `unifusion.train.load_config`). Then `TRAIN_DEFAULTS`, then `sets`
-    (`key=value` strings as in `unifusion train --set`; `consistency.*` keys are checked here)."""
-    from ..train.config import DEFAULTS, apply_overrides, check_config, merge, parse_value
+    """A checked distill config. CD (`teacher` a checkpoint): the teacher's seed and data / process / model / net /
+    train sections (its training settings: lr, batch, ...); CT: those of `base` (a config dict from
+    `unifusion.train.load_config`). Then `TRAIN_DEFAULTS` (steps, EMA, logging), then `sets` (`key=value` strings as
+    in `unifusion train --set`, `consistency.*` keys included). There is no `loss` section: the loss is the
+    consistency loss of `consistency.distance`."""
+    from ..train.config import DEFAULTS, apply_overrides, check_config, merge, train_config
     from ..train.checkpoint import read_checkpoint
     from ..train import CHECKPOINT_NAME
 
@@ -230,26 +300,26 @@ def distill_config(base: dict | None = None, teacher=None, sets=()) -> dict:
     if teacher is not None:
         path = Path(teacher)
         _, info = read_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
-        tcfg = merge(DEFAULTS, info.get("config", {}))
-        for sec in ("data", "process", "model", "net"):
-            cfg[sec] = copy.deepcopy(tcfg[sec])
-        cfg["train"]["threads"] = tcfg["train"].get("threads", 0)
+        tcfg = check_config(info.get("config", {}))
+        for sec in ("seed", "data", "process", "model", "net", "train", "latent"):
+            if sec in tcfg:
+                cfg[sec] = copy.deepcopy(tcfg[sec])
+            else:
+                cfg.pop(sec, None)
         cons.update(mode="cd", teacher=str(teacher))
     else:
         cons.setdefault("mode", "ct")
+    cfg.pop("loss", None)
+    cfg["consistency"] = cons
     cfg["train"] = merge(cfg["train"], TRAIN_DEFAULTS)
     cfg["out"] = "runs/distill" if teacher is not None else "runs/ct"
-    rest = []
     for item in sets or ():
-        key, eq, text = item.partition("=")
-        if key.strip().startswith("consistency."):
-            if not eq:
-                raise ValueError(f"--set expects key=value, got {item!r}")
-            cons[key.strip()[len("consistency."):]] = parse_value(text)
-        else:
-            rest.append(item)
-    cfg = check_config(apply_overrides(cfg, rest))
-    cfg["consistency"] = check_consistency_section(cons)
+        key = item.partition("=")[0].strip()
+        if key.split(".")[0] == "loss":
+            raise ValueError(f"--set {key} does not apply to distill: its loss is the consistency loss "
+                             f"(consistency.distance)")
+    cfg = apply_overrides(cfg, sets)
+    train_config(cfg)
     return cfg
 
 

@@ -36,7 +36,8 @@ def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def load_digits(split: str = "train", as_images: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Digits of one split as tensors: `x` `[N, 64]` (or `[N, 1, 8, 8]` with `as_images=True`) in [-1, 1], labels `[N]`."""
+    """Digits of one split as tensors: `x` `[N, 64]` (or `[N, 1, 8, 8]` with `as_images=True`) in [-1, 1], labels
+    `[N]`."""
     check_choice(split, "split", ("train", "test"))
     x_tr, y_tr, x_te, y_te = digits_split()
     x, y = (x_tr, y_tr) if split == "train" else (x_te, y_te)

@@ -4,6 +4,7 @@ The Gaussian toys are draws from the oracles (`unifusion.oracles.eight_gaussians
 their true density, score and denoiser are known in closed form. The others are the classic shapes of the
 flow/diffusion literature (two moons and the swiss roll of scikit-learn's generators, the checkerboard of
 Grathwohl et al. 2019, FFJORD), written here in torch so that one generator drives them, scaled to about [-2, 2].
+`toy_2d_labelled` also returns the class labels of the Gaussian toys: the mixture component of each point.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from ..oracles import eight_gaussians, grid_gaussians
 from ..utils import check_choice, check_positive_int
 
-__all__ = ["toy_2d", "TOYS", "toy_oracle"]
+__all__ = ["toy_2d", "toy_2d_labelled", "TOYS", "toy_oracle"]
 
 
 def _eight_gaussians(n, g):
@@ -60,6 +61,17 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None, dtype=to
     check_choice(name, "toy", TOYS)
     check_positive_int(n, "n")
     return TOYS[name](n, generator).to(dtype)
+
+
+def toy_2d_labelled(name: str, n: int, generator: torch.Generator | None = None,
+                    dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(points [n, 2], labels)`: the same points as `toy_2d` with the same generator, and for the Gaussian toys
+    the component each point was drawn from (int64 `[n]`, the oracle's class label); None for the others."""
+    if name not in _ORACLES:
+        return toy_2d(name, n, generator, dtype), None
+    check_positive_int(n, "n")
+    x, k = _ORACLES[name]().sample_labelled(n, generator)
+    return x.to(dtype), k
 
 
 def toy_oracle(name: str):

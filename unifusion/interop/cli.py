@@ -6,7 +6,7 @@
         a trained run as a `diffusers.DDPMPipeline` folder (`interop.diffusers.export_pipeline`) and / or a
         unifusion pretrained folder (`train.save_pretrained`).
 
-Every user error is a `ValueError` with a one-line message (the CLI prints it and exits 2).
+Every user error is a `UserError` / `ValueError` with a one-line message (the CLI prints it and exits 2).
 """
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def sample_diffusers(args, sigmas=None) -> int:
 
     Args:
         args:   the parsed `sample` arguments (`diffusers`, `prompt`, `negative_prompt`, `guidance`, `sampler`,
-                `grid`, `steps`, `n`, `seed`, `out`, `threads` are used).
+                `grid`, `steps`, `option`, `n`, `seed`, `out`, `overwrite`, `threads` are used; the caller has
+                rejected the flags that do not apply).
         sigmas: an explicit grid from `--sigmas`, or None.
     """
     import time
@@ -59,54 +60,60 @@ def sample_diffusers(args, sigmas=None) -> int:
     import torch
     from PIL import Image
 
+    from ..cli import UserError, apply_threads, sampler_options
+    from ..samplers import DEFAULT_SAMPLER
     from ..utils import atomic_write
     from .diffusers import load_pipeline, sample_pipeline
 
     if args.checkpoint is not None:
-        raise ValueError(f"--diffusers cannot be combined with a unifusion checkpoint (got {args.checkpoint})")
-    unused = [flag for flag, v in (("--raw", args.raw), ("--batch-size", args.batch_size),
-                                   ("--sigma-min", args.sigma_min), ("--sigma-max", args.sigma_max)) if v]
-    if unused:
-        raise ValueError(f"{', '.join(unused)} do(es) not apply to --diffusers pipelines")
+        raise UserError(f"argument --diffusers: cannot be combined with a unifusion checkpoint "
+                        f"({args.checkpoint}); give one or the other")
     if args.sampler == "consistency":
-        raise ValueError("--sampler consistency needs a unifusion consistency model, not a diffusers pipeline")
-    out = Path(args.out) if args.out else Path(f"samples_diffusers_{args.sampler or 'default'}.png")
+        raise UserError("argument --sampler: consistency needs a unifusion consistency model, not a diffusers "
+                        "pipeline")
+    sampler = args.sampler or DEFAULT_SAMPLER
+    options = sampler_options(sampler, args.option)
+    out = Path(args.out) if args.out else Path(f"samples_diffusers_{sampler}.png")
     if out.suffix.lower() != ".png":
-        raise ValueError(f"--out must end in .png with --diffusers, got {out}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+        raise UserError(f"argument --out: must end in .png with --diffusers, got {str(out)!r}")
+    if out.is_dir() or (out.exists() and not args.overwrite):
+        raise UserError(f"argument --out: {out} " + ("is a folder" if out.is_dir() else
+                                                     "exists; pass --overwrite to replace it, or another --out"))
+    apply_threads(args.threads)
     _quiet_diffusers()
     pipe = load_pipeline(args.diffusers)
     pipe.set_progress_bar_config(disable=True)
     t0 = time.perf_counter()
-    images = sample_pipeline(pipe, prompt=args.prompt, negative_prompt=args.negative_prompt, sampler=args.sampler,
+    images = sample_pipeline(pipe, prompt=args.prompt, negative_prompt=args.negative_prompt, sampler=sampler,
                              steps=args.steps or 20, guidance=args.guidance, num_images_per_prompt=args.n or 1,
-                             generator=torch.Generator().manual_seed(args.seed or 0),
-                             grid=sigmas if sigmas is not None else args.grid, output_type="np")
+                             generator=torch.Generator().manual_seed(args.seed or 0), sampler_options=options,
+                             grid=sigmas if sigmas is not None else args.grid, output_type="np", progress=False)
     seconds = time.perf_counter() - t0
-    atomic_write(out, lambda tmp: Image.fromarray(_tile(images).squeeze(-1) if images.shape[-1] == 1
-                                                  else _tile(images)).save(tmp))
-    print(f"{images.shape[0]} images, {args.sampler or 'default sampler'}, {args.steps or 20} steps, "
-          f"{seconds:.2f} s -> {out}")
+    picture = _tile(images)
+    atomic_write(out, lambda tmp: Image.fromarray(picture.squeeze(-1) if picture.shape[-1] == 1 else picture)
+                 .save(tmp, format="PNG"))
+    print(f"{images.shape[0]} images, {sampler}, {args.steps or 20} steps, {seconds:.2f} s -> {out}")
     return 0
 
 
 def export(args) -> int:
     """`unifusion export RUN --diffusers DIR --pretrained DIR`: checks every requested format before writing any."""
+    from ..cli import UserError
     from ..train import load_model, save_pretrained
     from .diffusers import check_exportable, export_pipeline
 
     if not (args.diffusers or args.pretrained):
-        raise ValueError("export needs --diffusers DIR and / or --pretrained DIR")
+        raise UserError("nothing to write: give --diffusers DIR and / or --pretrained DIR")
     if args.diffusers:
         _quiet_diffusers()
     model = load_model(args.run, ema=not args.raw)
     model.weights = "raw" if args.raw else "ema"
     if args.diffusers:
         check_exportable(model)
-    for folder in (args.diffusers, args.pretrained):
+    for flag, folder in (("--diffusers", args.diffusers), ("--pretrained", args.pretrained)):
         if folder and Path(folder).exists() and (not Path(folder).is_dir() or any(Path(folder).iterdir())):
-            raise ValueError(f"{folder} already exists and is not an empty folder; remove it or choose another")
+            raise UserError(f"argument {flag}: {folder} already exists and is not an empty folder; remove it or "
+                            f"choose another")
     if args.pretrained:
         save_pretrained(model, args.pretrained)
         print(f"pretrained model -> {args.pretrained} (load with unifusion.train.from_pretrained)")

@@ -173,7 +173,7 @@ def _cat(a, b):
     if isinstance(a, dict):
         return {k: _cat(a[k], b[k]) for k in a}
     if isinstance(a, (list, tuple)):
-        return type(a)(_cat(u, v) for u, v in zip(a, b))
+        return type(a)(_cat(u, v) for u, v in zip(a, b, strict=True))
     return a
 
 

@@ -11,6 +11,7 @@ import inspect
 
 from torch import nn
 
+from ..schema import choice_of, register_section
 from ..utils import check_choice
 from .embedding import EMBEDDINGS, FourierEmbedding, NoiseEmbedding, PositionalEmbedding
 from .mlp import MLP
@@ -50,3 +51,6 @@ def build_net(kind: str, **kwargs) -> nn.Module:
     if "attn_resolutions" in kwargs:
         kwargs["attn_resolutions"] = tuple(kwargs["attn_resolutions"])
     return NETS[kind](**kwargs)
+
+
+register_section("net", head="kind", default="mlp", choices=choice_of(NETS, "net.kind"))

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from ..utils import check_choice
+from ..utils import check_choice, check_class_labels
 
 __all__ = ["PositionalEmbedding", "FourierEmbedding", "NoiseEmbedding", "EMBEDDINGS"]
 
@@ -115,14 +115,8 @@ class NoiseEmbedding(nn.Module):
         null = self.num_classes
         if y is None:
             return torch.full(noise_cond.shape, null, dtype=torch.long, device=noise_cond.device)
-        y = torch.as_tensor(y, device=noise_cond.device)
-        if y.shape != noise_cond.shape or y.is_floating_point():
-            raise ValueError(f"class_labels must be integers of shape {tuple(noise_cond.shape)}, "
-                             f"got {y.dtype} of shape {tuple(y.shape)}")
-        if ((y < -1) | (y >= self.num_classes)).any():
-            raise ValueError(f"class_labels must lie in [-1, {self.num_classes - 1}] (-1 = no label), "
-                             f"got values in [{int(y.min())}, {int(y.max())}]")
-        y = torch.where(y < 0, null, y.long())
+        y = check_class_labels(y, noise_cond.shape[0], self.num_classes, noise_cond.device)
+        y = torch.where(y < 0, null, y)
         if self.training and self.label_dropout > 0:
             drop = torch.rand(y.shape, device=y.device) < self.label_dropout
             y = torch.where(drop, null, y)

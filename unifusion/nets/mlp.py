@@ -31,7 +31,7 @@ class _Block(nn.Module):
 
 
 class MLP(nn.Module):
-    """`net(x, noise_cond, class_labels=None) -> [B, dim]` for vectors `x` `[B, dim]`.
+    """`net(x, noise_cond, class_labels=None) -> [B, out_dim]` for vectors `x` `[B, dim]`.
 
     Args:
         dim:           data dimension.
@@ -45,11 +45,13 @@ class MLP(nn.Module):
         emb_max_positions: positional frequencies run from `emb_scale` to `emb_scale / emb_max_positions` (default
                        1000 .. 1e-4: fits integer timesteps, t in [0, 1] and `ln(sigma)/4` alike; DDPM's own: 1, 1e4).
         label_dropout: training-time probability of dropping a label to "no label" (0 = never).
+        out_dim:       output size (`None`: `dim`, a denoiser; the number of classes for a noise-conditional
+                       classifier).
     """
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 4, emb_dim: int = 128, num_classes: int = 0,
                  dropout: float = 0.0, embedding: str = "positional", emb_scale: float | None = None,
-                 label_dropout: float = 0.0, emb_max_positions: float = 1e7):
+                 label_dropout: float = 0.0, emb_max_positions: float = 1e7, out_dim: int | None = None):
         super().__init__()
         for v, name in ((dim, "dim"), (hidden, "hidden"), (depth, "depth"), (emb_dim, "emb_dim")):
             check_positive_int(v, name)
@@ -61,7 +63,7 @@ class MLP(nn.Module):
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, emb_dim, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(hidden)
-        self.out = nn.Linear(hidden, dim)
+        self.out = nn.Linear(hidden, dim if out_dim is None else check_positive_int(out_dim, "out_dim"))
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 

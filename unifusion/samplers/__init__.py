@@ -1,10 +1,30 @@
-"""Samplers: plain functions `sample_<name>(denoiser, x, sigmas, *, generator=None, callback=None, **options) -> x`.
+"""Samplers: plain functions `sample_<name>(denoiser, x, sigmas, *, generator=None, callback=None, model_kwargs=None,
+extra_args=None, disable=True, **options) -> x`, each run under `torch.no_grad()`. docs/samplers.md has the table
+of methods.
 
-`denoiser(x, sigma, **model_kwargs)` is a VE-coordinate clean-data estimate (a `unifusion.Denoiser`, an oracle,
-or a k-diffusion model: the same convention); `sigmas` a descending float64 grid from `unifusion.grids`.
-The NFE is observable two ways: every sampler passes `{"i", "x", "sigma", "sigma_next", "denoised", "nfe"}` to
-`callback` after each step (`nfe` = evaluations so far, so the last call holds the total), and
-`count_nfe(denoiser)` wraps any denoiser with a `.nfe` counter. docs/samplers.md has the table of methods.
+The arguments every sampler takes (its own options are in its docstring's `Args:`):
+    denoiser:     `D(x, sigma, **model_kwargs)`, a VE-coordinate clean-data estimate: a `unifusion.Denoiser`, an
+                  oracle, a `unifusion.transforms` transform of one, or a k-diffusion model wrapper (the same
+                  convention). It receives sigma as a `[B]` tensor in `x`'s dtype; the samplers' coefficients stay
+                  float64.
+    x:            the start `sigmas[0] * z`, `[B, ...]`, any floating dtype (the result has the same).
+    sigmas:       a descending float64 grid from `unifusion.grids`, `[N+1]` (or `[N+1, B]`, one column per example,
+                  where a sampler says so), positive except a final 0; N steps.
+    generator:    the `torch.Generator` of every noise draw (unused by deterministic samplers).
+    callback:     called after each step with `{"i", "x", "sigma", "sigma_hat", "denoised", "sigma_next", "x_next",
+                  "nfe"}`: `denoised = D(x, sigma_hat)` at the step's state `x` (`sigma_hat` is `sigma` except
+                  after EDM churn), `x_next` the state after the step, at `sigma_next` (a multistep corrector may
+                  still refine it with the next evaluation), `nfe` the evaluations so far (the last call holds the
+                  total). The first five keys are k-diffusion's, with its meaning.
+    model_kwargs: keyword arguments for every call of `denoiser` (e.g. `{"class_labels": y}`); None: none.
+    extra_args:   k-diffusion's name for `model_kwargs` (give one or neither).
+    disable:      k-diffusion's progress-bar switch: True (the default) no bar, False a tqdm bar over the steps,
+                  None tqdm's choice (a bar on a terminal).
+`count_nfe(denoiser)` wraps any denoiser with a `.nfe` counter.
+
+k-diffusion: its samplers of the same name take the same steps as `euler`, `heun` (with `s_churn > 0`:
+`edm_stochastic`), `dpmpp_2m` and `ancestral` (its `sample_euler_ancestral`), and run on a `unifusion.Denoiser`;
+`lms` and `dpmpp_3m` differ, and their docstrings say how (and which options give k-diffusion's variant).
 
 Registries: `SAMPLERS` (name -> function), `get_sampler(name)`, `RECOMMENDED` (name -> grid function
 `(n, sigma_min, sigma_max) -> sigmas`, n positive levels plus a final 0) and `DEFAULT_SAMPLER`.
@@ -49,4 +69,7 @@ def get_sampler(name: str):
 
 __all__ = ["SAMPLERS", "DETERMINISTIC", "STOCHASTIC", "RECOMMENDED", "DEFAULT_SAMPLER", "get_sampler", "to_d",
            "count_nfe", "NFECounter", "ancestral_step", "exp_adams_weights", "adams_weights", "PREDICTORS",
-           *(f.__name__ for f in SAMPLERS.values()), "sample_ddpm", "sample_ddim_discrete", "sample_euler_maruyama_t"]
+           "sample_euler", "sample_heun", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_exp_adams", "sample_unipc",
+           "sample_lms", "sample_hybrid", "sample_dopri5", "sample_ddim", "sample_ancestral", "sample_euler_maruyama",
+           "sample_pc", "sample_langevin", "sample_edm_stochastic",
+           "sample_ddpm", "sample_ddim_discrete", "sample_euler_maruyama_t"]

@@ -1,6 +1,6 @@
-"""The pieces every sampler shares, in one place: the PF-ODE derivative `to_d`, the counted model call and the
-callback (`_Run`), NFE counting (`count_nfe`), noise draws, the ancestral/DDIM noise split and the
-exponential-integrator weights of the multistep methods.
+"""The pieces every sampler shares, in one place: the PF-ODE derivative `to_d`; the counted model call, the
+callback and the progress bar (`_Run`, where k-diffusion's keywords are aliased); NFE counting (`count_nfe`); the
+ancestral/DDIM noise split and the exponential-integrator weights of the multistep methods.
 
 Coefficients are float64 whatever the model's dtype: a shared grid's coefficients are python floats, a
 per-example grid's are float64 `[B]` tensors cast to `x`'s dtype only when they multiply `x` (`coef`).
@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..grids import check_sigmas
 from ..utils import coef
@@ -21,7 +22,7 @@ __all__ = ["to_d", "coef", "ancestral_step", "count_nfe", "NFECounter", "exp_ada
 
 def to_d(x: torch.Tensor, sigma, denoised: torch.Tensor) -> torch.Tensor:
     """PF-ODE derivative in VE coordinates, `dx/dsigma = (x - D(x, sigma)) / sigma` (Karras et al. 2022, eq. 3 with
-    `s(t) = 1`, `sigma(t) = t`; DESIGN.md). `sigma`: a float, a 0-d or a per-example `[B]` tensor."""
+    `s(t) = 1`, `sigma(t) = t`). `sigma`: a float, a 0-d or a per-example `[B]` tensor."""
     return (x - denoised) / coef(sigma, x)
 
 
@@ -55,36 +56,47 @@ def count_nfe(denoiser: Callable) -> NFECounter:
 
 
 class _Run:
-    """One sampler run: the checked grid, the counted model call (with `model_kwargs` threaded through) and the
-    callback. `steps()` yields `(i, sigma, sigma_next)`; each is a python float (shared grid) or a float64 `[B]`
-    tensor (per-example grid, only where `per_example=True`). `report` sends the callback its dict:
-    `{"i", "x", "sigma", "sigma_next", "denoised", "nfe"}` with `nfe` the evaluations so far."""
+    """One sampler run: the checked grid, the counted model call, the callback and the progress bar, in one place
+    for every sampler (so k-diffusion's keywords are aliased here and nowhere else).
 
-    def __init__(self, denoiser, x, sigmas, callback, model_kwargs, per_example: bool = False):
+    `steps()` yields `(i, sigma, sigma_next)`; each is a python float (shared grid) or a float64 `[B]` tensor
+    (per-example grid, only where `per_example=True`). `model(x, sigma)` calls the denoiser with sigma as a `[B]`
+    tensor in `x`'s dtype. `report` sends the callback its dict (module docstring of `unifusion.samplers`)."""
+
+    def __init__(self, denoiser, x, sigmas, callback=None, model_kwargs=None, extra_args=None, disable=True,
+                 per_example: bool = False):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
             raise ValueError(f"x must be a floating tensor of shape [B, ...], got {type(x).__name__}")
+        if model_kwargs is not None and extra_args is not None:
+            raise ValueError("give model_kwargs or extra_args (k-diffusion's name for it), not both")
         s = check_sigmas(sigmas, x.shape[0]).to(x.device)
         if s.ndim == 2 and not per_example:
             raise ValueError(f"this sampler needs a shared 1-D grid, got per-example sigmas of shape {tuple(s.shape)}")
-        self.denoiser, self.callback, self.kw = denoiser, callback, dict(model_kwargs or {})
+        self.denoiser, self.callback, self.disable = denoiser, callback, disable
+        self.kw = dict(model_kwargs if model_kwargs is not None else extra_args or {})
         self.batch, self.nfe, self.n = x.shape[0], 0, s.shape[0] - 1
         self.sigmas = s
         self.values = s.tolist() if s.ndim == 1 else list(s.expand(-1, self.batch).unbind(0))
         self._ones = torch.ones(self.batch, dtype=torch.float64, device=x.device)
 
+    def progress(self, iterable):
+        """`iterable` behind a tqdm bar unless `disable` (k-diffusion's switch: None lets tqdm decide)."""
+        return iterable if self.disable is True else tqdm(iterable, disable=self.disable, leave=False)
+
     def steps(self):
         v = self.values
-        return ((i, v[i], v[i + 1]) for i in range(self.n))
+        return ((i, v[i], v[i + 1]) for i in self.progress(range(self.n)))
 
     def model(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """`D(x, sigma)` with sigma passed as a float64 `[B]` tensor (k-diffusion's convention)."""
+        """`D(x, sigma)` with sigma as a `[B]` tensor in `x`'s dtype (k-diffusion's convention)."""
         self.nfe += 1
-        return self.denoiser(x, self._ones * sigma if isinstance(sigma, float) else sigma, **self.kw)
+        s = self._ones * sigma if isinstance(sigma, float) else sigma
+        return self.denoiser(x, s.to(x.dtype), **self.kw)
 
-    def report(self, i, x, sigma, sigma_next, denoised):
+    def report(self, i, x, sigma, sigma_next, denoised, x_next, sigma_hat=None):
         if self.callback is not None:
-            self.callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised,
-                           "nfe": self.nfe})
+            self.callback({"i": i, "x": x, "sigma": sigma, "sigma_hat": sigma if sigma_hat is None else sigma_hat,
+                           "denoised": denoised, "sigma_next": sigma_next, "x_next": x_next, "nfe": self.nfe})
 
 
 # ---- exponential Adams weights (DEIS, Zhang & Chen 2023; DPM-Solver++, Lu et al. 2022b; UniPC, Zhao et al. 2023) --

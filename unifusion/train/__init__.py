@@ -6,15 +6,22 @@ the trained `Denoiser`; `save_pretrained` / `from_pretrained` write and read it 
 docs/training.md is the user guide.
 """
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .distributed import DistInfo, init_distributed
-from .ema import EMA
+from .distributed import DistInfo, DistributedFailure, init_distributed, launch_local
+from .ema import EMA, ema_update
 from .loop import CHECKPOINT_NAME, FitResult, TrainConfig, TrainingDiverged, fit, micro_batch_seed
-
-__all__ = ["fit", "TrainConfig", "FitResult", "TrainingDiverged", "EMA", "CheckpointError", "save_checkpoint",
-           "read_checkpoint", "init_distributed", "DistInfo", "micro_batch_seed", "CHECKPOINT_NAME"]
-from .config import DEFAULTS, apply_overrides, check_config, config_files, load_config
+from .config import apply_overrides, check_config, config_files, load_config
 from .pretrained import from_pretrained, save_pretrained
 from .task import DiffusionTask, build_denoiser, build_run, load_model, train_from_config
 
-__all__ += ["DEFAULTS", "load_config", "apply_overrides", "check_config", "config_files", "DiffusionTask",
-            "build_run", "build_denoiser", "train_from_config", "load_model", "save_pretrained", "from_pretrained"]
+__all__ = ["fit", "TrainConfig", "FitResult", "TrainingDiverged", "DistributedFailure", "EMA", "ema_update",
+           "CheckpointError", "save_checkpoint", "read_checkpoint", "init_distributed", "launch_local", "DistInfo",
+           "micro_batch_seed", "CHECKPOINT_NAME",
+           "load_config", "apply_overrides", "check_config", "config_files", "DiffusionTask",
+           "build_run", "build_denoiser", "train_from_config", "load_model", "save_pretrained", "from_pretrained"]
+
+
+def __getattr__(name):
+    if name == "DEFAULTS":          # computed on first use: every section's owner must be importable by then
+        from .config import DEFAULTS
+        return DEFAULTS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,9 +1,11 @@
 """Checkpoints: one safetensors file that carries its own JSON (config, step, RNG state) and a checksum.
 
 Owns the on-disk format and its two guarantees:
-* atomic: tensors and metadata are written to a temporary file in the same folder, flushed to disk and
-  renamed over the old checkpoint (`os.replace`), so a crash or a full disk leaves the previous checkpoint
-  intact; a human-readable copy of the metadata goes next to it as `<name>.json` (written the same way);
+* atomic: tensors and metadata are serialised in memory, written by Python's file I/O (so a full disk is an
+  `OSError`, whatever the serialiser) to a temporary file in the same folder, flushed to disk and renamed over
+  the old checkpoint (`os.replace`), so a crash or a full disk leaves the previous checkpoint intact. The file is
+  the one source of truth: no second file can lag behind it (`read_checkpoint(path)[1]` is the metadata), and
+  temporary files a crash left are removed by the next write;
 * checked: the metadata holds a SHA-256 of every tensor's bytes, so a truncated or corrupted file, or one
   that is not a unifusion checkpoint, raises a one-line `CheckpointError` (a `ValueError`) instead of loading
   garbage. Nothing is ever unpickled (safetensors only).
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils import atomic_write
+from ..utils import atomic_write, remove_stale_temps
 
 __all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "read_checkpoint", "tensor_digest"]
 
@@ -38,20 +40,21 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def save_checkpoint(path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Write `tensors` and the JSON-serialisable `meta` atomically to `path` (plus `path.with_suffix('.json')`).
+    """Write `tensors` and the JSON-serialisable `meta` atomically to `path`.
 
-    Raises `CheckpointError` (the previous checkpoint untouched) if the disk is full or the folder is not writable.
+    Raises `CheckpointError` (the previous checkpoint untouched, no temporary file left) if the disk is full or the
+    folder is not writable.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = dict(meta, format=FORMAT, sha256=tensor_digest(tensors))
-    text = json.dumps(meta, sort_keys=True)
+    blob = save(tensors, metadata={"unifusion": json.dumps(meta, sort_keys=True)})
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"unifusion": text}), fsync=True)
-        atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True), fsync=True)
+        remove_stale_temps(path)
+        path.with_suffix(".json").unlink(missing_ok=True)   # the metadata copy older versions kept beside it
+        atomic_write(path, blob, fsync=True)
     except OSError as e:
         kept = f"; the previous checkpoint {path} is intact" if path.exists() else ""
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}{kept}") from None
@@ -72,7 +75,8 @@ def read_checkpoint(path, map_location: str = "cpu") -> tuple[dict[str, torch.Te
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated / garbled headers
-        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file ({type(e).__name__})") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file "
+                              f"({type(e).__name__})") from None
     try:
         meta = json.loads(header["unifusion"])
     except (KeyError, json.JSONDecodeError):

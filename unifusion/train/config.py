@@ -1,54 +1,54 @@
-"""Run configurations: YAML files plus `--set key=value` overrides, checked against one schema.
+"""Run configurations: YAML files plus `--set key=value` overrides, checked by the one schema (`unifusion.schema`).
 
-Owns the config schema (`DEFAULTS`) and its checks. A config has fixed sections whose keys and types are
-known here (`seed`, `out`, `model`, `train`, `sample`) and open sections whose keys are the keyword arguments
-of the builder they name (`data` -> `unifusion.data.get_dataset(name, ...)`, `process` -> `get_process(name, ...)`,
-`net` -> `unifusion.nets.build_net(kind, ...)`, `loss` -> `unifusion.losses.build_loss(name, process, ...)`),
-which check them when the run is built. An unknown key is named with the list of valid ones; a value of the
-wrong type is named with the type expected. Numbers such as `1e-3` are read as floats (YAML 1.2), unlike
-PyYAML's YAML 1.1 default.
+Owns the top-level keys of a run (`task`, `seed`, `out`), the reading of config files and overrides, and the
+shipped configs (`unifusion/configs/*.yaml`). The sections are declared by the modules that own them: `data`
+(`unifusion.data`: the data set's options and the loader's), `process` (`unifusion.processes`), `model`
+(`unifusion.parametrization.Denoiser`), `net` (`unifusion.nets`), `loss` (`unifusion.losses`; the names a `task`
+accepts come from `LOSS_FAMILIES`: `diffusion`, and `classifier` from `unifusion.guidance`), `train`
+(`unifusion.train.loop.TrainConfig`), `sample` (`unifusion.train.generate.SampleConfig`), `consistency`
+(`unifusion.consistency.task`), `latent` and `autoencoder` (`unifusion.latent`). An unknown key is one error line
+naming the valid ones; a value of the wrong type is named with the type expected. Numbers such as `1e-3` are read
+as floats (YAML 1.2), unlike PyYAML's YAML 1.1 default.
 """
 from __future__ import annotations
 
 import copy
 import re
-from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
+from .. import schema
 from .loop import TrainConfig
 
-__all__ = ["DEFAULTS", "OPEN_SECTIONS", "load_config", "apply_overrides", "check_config", "parse_value",
-           "config_files", "merge"]
+__all__ = ["TASKS", "load_config", "config_path", "apply_overrides", "check_config", "train_config",
+           "parse_value", "config_files", "merge", "dump_config", "read_yaml"]
 
-OPEN_SECTIONS = ("data", "process", "net", "loss")
 
-DEFAULTS: dict = {
-    "seed": 0,                              # every random draw of training derives from it
-    "out": "runs/train",                    # run folder: checkpoint.safetensors, log.jsonl, config.yaml
-    "data": {"name": "digits"},             # get_dataset(name, **rest)
-    "process": {"name": "ddpm"},            # get_process(name, **rest)
-    "model": {                              # the Denoiser wrapping the net
-        "target": "eps",                    # what the net predicts: eps, x0, score, v, flow, edm
-        "sigma_data": 0.5,                  # EDM preconditioning's data std
-        "noise_cond": "t",                  # "t" (process time x time_scale) or "log_sigma"
-        "time_scale": 1.0,
-    },
-    "net": {"kind": "mlp"},                 # build_net(kind, **rest); dim / img_resolution / in_channels from data
-    "loss": {"name": "ddpm"},               # build_loss(name, process, **rest)
-    "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(TrainConfig()).items()},
-    "sample": {                             # defaults of `unifusion sample`
-        "sampler": None,                    # None: unifusion.samplers.DEFAULT_SAMPLER
-        "grid": None,                       # None: the sampler's RECOMMENDED grid
-        "steps": None,                      # grid points; None: 35 for ODE samplers... (the sampler's default)
-        "n": 64,                            # samples to draw
-        "batch_size": 1000,                 # samples per network batch
-        "seed": 0,
-        "ema": True,                        # sample with the EMA weights (first decay)
-    },
-}
+def _check_seed(v) -> None:
+    if v < 0:
+        raise ValueError(f"config key 'seed' must be an integer >= 0, got {v!r}")
 
+
+def _check_out(v) -> None:
+    if not v.strip():
+        raise ValueError("config key 'out' must name a folder, got an empty string")
+
+
+TASKS = ("diffusion", "classifier")     # what `unifusion train` trains: a denoiser, or a noise-conditional classifier
+
+
+def _check_task(v) -> None:
+    if v is not None and v not in TASKS:
+        raise ValueError(f"config key 'task' must be one of {list(TASKS)}, got {v!r}")
+
+
+schema.owners("unifusion.data", "unifusion.processes", "unifusion.parametrization", "unifusion.nets",
+              "unifusion.losses", "unifusion.train.loop", "unifusion.train.generate", "unifusion.consistency.task",
+              "unifusion.guidance.noise_classifier", "unifusion.latent")      # the modules that own the sections
+schema.register_key("task", str | None, None, _check_task)       # one of TASKS; None = "diffusion"
+schema.register_key("seed", int, 0, _check_seed)                  # every random draw of training derives from it
+schema.register_key("out", str, "runs/train", _check_out)         # run folder: checkpoint, log.jsonl, config.yaml
 
 
 class _Loader(yaml.SafeLoader):
@@ -78,101 +78,79 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def _type_ok(default, value) -> tuple[bool, str]:
-    if default is None or value is None and not isinstance(default, (bool, int, float)):
-        return True, ""
-    if isinstance(default, bool):
-        return isinstance(value, bool), "true or false"
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool), "an integer"
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-    if isinstance(default, str):
-        return isinstance(value, str), "a string"
-    if isinstance(default, list):
-        return isinstance(value, (list, tuple)), "a list"
-    return True, ""
-
-
 def check_config(cfg: dict) -> dict:
-    """Raise `ValueError` on an unknown key (listing the valid ones) or a value of the wrong type; return `cfg`."""
-    if not isinstance(cfg, dict):
-        raise ValueError(f"a config must be a mapping of sections, got {type(cfg).__name__}")
-    for k, v in cfg.items():
-        if k not in DEFAULTS:
-            raise ValueError(f"unknown config key {k!r}; valid top-level keys are {sorted(DEFAULTS)}")
-        d = DEFAULTS[k]
-        if isinstance(d, dict):
-            if not isinstance(v, dict):
-                raise ValueError(f"config section {k!r} must be a mapping, got {v!r}")
-            head = "kind" if k == "net" else "name"
-            if k in OPEN_SECTIONS:
-                if not isinstance(v.get(head), str):
-                    raise ValueError(f"{k}.{head} must be a string, got {v.get(head)!r}")
-                continue
-            for kk, vv in v.items():
-                if kk not in d:
-                    raise ValueError(f"unknown config key '{k}.{kk}'; valid keys in {k!r} are {sorted(d)}")
-                ok, what = _type_ok(d[kk], vv)
-                if not ok:
-                    raise ValueError(f"config key '{k}.{kk}' must be {what}, got {vv!r}")
-        else:
-            ok, what = _type_ok(d, v)
-            if not ok:
-                raise ValueError(f"config key {k!r} must be {what}, got {v!r}")
-    return cfg
+    """`cfg` checked against the schema, with the defaults of every fixed key filled in (`unifusion.schema.check`):
+    `ValueError` on an unknown key (listing the valid ones), a value of the wrong type or a bad value."""
+    return schema.check(cfg)
 
 
 def apply_overrides(cfg: dict, sets) -> dict:
-    """Apply `key=value` strings (`train.lr=1e-3`, `net.hidden=512`) to a copy of `cfg`, checking each key."""
-    cfg = copy.deepcopy(cfg)
+    """Apply `key=value` strings (`train.lr=1e-3`, `net.channel_mult=[1,2]`, any depth) to a copy of `cfg`, each
+    checked; setting `data.name`, `process.name`, `net.kind` or `loss.name` clears that section's other options."""
     for item in sets or ():
-        if "=" not in item:
+        key, eq, text = str(item).partition("=")
+        if not eq or not key.strip():
             raise ValueError(f"--set expects key=value, got {item!r}")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        if len(parts) > 2 or not all(parts):
-            raise ValueError(f"--set key {key!r} must be 'key' or 'section.key'")
-        if parts[0] not in DEFAULTS:
-            raise ValueError(f"unknown config key {parts[0]!r}; valid top-level keys are {sorted(DEFAULTS)}")
-        if len(parts) == 1:
-            cfg[parts[0]] = parse_value(text)
-        else:
-            if not isinstance(DEFAULTS[parts[0]], dict):
-                raise ValueError(f"config key {parts[0]!r} has no sub-keys")
-            if parts[0] in OPEN_SECTIONS and parts[1] in ("name", "kind"):
-                cfg[parts[0]] = {}          # another builder: its options no longer apply
-            cfg.setdefault(parts[0], {})[parts[1]] = parse_value(text)
-        check_config(cfg)
-    return cfg
+        cfg = schema.set_key(cfg, key, parse_value(text), semantic=False)
+    return check_config(cfg)
+
+
+def config_path(name) -> Path:
+    """The file a config argument names: a bare name of a shipped config (no folder, no extension: `digits_vp`) is
+    always that shipped file, whatever lies in the working directory (write `./digits_vp` for a file of that name);
+    anything else is a path, which must be a file."""
+    text, shipped = str(name), config_files()
+    if text in shipped:
+        return shipped[text]
+    p = Path(text)
+    if p.is_file():
+        return p
+    if p.exists():
+        raise ValueError(f"config {text!r} is a {'folder' if p.is_dir() else 'special file'}, not a YAML file")
+    raise ValueError(f"config file {text} does not exist (shipped configs: {sorted(shipped)})")
+
+
+def read_yaml(path) -> dict:
+    """The mapping in YAML file `path` (one-line `ValueError` if it is not YAML or not a mapping)."""
+    p = Path(path)
+    try:
+        user = yaml.load(p.read_text(), Loader=_Loader) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {p} is not a text (YAML) file") from None
+    if not isinstance(user, dict):
+        raise ValueError(f"config file {p} must hold a mapping of sections, got {type(user).__name__}")
+    return user
 
 
 def load_config(path=None, sets=()) -> dict:
-    """`DEFAULTS` merged with the YAML file at `path` (a path, or the name of a shipped config such as
-    `digits_vp`) and the `--set` overrides, checked."""
-    cfg = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            shipped = config_files()
-            if str(path) in shipped:
-                p = shipped[str(path)]
-            else:
-                raise ValueError(f"config file {path} does not exist (shipped configs: {sorted(shipped)})")
-        try:
-            user = yaml.load(p.read_text(), Loader=_Loader) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        check_config(user)
-        for sec in OPEN_SECTIONS:       # an open section given in the file replaces the default one
-            if sec in user:
-                cfg[sec] = {}
-        cfg = merge(cfg, user)
-    cfg = apply_overrides(cfg, sets)
-    return check_config(cfg)
+    """The config of the YAML file at `path` (a path, or the name of a shipped config such as `digits_vp`:
+    `config_path`; None: every default) with the `--set` overrides, checked and with every fixed key's default
+    filled in."""
+    user = read_yaml(config_path(path)) if path is not None else {}
+    return apply_overrides(schema.check(user, semantic=False), sets)
+
+
+def train_config(cfg: dict) -> TrainConfig:
+    """The checked `TrainConfig` of a config's `train:` section."""
+    t = dict(cfg["train"])
+    t["betas"], t["ema_decays"] = tuple(t["betas"]), tuple(t["ema_decays"])
+    return TrainConfig(**t).validate()
+
+
+def dump_config(cfg: dict) -> str:
+    """`cfg` as YAML text (what `config.yaml` and `--print-config` hold; `load_config` reads it back equal)."""
+    return yaml.safe_dump(schema.plain(cfg), sort_keys=False)
 
 
 def config_files() -> dict[str, Path]:
     """The configs shipped in `unifusion/configs/`, by name (file name without `.yaml`)."""
     root = Path(__file__).resolve().parent.parent / "configs"
     return {p.stem: p for p in sorted(root.glob("*.yaml"))}
+
+
+def __getattr__(name):
+    if name == "DEFAULTS":          # the config of an empty file, computed on first use (after every owner's import)
+        return schema.defaults()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """Exponential moving averages of a model's weights, with one or several decays.
 
-Owns `EMA`: shadow copies `theta_ema <- d theta_ema + (1 - d) theta` after every optimiser step
-(Polyak & Juditsky 1992; the EMA of DDPM, Ho et al. 2020, App. B, and of EDM, Karras et al. 2022, App. F.1).
+Owns the update `theta_ema <- d theta_ema + (1 - d) theta` (`ema_update`; Polyak & Juditsky 1992; the EMA of
+DDPM, Ho et al. 2020, App. B, and of EDM, Karras et al. 2022, App. F.1; the target network `theta-` of consistency
+distillation, Song et al. 2023, Algorithm 2) and `EMA`: shadow copies updated after every optimiser step.
 With `warmup=True` the decay at update `n` is `min(d, (1 + n) / (10 + n))` (the `num_updates` rule of
 TensorFlow's `ExponentialMovingAverage`, which the DDPM and Score SDE code bases use), so early averages are
 not dominated by the random initialisation.
@@ -13,7 +14,23 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["EMA"]
+__all__ = ["EMA", "ema_update"]
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, mu: float) -> None:
+    """`theta_target <- mu theta_target + (1 - mu) theta_online` for the parameters, in one fused `lerp` (a
+    per-tensor loop costs a kernel launch per tensor on a GPU); buffers (e.g. normalisation statistics) are copied.
+    `mu = 0` makes `target` a copy of `online`, `mu = 1` leaves it unchanged."""
+    if not (0.0 <= mu <= 1.0):
+        raise ValueError(f"mu must lie in [0, 1], got {mu!r}")
+    tp, op = list(target.parameters()), list(online.parameters())
+    if len(tp) != len(op):
+        raise ValueError(f"target and online models differ: {len(tp)} vs {len(op)} parameters")
+    if tp:
+        torch._foreach_lerp_(tp, [o.detach() for o in op], 1.0 - mu)
+    for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
+        tb.copy_(ob)
 
 
 class EMA:
@@ -39,17 +56,11 @@ class EMA:
         d = self.decays[i]
         return min(d, (1.0 + n) / (10.0 + n)) if self.warmup else d
 
-    @torch.no_grad()
     def update(self, n: int) -> None:
-        """Fold the current weights into every average (call once after optimiser step `n`); one fused `lerp` over
-        all parameters per decay (a per-tensor loop costs a kernel launch per tensor on a GPU)."""
-        src = [p.detach() for m in self.modules.values() for p in m.parameters()]
-        src_b = [b for m in self.modules.values() for b in m.buffers()]
+        """Fold the current weights into every average (call once after optimiser step `n`)."""
         for i, shadow in enumerate(self.shadows):
-            dst = [p for name in self.modules for p in shadow[name].parameters()]
-            torch._foreach_lerp_(dst, [s.to(p.dtype) for s, p in zip(src, dst)], 1.0 - self.decay_at(i, n))
-            for b, s in zip((b for name in self.modules for b in shadow[name].buffers()), src_b):
-                b.copy_(s)
+            for name, m in self.modules.items():
+                ema_update(shadow[name], m, self.decay_at(i, n))
 
     def averaged(self, i: int = 0) -> dict[str, nn.Module]:
         """The averaged modules of decay index `i`."""

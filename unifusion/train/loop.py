@@ -1,9 +1,10 @@
-"""The training loop every model in unifusion trains with: one `fit(task, data, ...)`.
+"""The training loop every model in unifusion trains with: one `fit(task, data, ...)`, put together from parts.
 
-Owns the mechanics, not the objective. A *task* supplies the trainable modules and a per-example loss;
-`fit` supplies AdamW (Loshchilov & Hutter 2019) with linear warm-up, global gradient-norm clipping, EMA
-(one or several decays, `ema.EMA`), bf16/fp16 autocast on GPU, torchrun DDP, deterministic randomness, a
-tqdm bar, JSONL logs, atomic checkpoints and bit-exact resume, and a stop on a non-finite loss.
+Owns the order of a run, not its pieces: the data (`unifusion.data.loader.StepLoader`: a deterministic order over
+any `Dataset`, per-rank micro-batches, worker processes, uint8 until the device), the optimiser step
+(`step.TrainStep`: AdamW with warm-up, clipping, EMA, autocast, DDP, compile, channels-last), the schedule
+(`schedule`: learning rate, every-N-steps events), the checkpoint writer (`state`: atomic checkpoints, bit-exact
+resume) and the callbacks (`callbacks`: the JSONL/TensorBoard log, sample previews, evaluations, or a user's own).
 
 A task is any object with
     modules: dict[str, nn.Module]                 the trainable modules (what the optimiser, EMA and DDP see)
@@ -15,90 +16,147 @@ and optionally
     to(device) -> task                            move non-trainable parts too (default: move `modules`)
 
 Randomness is a pure function of `(seed, step, micro-batch index)`: the data order is an epoch-wise permutation
-drawn from `(seed, epoch)`, and micro-batch `k` of step `s` gets a `torch.Generator` (and a reseeded global RNG,
-for dropout) from `numpy.random.SeedSequence([seed, s, k])`. Hence resuming needs no RNG snapshot and continues
-bit-exactly on CPU, and a run is reproduced by any run with the same global batch and the same number of
-micro-batches per step (`world_size * grad_accum`): one process with `grad_accum=2` matches two DDP processes.
+drawn from `(seed, epoch)`, the x-flips of a step from `(seed, step)`, and micro-batch `k` of step `s` gets a
+`torch.Generator` (and a reseeded global RNG, for dropout) from `numpy.random.SeedSequence([seed, s, k])`. Hence
+resuming needs no RNG snapshot and continues bit-exactly on CPU (the checkpoint's data position is its step), and
+a run is reproduced by any run with the same global batch and the same number of micro-batches per step
+(`world_size * grad_accum`): one process with `grad_accum=2` matches two DDP processes.
 """
 from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
-from ..utils import check_choice, check_positive_int
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from ..data.loader import (LoaderError, LoaderOptions, StepLoader, check_loader_options, example_shape, flip_mask,
+                           is_worker_death, loader_failure, to_device)
+from ..schema import plain, register_section
+from ..utils import atomic_write, check_choice, check_positive_int, remove_stale_temps
+from .callbacks import JsonlLog, Run
+from .distributed import DistInfo, DistributedFailure, barrier, init_distributed, raise_peer_failure
 from .ema import EMA
 from .logs import JsonlLogger
+from .schedule import due, lr_at
+from .state import read_resumable, restore_state, write_state
+from .step import COMPILE_MODES, NonFiniteLoss, TrainStep, micro_batch_seed
 
-__all__ = ["TrainConfig", "FitResult", "TrainingDiverged", "fit", "micro_batch_seed", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "FitResult", "TrainingDiverged", "DistributedFailure", "fit", "micro_batch_seed",
+           "CHECKPOINT_NAME", "as_dataset"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 @dataclass
 class TrainConfig:
-    """Options of `fit` (the `train:` section of a config file)."""
-    steps: int = 1000                       # optimiser steps in total; a resumed run continues up to this
-    batch_size: int = 256                   # global batch per step, over all processes and accumulation
-    grad_accum: int = 1                     # micro-batches per process per step (1: none)
-    lr: float = 2e-4                        # AdamW learning rate after warm-up
-    weight_decay: float = 0.0               # AdamW decoupled weight decay (0: none)
-    betas: tuple = (0.9, 0.999)             # AdamW betas
-    warmup: int = 0                         # linear learning-rate warm-up steps (0: none)
-    decay_start: int = 0                    # step where a linear decay of the lr to 0 begins (0: constant lr)
-    decay_end: int = 0                      # step where that decay reaches 0 (warm-up, stable, decay: "WSD")
-    grad_clip: float = 1.0                  # max global gradient norm (0: no clipping)
-    ema_decays: tuple = (0.999,)            # one weight average per decay (empty: no EMA)
-    ema_warmup: bool = True                 # decay min(d, (1+n)/(10+n)) at update n
-    precision: str = "auto"                 # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16" (GPU only)
-    device: str = "auto"                    # "auto", "cpu" or "cuda" (torchrun picks the GPU by LOCAL_RANK)
-    log_every: int = 100                    # steps between log lines (0: none)
-    ckpt_every: int = 0                     # steps between checkpoints (0: only at the end)
-    progress: bool = True                   # tqdm bar on the main process
-    tensorboard: bool = False               # also write TensorBoard scalars (needs `tensorboard`)
-    threads: int = 0                        # torch CPU threads (0: torch's default; 1 is fastest for small nets)
-    compile: bool = False                   # torch.compile the trainable modules (GPU: faster steps after a slow first)
+    """Options of `fit` (the `train:` section of a config file).
+
+    Attributes:
+        steps:        optimiser steps in total; a resumed run continues up to this.
+        batch_size:   global batch per step, over all processes and accumulation.
+        grad_accum:   micro-batches per process per step (1: none).
+        lr:           AdamW learning rate after warm-up.
+        weight_decay: AdamW decoupled weight decay (0: none).
+        betas:        AdamW betas.
+        warmup:       linear learning-rate warm-up steps (0: none).
+        decay_start:  step where a linear decay of the lr to 0 begins (0: constant lr).
+        decay_end:    step where that decay reaches 0 (warm-up, stable, decay: "WSD").
+        grad_clip:    max global gradient norm (0: no clipping).
+        ema_decays:   one weight average per decay (empty: no EMA).
+        ema_warmup:   decay min(d, (1+n)/(10+n)) at update n.
+        precision:    "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16" (GPU only).
+        device:       "auto", "cpu" or "cuda" (torchrun picks the GPU by LOCAL_RANK).
+        log_every:    steps between log lines (0: none).
+        ckpt_every:   steps between checkpoints (0: only at the end).
+        progress:     tqdm bar on the main process.
+        tensorboard:  also write TensorBoard scalars (the `[tensorboard]` extra).
+        threads:      torch CPU threads, applied by the CLI (`fit` leaves them alone; 0: torch's default; 1 is
+                      fastest for small nets).
+        dist_timeout: DDP: seconds a process waits for the others before it stops with an error.
+        compile:      torch.compile the trainable modules (GPU: faster steps after a slow first).
+        compile_mode: torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune",
+                      "max-autotune-no-cudagraphs".
+        channels_last: image networks and batches in channels-last memory (faster convolutions on a GPU).
+        preview_every: steps between PNG grids of EMA samples in `out/previews/` (0: none; `train_from_config`).
+        preview_n:    samples per preview.
+        eval_every:   steps between evaluations, logged (0: none; `train_from_config`: sliced Wasserstein
+                      distance between `eval_n` EMA samples and as many training examples).
+        eval_n:       samples per evaluation.
+    """
+
+    steps: int = 1000
+    batch_size: int = 256
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    warmup: int = 0
+    decay_start: int = 0
+    decay_end: int = 0
+    grad_clip: float = 1.0
+    ema_decays: tuple = (0.999,)
+    ema_warmup: bool = True
+    precision: str = "auto"
+    device: str = "auto"
+    log_every: int = 100
+    ckpt_every: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+    threads: int = 0
+    dist_timeout: float = 600.0
+    compile: bool = False
+    compile_mode: str = "default"
+    channels_last: bool = False
+    preview_every: int = 0
+    preview_n: int = 64
+    eval_every: int = 0
+    eval_n: int = 500
 
     def validate(self) -> "TrainConfig":
-        for name in ("steps", "batch_size", "grad_accum"):
+        for name in ("steps", "batch_size", "grad_accum", "preview_n", "eval_n"):
             check_positive_int(getattr(self, name), f"train.{name}")
-        for name in ("warmup", "log_every", "ckpt_every", "threads", "decay_start", "decay_end"):
+        for name in ("warmup", "log_every", "ckpt_every", "threads", "decay_start", "decay_end", "preview_every",
+                     "eval_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"train.{name} must be an integer >= 0, got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if not (_number(self.dist_timeout) and 0 < self.dist_timeout < math.inf):
+            raise ValueError(f"train.dist_timeout must be a number of seconds > 0, got {self.dist_timeout!r}")
+        if not (_number(self.lr) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
-        if not (self.weight_decay >= 0 and self.grad_clip >= 0):
+        if not (_number(self.weight_decay) and _number(self.grad_clip) and self.weight_decay >= 0
+                and self.grad_clip >= 0):
             raise ValueError(f"train.weight_decay and train.grad_clip must be >= 0, got "
                              f"{self.weight_decay!r} and {self.grad_clip!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if len(self.betas) != 2 or not all(_number(b) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)!r}")
-        for d in self.ema_decays:
-            if not (0 < d < 1):
-                raise ValueError(f"train.ema_decays must lie in (0, 1), got {list(self.ema_decays)!r}")
+        if not all(_number(d) and 0 < d < 1 for d in self.ema_decays):
+            raise ValueError(f"train.ema_decays must be numbers in (0, 1), got {list(self.ema_decays)!r}")
         if (self.decay_start or self.decay_end) and not self.decay_start < self.decay_end:
             raise ValueError(f"train.decay_start must be < train.decay_end (or both 0), got {self.decay_start} "
                              f"and {self.decay_end}")
         check_choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
+        check_choice(self.device, "train.device", ("auto", "cpu", "cuda"))
+        check_choice(self.compile_mode, "train.compile_mode", COMPILE_MODES)
         return self
 
     def lr_at(self, s: int) -> float:
-        """The learning rate of step `s` (0-based): linear warm-up, constant, then an optional linear decay to 0
-        between `decay_start` and `decay_end` (the warm-up-stable-decay schedule; a run can be extended by a
-        decay resumed from a stable-phase checkpoint)."""
-        lr = self.lr * min(1.0, (s + 1) / self.warmup) if self.warmup else self.lr
-        if self.decay_end and s >= self.decay_start:
-            lr *= max(0.0, (self.decay_end - s) / (self.decay_end - self.decay_start))
-        return lr
+        """The learning rate of step `s` (0-based): `schedule.lr_at` of this section's `lr`, `warmup`, `decay_start`,
+        `decay_end`."""
+        return lr_at(s, self.lr, self.warmup, self.decay_start, self.decay_end)
+
+
+def _check_train(section: dict) -> None:
+    TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}).validate()
+
+
+register_section("train", TrainConfig, check=_check_train)
 
 
 @dataclass
@@ -115,277 +173,195 @@ class TrainingDiverged(ValueError):
     """The loss became NaN or infinite; the weights of that step were not applied."""
 
 
-def micro_batch_seed(seed: int, step: int, k: int) -> tuple[int, int]:
-    """Two 32-bit seeds (loss generator, global RNG) for micro-batch `k` of step `step`."""
-    a, b = np.random.SeedSequence([seed, step, k]).generate_state(2)
-    return int(a), int(b)
+def as_dataset(data, labels=None) -> torch.utils.data.Dataset:
+    """`data` as a `Dataset`: a tensor `[N, ...]` (with optional `labels` `[N]`) becomes an `ArrayDataset` (checked
+    finite); a `Dataset` is used as it is."""
+    from ..data import ArrayDataset
+
+    if isinstance(data, torch.utils.data.Dataset):
+        if labels is not None:
+            raise ValueError("labels go with a tensor; a Dataset yields its own (x, label) examples")
+        return data
+    if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 1:
+        raise ValueError(f"data must be a Dataset or a tensor of shape [N, ...] with N >= 1, got "
+                         f"{getattr(data, 'shape', type(data))}")
+    if data.is_floating_point() and not torch.isfinite(data).all():
+        raise ValueError("data contains NaN or Inf; finite values are required")
+    return ArrayDataset(data, labels)
 
 
-class _Order:
-    """Global batch indices of step `s`: positions `[s B, (s+1) B)` of a stream of epoch-wise permutations."""
+class _Window:
+    """The log window: losses summed on the device (read once per log line), steps and time."""
 
-    def __init__(self, n: int, batch: int, seed: int):
-        self.n, self.batch, self.seed = n, batch, seed
-        self.perm = lru_cache(maxsize=4)(self._perm)
+    def __init__(self, device):
+        self.device, self.t0 = device, time.perf_counter()
+        self.loss, self.n = torch.zeros((), device=device), 0
 
-    def _perm(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch, 0xDA7A]).generate_state(1)[0]))
-        return torch.randperm(self.n, generator=g)
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss += loss
+        self.n += 1
 
-    def __call__(self, s: int) -> torch.Tensor:
-        pos, end, out = s * self.batch, (s + 1) * self.batch, []
-        while pos < end:
-            e, off = divmod(pos, self.n)
-            take = min(self.n - off, end - pos)
-            out.append(self.perm(e)[off:off + take])
-            pos += take
-        return torch.cat(out)
-
-
-class _LossModule(nn.Module):
-    """The task's loss as one module, so DDP sees every trainable parameter and syncs its gradient."""
-
-    def __init__(self, task):
-        super().__init__()
-        self.mods = nn.ModuleDict(task.modules)
-        object.__setattr__(self, "task", task)
-
-    def forward(self, x, labels, generator):
-        return self.task.loss((x, labels), generator)
+    def record(self, step: int, lr: float, grad_norm: torch.Tensor, batch: int, skipped: int) -> dict:
+        """The log record of the window that ends after `step` (reading the device's sums), then a new window."""
+        now = time.perf_counter()
+        secs, n = max(now - self.t0, 1e-9), self.n
+        rec = {"step": step, "loss": float(self.loss) / max(n, 1), "lr": lr, "grad_norm": float(grad_norm),
+               "steps_per_s": n / secs, "examples_per_s": n * batch / secs}
+        if skipped:
+            rec["skipped_examples"] = skipped
+        self.loss, self.n, self.t0 = torch.zeros((), device=self.device), 0, now
+        return rec
 
 
-def _precision(name: str, device: torch.device) -> torch.dtype | None:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if name == "fp32":
-        return None
-    if device.type != "cuda":
-        raise ValueError(f"train.precision={name!r} needs a GPU; on CPU use 'fp32' or 'auto'")
-    return torch.bfloat16 if name == "bf16" else torch.float16
+def _on_device(batches, train, dist, seed: int, x_flip: bool, memory_format):
+    """`(step, micro_batches, skipped)` per optimiser step: this process's micro-batches of the step as
+    `(x, labels)` on the device (x-flipped by the step's coins for their positions in the global batch), and the
+    unreadable examples replaced so far."""
+    micro = train.batch_size // (dist.world_size * train.grad_accum)
+    layout = memory_format or torch.contiguous_format
+    pending, skipped = [], 0
+    for s, a, x, y, k in batches:
+        kk = dist.rank * train.grad_accum + a
+        flip = flip_mask(seed, s, train.batch_size)[kk * micro:(kk + 1) * micro] if x_flip else None
+        pending.append(to_device(x, y, dist.device, flip, memory_format=layout))
+        skipped += k
+        if a == train.grad_accum - 1:
+            yield s, pending, skipped
+            pending = []
 
 
-_RESUMABLE = {"train.steps", "train.log_every", "train.ckpt_every", "train.progress", "train.device",
-              "train.tensorboard", "train.threads", "train.compile", "out"}
-_SCHEDULE = {"train.decay_start", "train.decay_end"}   # resumable while the steps already taken keep their lr
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def _schedule(train: dict) -> TrainConfig:
-    """The learning-rate schedule of a stored `train` section (keys a checkpoint lacks take their defaults)."""
-    keys = ("lr", "warmup", "decay_start", "decay_end")
-    return TrainConfig(**{k: train[k] for k in keys if k in train})
-
-
-def config_difference(a: dict, b: dict, ignore=_RESUMABLE) -> list[str]:
-    """Keys whose values differ between two (nested) configs, except those a resumed run may change."""
-    fa, fb = _flat(a), _flat(b)
-    return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
-
-
-def fit(task, data: torch.Tensor, labels: torch.Tensor | None = None, *, train: TrainConfig | None = None,
-        seed: int = 0, out=None, config: dict | None = None, meta: dict | None = None,
-        resume: bool = False, dist: DistInfo | None = None) -> FitResult:
-    """Train `task` on `data` (`[N, ...]`, optional `labels` `[N]`) for `train.steps` optimiser steps.
+def fit(task, data, labels: torch.Tensor | None = None, *, train: TrainConfig | None = None, seed: int = 0,
+        out=None, config: dict | None = None, meta: dict | None = None, resume: bool = False,
+        dist: DistInfo | None = None, loader: LoaderOptions | None = None, callbacks=()) -> FitResult:
+    """Train `task` on `data` for `train.steps` optimiser steps.
 
     Args:
-        train:  the loop's options (`TrainConfig()` if None).
-        seed:   the one seed every random draw derives from (see the module docstring).
-        out:    run folder for `checkpoint.safetensors` (+ `.json`) and `log.jsonl` (None: write nothing).
-        config: the full run configuration stored in checkpoints (what `load_model` rebuilds the model from).
-        meta:   extra JSON stored in checkpoints (e.g. the data shape).
-        resume: continue from `out/checkpoint.safetensors` if it exists (its config must match `config`, except
-                `train.steps` and logging options).
-        dist:   process info (default: `init_distributed(train.device)`, i.e. torchrun's environment).
+        data:      a `torch.utils.data.Dataset` (map-style or iterable; examples `x` or `(x, label)`, images as uint8
+                   `[C, H, W]`), or a tensor `[N, ...]` with optional `labels` `[N]`.
+        train:     the loop's options (`TrainConfig()` if None).
+        seed:      the one seed every random draw derives from (see the module docstring).
+        out:       run folder for `checkpoint.safetensors`, `log.jsonl` and `config.yaml` (None: write nothing). Nothing
+                   is written there before every check (the resume check included) has passed.
+        config:    the full run configuration stored in checkpoints and `config.yaml` (what `load_model` rebuilds
+                   the model from).
+        meta:      extra JSON stored in checkpoints (e.g. the data shape).
+        resume:    continue from `out/checkpoint.safetensors` if it exists (its config must match `config`, except
+                   `train.steps`, logging and loader options).
+        dist:      process info (default: `init_distributed(train.device, train.dist_timeout)`, i.e. torchrun's
+                   environment).
+        loader:    worker processes, prefetch and x-flip (`LoaderOptions()` if None).
+        callbacks: `callbacks.Callback`s called at every step, log line and checkpoint (the JSONL log is built in).
 
-    Raises `TrainingDiverged` (a `ValueError`) on a non-finite loss, naming the step and the last good checkpoint.
+    Raises `TrainingDiverged` (a `ValueError`) on a non-finite loss, naming the step and the last good checkpoint,
+    `LoaderError` (a `ValueError`) when the data cannot be read (a dead worker, an unreadable file), naming the
+    last checkpoint, and `DistributedFailure` (a `ValueError`) when another process fails or does not answer within
+    `train.dist_timeout` seconds. Leaves torch's thread count alone (the CLI applies `train.threads`).
     """
     train = (train or TrainConfig()).validate()
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    dist = dist or init_distributed(train.device)
-    dev, main = dist.device, dist.is_main
+    opts = loader or LoaderOptions()
+    check_loader_options(opts.num_workers, opts.prefetch)
+    dist = dist or init_distributed(train.device, train.dist_timeout)
     n_micro = dist.world_size * train.grad_accum
     if train.batch_size % n_micro:
-        raise ValueError(f"train.batch_size={train.batch_size} must be divisible by world_size x grad_accum = {n_micro}")
-    if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 1:
-        raise ValueError(f"data must be a tensor of shape [N, ...] with N >= 1, got {getattr(data, 'shape', type(data))}")
-    if not torch.isfinite(data).all():
-        raise ValueError("data contains NaN or Inf; finite values are required")
-    if labels is not None and labels.shape[:1] != data.shape[:1]:
-        raise ValueError(f"labels must have shape [{data.shape[0]}], got {tuple(labels.shape)}")
-    micro = train.batch_size // n_micro
-    autocast_dtype = _precision(train.precision, dev)
-    config = config if config is not None else {"train": asdict(train), "seed": seed}
+        raise ValueError(f"train.batch_size={train.batch_size} must be divisible by world_size x grad_accum = "
+                         f"{n_micro}")
+    dataset = as_dataset(data, labels)
+    shape = example_shape(dataset)
+    if opts.x_flip and len(shape) != 3:
+        raise ValueError(f"data.x_flip needs images [C, H, W], got examples of shape {list(shape)}")
+    iterable = isinstance(dataset, torch.utils.data.IterableDataset)
+    config = config if config is not None else {"train": plain(asdict(train)), "seed": seed}
     out = Path(out) if out is not None else None
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None
+    state = read_resumable(ckpt_path, config, n_micro, None if iterable else len(dataset)) \
+        if resume and ckpt_path is not None else None
 
-    if hasattr(task, "to"):
-        task.to(dev)
-    else:
-        for m in task.modules.values():
-            m.to(dev)
-    wrapper = _LossModule(task)
-    params = [p for p in wrapper.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the task has no trainable parameters")
-    model = wrapper
-    if dist.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(wrapper, device_ids=[dev] if dev.type == "cuda" else None)
-    opt = torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay,
-                            fused=dev.type == "cuda" or None)  # one kernel for all parameters on a GPU
-    ema = EMA(task.modules, train.ema_decays, train.ema_warmup) if train.ema_decays else None
-    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
-
-    if train.compile:
-        for m in task.modules.values():
-            m.compile()                      # in place: parameters and state_dict keys stay those of the module
-    start = 0
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        start = _load_state(ckpt_path, task, opt, ema, scaler, config, n_micro)
-    logger = JsonlLogger(out / "log.jsonl" if (out is not None and main) else None,
-                         resume_step=start if resume else None, tensorboard=train.tensorboard)
-    order = _Order(data.shape[0], train.batch_size, seed)
+    step = TrainStep(task, train, dist, seed)
+    start = restore_state(ckpt_path, state, step) if state is not None else 0
+    logs = [JsonlLog(_open_run_folder(out, config, start if resume else None, train.tensorboard))] \
+        if (out is not None and dist.is_main) else []
+    run = Run(task, train, seed, dist, out, config, step.ema, shape, start, logs + list(callbacks))
+    batches = StepLoader(dataset, batch_size=train.batch_size, grad_accum=train.grad_accum, rank=dist.rank,
+                         world_size=dist.world_size, seed=seed, start=start, stop=train.steps,
+                         num_workers=opts.num_workers, prefetch=opts.prefetch, pin_memory=dist.device.type == "cuda")
+    info = dict(meta or {}, seed=seed, config=config, micro_batches=n_micro, world_size=dist.world_size,
+                ema_decays=list(train.ema_decays), modules=sorted(task.modules))
     last_good = (ckpt_path, start) if start else (None, 0)
 
-    def save(step):
-        tensors = {f"model.{name}.{k}": v for name, m in task.modules.items() for k, v in m.state_dict().items()}
-        if ema is not None:
-            tensors.update(ema.state_tensors())
-        osd = opt.state_dict()
-        tensors.update({f"optim.{pid}.{k}": v for pid, st in osd["state"].items() for k, v in st.items()})
-        if hasattr(task, "state_tensors"):
-            tensors.update({f"task.{k}": v for k, v in task.state_tensors().items()})
-        info = dict(meta or {}, step=step, seed=seed, config=config, micro_batches=n_micro,
-                    world_size=dist.world_size,
-                    ema_decays=list(train.ema_decays), modules=sorted(task.modules),
-                    param_groups=[{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
-                                  for g in osd["param_groups"]],
-                    scaler=scaler.state_dict() if scaler is not None else None,
-                    rng={"seed": seed, "next_step": step,
-                         "scheme": "SeedSequence([seed, step, micro_batch]); data order SeedSequence([seed, epoch])"})
-        if main:
-            save_checkpoint(ckpt_path, tensors, info)
-        barrier()
+    def where() -> str:
+        return (f"last checkpoint: {last_good[0]} (step {last_good[1]})" if last_good[0] is not None
+                else "no checkpoint was written yet")
+
+    def diverged(bad: int, value: str = "NaN or Inf") -> TrainingDiverged:
+        run.log({"step": bad, "event": "diverged", "loss": value})
+        return TrainingDiverged(f"loss became {value} at step {bad}; stopped without applying it; {where()}")
 
     bar = None
-    if main and train.progress:
+    if dist.is_main and train.progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=train.steps, initial=start, unit="step", dynamic_ncols=True)
-    history, window, t_window, result_loss = [], [], time.perf_counter(), float("nan")
-    wrapper.train()
+    history, window, result_loss = [], _Window(dist.device), float("nan")
+    step.train_mode()
+    for cb in run.callbacks:
+        cb.on_start(run)
+    left_out = getattr(dataset, "skipped", None)
+    if left_out:                                   # unreadable files a reader left out when it opened the data
+        run.log({"step": start, "event": "unreadable_skipped", "count": len(left_out), "first": str(left_out[0])})
     try:
-        for s in range(start, train.steps):
-            lr = train.lr_at(s)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            idx = order(s)
-            opt.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=dev)
-            for a in range(train.grad_accum):
-                k = dist.rank * train.grad_accum + a
-                sel = idx[k * micro:(k + 1) * micro]
-                x = data[sel].to(dev, non_blocking=True)
-                y = labels[sel].to(dev, non_blocking=True) if labels is not None else None
-                s_gen, s_global = micro_batch_seed(seed, s, k)
-                torch.manual_seed(s_global)
-                gen = torch.Generator().manual_seed(s_gen)      # on the CPU: same draws on any device
-                sync = model.no_sync() if (model is not wrapper and a < train.grad_accum - 1) else nullcontext()
-                with sync:
-                    with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        per_example = model(x, y, gen)
-                    loss = per_example.float().mean() / train.grad_accum
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                loss_sum += loss.detach()
-            if scaler is not None:
-                scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip if train.grad_clip > 0 else math.inf)
-            loss_val = float(all_reduce_mean(loss_sum))
-            if not math.isfinite(loss_val):
-                where = (f"last good checkpoint: {last_good[0]} (step {last_good[1]})" if last_good[0] is not None
-                         else "no checkpoint was written yet")
-                logger.log({"step": s + 1, "event": "diverged", "loss": str(loss_val)})
-                raise TrainingDiverged(f"loss became {loss_val} at step {s + 1}; stopped without applying it; {where}")
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            if ema is not None:
-                ema.update(s)
-            if hasattr(task, "after_step"):
-                task.after_step(s)
-            step = s + 1
-            window.append(loss_val)
+        for s, micro_batches, skipped in _on_device(batches, train, dist, seed, opts.x_flip, step.memory_format):
+            loss, gnorm = step(s, micro_batches)
+            window.add(loss)
+            run.step = s + 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_val:.4g}", refresh=False)
-            if (train.log_every and step % train.log_every == 0) or step == train.steps:
-                now = time.perf_counter()
-                result_loss = float(np.mean(window))
-                rec = {"step": step, "loss": result_loss, "lr": lr, "grad_norm": float(gnorm),
-                       "steps_per_s": len(window) / max(now - t_window, 1e-9),
-                       "examples_per_s": len(window) * train.batch_size / max(now - t_window, 1e-9)}
+            log_now = due(run.step, train.log_every, train.steps)
+            ckpt_now = ckpt_path is not None and due(run.step, train.ckpt_every, train.steps)
+            if log_now or ckpt_now:
+                bad = step.first_nonfinite()                     # the GPU's deferred check, before anything is kept
+                if bad is not None:
+                    raise diverged(bad)
+            if log_now:
+                rec = window.record(run.step, train.lr_at(s), gnorm, train.batch_size, skipped)
+                result_loss = rec["loss"]
                 history.append(rec)
-                logger.log(rec)
-                window, t_window = [], now
-            if ckpt_path is not None and ((train.ckpt_every and step % train.ckpt_every == 0) or step == train.steps):
-                save(step)
-                last_good = (ckpt_path, step)
+                run.log(rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{result_loss:.4g}", refresh=False)
+            for cb in run.callbacks:
+                cb.on_step(run)
+            if ckpt_now:
+                if dist.is_main:
+                    write_state(ckpt_path, step, dict(info, step=run.step,
+                                                       data=dict(batches.position(run.step), x_flip=opts.x_flip)))
+                barrier()
+                last_good = (ckpt_path, run.step)
+                for cb in run.callbacks:
+                    cb.on_checkpoint(run, ckpt_path)
+    except NonFiniteLoss as e:
+        raise diverged(e.step, str(e.value)) from None
+    except LoaderError as e:
+        raise LoaderError(f"{e}; {where()}") from e
+    except RuntimeError as e:
+        if is_worker_death(e):                              # torch's SIGCHLD handler, raised wherever we were
+            raise LoaderError(f"{loader_failure(e, run.step + 1)}; {where()}") from e
+        raise_peer_failure(e, dist.rank, train.dist_timeout)
+        raise
     finally:
         if bar is not None:
             bar.close()
-        logger.close()
+        for cb in run.callbacks:
+            cb.on_end(run)
     done = max(start, train.steps)
-    return FitResult(done, result_loss, last_good[0], ema, history)
+    return FitResult(done, result_loss, last_good[0], step.ema, history)
 
 
-def _load_state(path: Path, task, opt, ema, scaler, config: dict, n_micro: int) -> int:
-    """Restore modules, EMA, optimiser, scaler and task state from `path`; return the step to continue from."""
-    tensors, info = read_checkpoint(path)
-    diff = config_difference(info.get("config", {}), config, _RESUMABLE | _SCHEDULE)
-    if diff:
-        raise CheckpointError(f"checkpoint {path} comes from another config (differs in: {', '.join(diff[:8])}); "
-                              f"use another `out` folder or the same config")
-    old_train, new_train = info.get("config", {}).get("train"), config.get("train")
-    old_lr = _schedule(old_train) if isinstance(old_train, dict) else None
-    new_lr = _schedule(new_train) if isinstance(new_train, dict) else None
-    if old_lr is not None and new_lr is not None and old_lr != new_lr:   # a decay added or moved: check the past
-        changed = next((s for s in range(int(info["step"])) if old_lr.lr_at(s) != new_lr.lr_at(s)), None)
-        if changed is not None:
-            raise CheckpointError(f"checkpoint {path}: train.decay_start/decay_end change the learning rate of step "
-                                  f"{changed + 1}, which it already took; a decay may only start at or after step "
-                                  f"{info['step']}")
-    if info.get("micro_batches") != n_micro:
-        raise CheckpointError(f"checkpoint {path} was trained with {info.get('micro_batches')} micro-batches per step "
-                              f"(world_size x grad_accum), this run has {n_micro}; bit-exact resume needs the same")
-    try:
-        for name, m in task.modules.items():
-            pre = f"model.{name}."
-            m.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
-        if ema is not None:
-            ema.load_state_tensors(tensors)
-        state = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, pid, key = k.split(".", 2)
-                state.setdefault(int(pid), {})[key] = v
-        groups = info["param_groups"]
-        for g in groups:
-            g["betas"] = tuple(g["betas"])
-        opt.load_state_dict({"state": state, "param_groups": groups})
-        if scaler is not None and info.get("scaler"):
-            scaler.load_state_dict(info["scaler"])
-        if hasattr(task, "load_state_tensors"):
-            task.load_state_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("task.")})
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
-    return int(info["step"])
+def _open_run_folder(out: Path, config: dict, resume_step: int | None, tensorboard: bool) -> JsonlLogger:
+    """Prepare the run folder once every check has passed: remove the temporary files a crash left, write
+    `config.yaml` (atomically) and open the log (cut back to `resume_step`, or started empty)."""
+    from .config import dump_config
+
+    for name in (CHECKPOINT_NAME, "config.yaml", "log.jsonl"):
+        remove_stale_temps(out / name)
+    logger = JsonlLogger(out / "log.jsonl", resume_step=resume_step, tensorboard=tensorboard)
+    atomic_write(out / "config.yaml", dump_config(config))
+    return logger

@@ -1,9 +1,10 @@
 """Trained models as self-contained folders: `save_pretrained(model, folder)` and `from_pretrained(folder)`.
 
-Owns the released-model format: `config.json` (the model's `process`, `net` and `model` config sections, its data
-shape and where the weights came from) and `model.safetensors` (the network's weights, normally the EMA; no optimiser
-state, no RNG state, nothing pickled). The folder is written atomically (`utils.atomic_write_dir`) and is loadable
-without the training config or the data: `from_pretrained` rebuilds the network with `train.task.build_denoiser`.
+Owns the released-model format: `config.json` (the model's `process`, `net`, `model`, `data` and `sample` config
+sections, its data shape, its data bound and where the weights came from) and `model.safetensors` (the network's
+weights, normally the EMA; no optimiser state, no RNG state, nothing pickled). The folder is written atomically
+(`utils.atomic_write_dir`) and is loadable without the training config or the data: `from_pretrained` rebuilds the
+network with `train.task.build_denoiser`.
 """
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from pathlib import Path
 
 from ..utils import atomic_write, atomic_write_dir
 from .checkpoint import CheckpointError
-from .config import DEFAULTS, merge
+from .config import check_config
 
 __all__ = ["PRETRAINED_FORMAT", "save_pretrained", "from_pretrained", "is_pretrained"]
 
 PRETRAINED_FORMAT = "unifusion-pretrained/1"
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
-SECTIONS = ("process", "net", "model", "data")
+SECTIONS = ("process", "net", "model", "data", "sample")
 
 
 def save_pretrained(model, folder, config: dict | None = None, data_shape=None) -> Path:
@@ -38,9 +39,13 @@ def save_pretrained(model, folder, config: dict | None = None, data_shape=None) 
     if config is None or data_shape is None:
         raise ValueError("save_pretrained needs the model's config and data shape: pass a model from load_model / "
                          "from_pretrained, or config= and data_shape=")
+    if config.get("latent"):
+        raise ValueError("save_pretrained writes pixel-space models; this one is a latent diffusion model (its "
+                         "autoencoder is a separate run)")
     meta = {"format": PRETRAINED_FORMAT, "data_shape": [int(n) for n in data_shape],
             **{k: config[k] for k in SECTIONS if k in config},
-            "step": getattr(model, "checkpoint_step", None), "weights": getattr(model, "weights", None)}
+            "step": getattr(model, "checkpoint_step", None), "weights": getattr(model, "weights", None),
+            "data_bound": getattr(model, "data_bound", None)}
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.net.state_dict().items()}
 
     def write(tmp: Path):
@@ -73,9 +78,10 @@ def from_pretrained(folder, device="cpu"):
     if meta.get("format") != PRETRAINED_FORMAT:
         raise CheckpointError(f"{path / CONFIG_NAME} has format {meta.get('format')!r}; this version reads "
                               f"{PRETRAINED_FORMAT!r}")
-    cfg = merge(DEFAULTS, {k: meta[k] for k in SECTIONS if k in meta})
-    for k in ("process", "net"):             # an open section given in the file replaces the default one
-        cfg[k] = dict(meta[k]) if k in meta else cfg[k]
+    try:
+        cfg = check_config({k: meta[k] for k in SECTIONS if k in meta})
+    except ValueError as e:
+        raise CheckpointError(f"{path / CONFIG_NAME}: {e}") from None
     try:
         state = load_file(str(path / WEIGHTS_NAME))
     except Exception as e:  # safetensors raises its own error types for truncated / garbled files
@@ -88,4 +94,5 @@ def from_pretrained(folder, device="cpu"):
         raise CheckpointError(f"{path} does not match its config: {str(e).splitlines()[0]}") from None
     denoiser.config, denoiser.data_shape = cfg, tuple(meta["data_shape"])
     denoiser.checkpoint_step, denoiser.weights = meta.get("step"), meta.get("weights")
+    denoiser.data_bound = meta.get("data_bound")  # max |x0| of the training data (`generate` clips to it)
     return denoiser.to(device).eval().requires_grad_(False)

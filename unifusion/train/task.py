@@ -1,6 +1,6 @@
 """From a config to a trained model and back: `DiffusionTask`, `build_run`, `train_from_config`, `load_model`.
 
-Owns the wiring of the pieces a config names: data (`unifusion.data.get_dataset`), process
+Owns the wiring of the pieces a config names: data (`unifusion.data.open_dataset`), process
 (`unifusion.processes.get_process`), network (`unifusion.nets.build_net`), the `Denoiser` that presents it in
 VE coordinates (Karras et al. 2022, Sec. 4) and the loss (`unifusion.losses.build_loss`). A checkpoint carries
 its config and data shape, so `load_model(path)` rebuilds the exact network without the data.
@@ -8,30 +8,28 @@ its config and data shape, so `load_model(path)` rebuilds the exact network with
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..parametrization import Denoiser
 from ..processes import get_process
-from ..utils import atomic_write
 from .checkpoint import CheckpointError, read_checkpoint
-from .config import check_config, merge, DEFAULTS
-from .loop import CHECKPOINT_NAME, FitResult, TrainConfig, fit
+from .config import check_config, train_config
+from .loop import CHECKPOINT_NAME, FitResult, fit
 from .pretrained import from_pretrained, is_pretrained
 
-__all__ = ["DiffusionTask", "build_data", "build_denoiser", "build_run", "run_config", "train_from_config",
-           "load_model"]
+__all__ = ["DiffusionTask", "build_data", "build_data_tensors", "build_denoiser", "build_task", "build_run",
+           "check_run_folder", "run_config", "train_from_config", "load_model", "loader_options", "callbacks"]
 
 
 class DiffusionTask:
     """The task of a denoising loss: one trainable module `net`, the loss `loss_fn(denoiser, x0, generator,
-    class_labels) -> [B]` of `unifusion.losses`."""
+    class_labels) -> [B]` of `unifusion.losses`, and `meta`, what its checkpoints record beside the data shape
+    (`build_run` sets `data_bound`, the training data's max |x0|)."""
 
-    def __init__(self, denoiser: Denoiser, loss_fn):
-        self.denoiser, self.loss_fn = denoiser, loss_fn
+    def __init__(self, denoiser: Denoiser, loss_fn, meta: dict | None = None):
+        self.denoiser, self.loss_fn, self.meta = denoiser, loss_fn, dict(meta or {})  # meta: for the checkpoint
         self.modules = {"net": denoiser.net}
 
     def loss(self, batch, generator):
@@ -48,57 +46,60 @@ def _section(cfg: dict, name: str, head: str) -> tuple[str, dict]:
     return sec.pop(head), sec
 
 
-def _build(section: str, cls, make, kwargs: dict, *args):
-    """`make(*args, **kwargs)` with `kwargs` checked against `cls`'s signature first: an unknown key is named with
-    the valid ones, a value whose type does not match a numeric / boolean / string default is named with the type
-    expected; a `TypeError` inside the builder becomes a one-line `ValueError` naming the section."""
-    import inspect
-    from .config import _type_ok
-
-    if cls is not None:
-        params = inspect.signature(cls).parameters
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            valid = [k for k, p in params.items() if k not in ("self", "process") and p.kind is not p.VAR_POSITIONAL]
-            unknown = sorted(set(kwargs) - set(valid))
-            if unknown:
-                raise ValueError(f"unknown config key '{section}.{unknown[0]}'; valid keys in {section!r} are "
-                                 f"{sorted(valid)}")
-        for k, v in kwargs.items():
-            d = params[k].default if k in params else None
-            if isinstance(d, (bool, int, float, str)):
-                ok, what = _type_ok(d, v)
-                if not ok:
-                    raise ValueError(f"config key '{section}.{k}' must be {what}, got {v!r}")
+def _build(section: str, make, *args, **kwargs):
+    """`make(*args, **kwargs)` (options the schema has checked), a `TypeError` inside the builder becoming one
+    `ValueError` line naming the section."""
     try:
         return make(*args, **kwargs)
     except TypeError as e:
         raise ValueError(f"bad option in config section {section!r}: {str(e).splitlines()[0]}") from None
 
 
-def build_data(cfg: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`(data, labels)` of the config's `data` section; labels only when the net is class-conditional."""
-    from ..data import get_dataset
+def data_source(cfg: dict) -> tuple[str, dict]:
+    """`(name, options)` of the config's data set: its `data` section without the loader's keys."""
+    from ..data.loader import LoaderOptions
 
     name, kwargs = _section(cfg, "data", "name")
-    data, labels = get_dataset(name, **kwargs)
-    if not torch.isfinite(data).all():
-        raise ValueError(f"data set {name!r} contains NaN or Inf; finite values are required")
+    return name, {k: v for k, v in kwargs.items() if k not in vars(LoaderOptions())}
+
+
+def build_data(cfg: dict) -> torch.utils.data.Dataset:
+    """The `Dataset` of the config's `data` section (read lazily where it is a file); its labels are kept only when
+    the net is class-conditional."""
+    from ..data import open_dataset, without_labels
+
+    name, kwargs = data_source(cfg)
+    ds = _build("data", open_dataset, name, **kwargs)
     if not cfg["net"].get("num_classes"):
-        labels = None
-    elif labels is None:
+        return without_labels(ds)
+    if getattr(ds, "labels", None) is None:
         raise ValueError(f"net.num_classes={cfg['net']['num_classes']} needs labels, but data set {name!r} has none")
-    return data.float(), labels
+    return ds
+
+
+def build_data_tensors(cfg: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(x, labels)`: the config's data set in memory, float32 (pixels scaled to [-1, 1]), for runs that transform
+    all of it first (a latent cache, a latent scale)."""
+    from ..data.loader import in_memory
+
+    return in_memory(build_data(cfg))
+
+
+def loader_options(cfg: dict):
+    """The `LoaderOptions` of the config's `data` section."""
+    from ..data.loader import LoaderOptions
+
+    return LoaderOptions(**{k: cfg["data"][k] for k in vars(LoaderOptions())})
 
 
 def build_denoiser(cfg: dict, data_shape) -> Denoiser:
     """The `Denoiser` of the config's `process`, `net` and `model` sections for data of shape `[N, *data_shape]`."""
-    from ..nets import NETS, build_net
     import inspect
 
-    from ..processes import PROCESSES
+    from ..nets import NETS, build_net
 
     pname, pkw = _section(cfg, "process", "name")
-    process = _build("process", PROCESSES.get(pname), get_process, pkw, pname)
+    process = _build("process", get_process, pname, **pkw)
     kind, nkw = _section(cfg, "net", "kind")
     if kind in NETS:
         params = inspect.signature(NETS[kind]).parameters
@@ -109,57 +110,94 @@ def build_denoiser(cfg: dict, data_shape) -> Denoiser:
         for k, v in auto.items():
             if k in params and k not in nkw and v is not None:
                 nkw[k] = v
-    net = _build("net", NETS.get(kind), build_net, nkw, kind)
+    net = _build("net", build_net, kind, **nkw)
     m = cfg["model"]
     return Denoiser(net, process, m["target"], m["sigma_data"], m["noise_cond"], m["time_scale"])
 
 
-def build_run(cfg: dict):
-    """`(task, data, labels)` for a checked config."""
-    from ..losses import build_loss
+def build_task(cfg: dict, data_shape) -> DiffusionTask:
+    """The `DiffusionTask` of the config's process / model / net / loss sections for data of shape
+    `[N, *data_shape]`, the network initialised from `cfg["seed"]`."""
     import inspect
-    from ..losses import LOSSES
 
-    check_config(cfg)
-    data, labels = build_data(cfg)
+    from ..losses import LOSSES, build_loss
+
     torch.manual_seed(cfg["seed"])                  # network initialisation
-    denoiser = build_denoiser(cfg, data.shape[1:])
+    denoiser = build_denoiser(cfg, data_shape)
     lname, lkw = _section(cfg, "loss", "name")
     if lname in LOSSES and "sigma_data" in inspect.signature(LOSSES[lname]).parameters:
         lkw.setdefault("sigma_data", cfg["model"]["sigma_data"])
-    loss = _build("loss", LOSSES.get(lname), build_loss, lkw, lname, denoiser.process)
-    return DiffusionTask(denoiser, loss), data, labels
+    loss = _build("loss", build_loss, lname, denoiser.process, **lkw)
+    return DiffusionTask(denoiser, loss)
 
 
-def train_config(cfg: dict) -> TrainConfig:
-    t = dict(cfg["train"])
-    t["betas"], t["ema_decays"] = tuple(t["betas"]), tuple(t["ema_decays"])
-    return TrainConfig(**t)
+def build_run(cfg: dict):
+    """`(task, data, None)` for a config: the `DiffusionTask` and the `Dataset` it trains on."""
+    from ..data.loader import data_bound, example_shape
+
+    cfg = check_config(cfg)
+    data = build_data(cfg)
+    task = build_task(cfg, example_shape(data))
+    task.meta["data_bound"] = data_bound(data)      # max |x0|, which sampling clips the model's estimate to
+    return task, data, None
+
+
+def callbacks(cfg: dict, task, data) -> list:
+    """The callbacks a config asks for: sample previews (`train.preview_every`) and evaluations
+    (`train.eval_every`: sliced Wasserstein distance to the first `train.eval_n` training examples)."""
+    from ..data.loader import fetch_batch, to_device
+    from .callbacks import Eval, SamplePreview, sliced_wasserstein_eval
+
+    t, smp, out = cfg["train"], cfg["sample"], []
+    if t["preview_every"] and hasattr(task, "denoiser"):
+        out.append(SamplePreview(t["preview_every"], t["preview_n"], smp["sampler"], smp["steps"] or 18, smp["seed"]))
+    if t["eval_every"] and hasattr(task, "denoiser") and isinstance(data, torch.utils.data.Dataset) \
+            and not isinstance(data, torch.utils.data.IterableDataset):
+        x, _, _ = fetch_batch(data, range(min(t["eval_n"], len(data))))
+        ref, _ = to_device(x, None, "cpu")
+        out.append(Eval(t["eval_every"], sliced_wasserstein_eval(ref, t["eval_n"], smp["sampler"],
+                                                                 smp["steps"] or 18, smp["seed"])))
+    return out
+
+
+def check_run_folder(out, resume: bool) -> Path:
+    """`out` as a run folder a run may write: not a file, and holding no checkpoint unless `resume`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r} is a file; a run folder is needed")
+    if not resume and (out / CHECKPOINT_NAME).exists():
+        raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
+    return out
 
 
 def run_config(cfg: dict, build, resume: bool = False, out=None, extra_meta=None) -> FitResult:
     """Build a run with `build(cfg) -> (task, data, labels)` and `fit` it: the one set-up shared by
     `unifusion train` (`train_from_config`) and `unifusion distill`. Refuses to overwrite a checkpoint unless
-    `resume`; rank 0 writes `config.yaml` atomically; the checkpoint's meta holds the data shape plus
-    `extra_meta(task)`. `out` overrides `cfg['out']`."""
+    `resume`; `fit` writes `config.yaml` once its checks have passed; the checkpoint's meta holds the data shape,
+    the task's own `meta` dict if it has one (a transformed task's data shape, e.g. latents; a diffusion task's data
+    bound), and `extra_meta(task)`. `out` overrides `cfg['out']`."""
+    from ..data.loader import example_shape
+
     cfg = copy.deepcopy(cfg)
     if out is not None:
         cfg["out"] = str(out)
+    out = check_run_folder(cfg["out"], resume)
     task, data, labels = build(cfg)
-    out = Path(cfg["out"])
-    if not resume and (out / CHECKPOINT_NAME).exists():
-        raise ValueError(f"{out / CHECKPOINT_NAME} exists; pass --resume to continue it or choose another out folder")
-    if int(os.environ.get("RANK", "0")) == 0:
-        atomic_write(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    meta = {"data_shape": list(data.shape[1:]), **(extra_meta(task) if extra_meta is not None else {})}
+    shape = example_shape(data) if labels is None else tuple(data.shape[1:])
+    meta = {"data_shape": list(shape), **getattr(task, "meta", {}),
+            **(extra_meta(task) if extra_meta is not None else {})}
     return fit(task, data, labels, train=train_config(cfg), seed=cfg["seed"], out=out, config=cfg, meta=meta,
-               resume=resume)
+               resume=resume, loader=loader_options(cfg), callbacks=callbacks(cfg, task, data))
 
 
 def train_from_config(cfg: dict, resume: bool = False, out=None) -> FitResult:
     """Build the run of `cfg` and `fit` it; writes `config.yaml`, `log.jsonl` and `checkpoint.safetensors` under
-    `out` (default `cfg['out']`)."""
-    return run_config(cfg, build_run, resume=resume, out=out)
+    `out` (default `cfg['out']`). `cfg['task']` picks the builder: "diffusion" (`build_run`) or "classifier"
+    (`unifusion.guidance.noise_classifier.build_classifier_run`, a noise-conditional classifier)."""
+    build = build_run
+    if cfg.get("task") == "classifier":
+        from ..guidance.noise_classifier import build_classifier_run as build
+    return run_config(cfg, build, resume=resume, out=out)
 
 
 def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
@@ -179,7 +217,7 @@ def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
     if "data_shape" not in info or "config" not in info or info.get("modules") != ["net"]:
         raise CheckpointError(f"{path} is not a diffusion-model checkpoint (no data shape / net); "
                               f"it may come from another task")
-    cfg = merge(DEFAULTS, info["config"])
+    cfg = check_config(info["config"])
     decays = info.get("ema_decays", [])
     if ema is True:
         prefix = "ema0.net." if decays else "model.net."
@@ -196,5 +234,6 @@ def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
     except (RuntimeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not match its config: {str(e).splitlines()[0]}") from None
     denoiser.config, denoiser.data_shape = cfg, tuple(info["data_shape"])
+    denoiser.data_bound = info.get("data_bound")  # max |x0| of the training data (None in older checkpoints)
     denoiser.checkpoint_step = int(info["step"])
     return denoiser.to(device).eval().requires_grad_(False)
