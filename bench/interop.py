@@ -1,6 +1,6 @@
 """diffusers interop benchmark: unifusion's samplers driving diffusers models, against diffusers' own schedulers.
 
-    unifusion train digits_diffusers                                               # the model (about an hour, 1 core)
+    unifusion train digits_diffusers                                               # the model (about 5 minutes, 1 core)
     .venv/bin/python bench/interop.py [--run runs/digits_diffusers] [--starts 256]
     .venv/bin/python bench/interop.py --quick --out DIR                            # a smoke run (the tests)
 

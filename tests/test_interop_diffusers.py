@@ -17,9 +17,10 @@ import torch
 import diffusers
 import transformers
 
+from bench_scripts import load_bench
 from unifusion import grids
 from unifusion.cli import main
-from unifusion.interop.diffusers import (classifier_free, denoiser_from_diffusers, export_pipeline,
+from unifusion.interop.diffusers import (classifier_free_kwargs, denoiser_from_diffusers, export_pipeline,
                                          process_from_scheduler_config, sample_pipeline, scheduler_config_from_process,
                                          scheduler_sigmas, target_from_prediction_type)
 from unifusion.processes import DDPM, VP
@@ -198,28 +199,16 @@ def test_classifier_free_is_one_batched_call_and_linear():
     def den(x, sigma, y):
         calls.append(x.shape[0])
         return x * y[:, None]
-    g = classifier_free(den, 3.0, {"y": torch.tensor([2.0, 2.0])}, {"y": torch.tensor([1.0, 1.0])})
+    g = classifier_free_kwargs(den, 3.0, {"y": torch.tensor([2.0, 2.0])}, {"y": torch.tensor([1.0, 1.0])})
     x = torch.randn(2, 4)
     torch.testing.assert_close(g(x, torch.ones(2)), x * (1 + 3.0 * (2 - 1)))
     assert calls == [4]
 
 
 # ---- a tiny Stable Diffusion pipeline --------------------------------------------------------------------------
-def load_bench():
-    """bench/interop.py as a module (it is a script, not part of the package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "bench" / "interop.py"
-    spec = importlib.util.spec_from_file_location("interop_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return load_bench()
+    return load_bench("interop")
 
 
 @pytest.fixture(scope="module")

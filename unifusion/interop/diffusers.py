@@ -29,13 +29,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import grids
+from ..guidance.transforms import check_scale
 from ..parametrization import Denoiser
 from ..processes import DDPM, DDPM_SCHEDULES, ddpm_betas, zero_terminal_snr_betas
 from ..utils import atomic_write_dir, check_choice, check_positive_int
 
 __all__ = [
     "PREDICTION_TYPES", "process_from_scheduler_config", "target_from_prediction_type", "scheduler_sigmas",
-    "DiffusersNet", "denoiser_from_diffusers", "classifier_free", "sample_pipeline", "load_pipeline",
+    "DiffusersNet", "denoiser_from_diffusers", "classifier_free_kwargs", "sample_pipeline", "load_pipeline",
     "DiffusersUNet2D", "scheduler_config_from_process", "check_exportable", "export_pipeline",
 ]
 
@@ -177,9 +178,11 @@ def _cat(a, b):
     return a
 
 
-def classifier_free(denoiser, scale: float, cond: dict, uncond: dict):
-    """Classifier-free guidance (Ho & Salimans 2022): `D_w = D(x | uncond) + scale (D(x | cond) - D(x | uncond))`,
-    both in one call on the doubled batch. Linear in the prediction, so it equals guidance on eps or v.
+def classifier_free_kwargs(denoiser, scale: float, cond: dict, uncond: dict):
+    """Classifier-free guidance (Ho & Salimans 2022) between two sets of model keyword arguments (text embeddings,
+    `added_cond_kwargs`): `D_w = D(x | uncond) + scale (D(x | cond) - D(x | uncond))`, both in one call on the doubled
+    batch. Linear in the prediction, so it equals guidance on eps or v. Class labels (-1 = no label) have
+    `unifusion.guidance.classifier_free`.
 
     Args:
         denoiser: a VE-coordinate denoiser `D(x, sigma, **kwargs)`.
@@ -281,8 +284,9 @@ def sample_pipeline(pipe, prompt=None, prompt_embeds=None, negative_prompt=None,
         prompt_embeds, negative_prompt_embeds: precomputed text embeddings instead.
         sampler:         a name in `unifusion.samplers.SAMPLERS` (default `DEFAULT_SAMPLER`).
         steps:           grid levels (the sampler's NFE depends on the method).
-        guidance:        classifier-free guidance weight w in one batched call (`classifier_free`); default 7.5 for
-                         text pipelines; 1 (or None) means no guidance. Unconditional pipelines take none.
+        guidance:        classifier-free guidance weight w >= 0 in one batched call (`classifier_free_kwargs`);
+                         default 7.5 for text pipelines; 1 is the conditional model alone, 0 the unconditional one (the
+                         pipeline itself guides only for w > 1). Unconditional pipelines take none.
         generator:       `torch.Generator` for the initial noise and the stochastic samplers.
         grid:            None: the sampler's `RECOMMENDED` grid over the process's sigma~ range; "scheduler": the
                          pipeline scheduler's own grid (`scheduler_sigmas`, e.g. DDIM's "leading" timesteps); a
@@ -307,19 +311,17 @@ def sample_pipeline(pipe, prompt=None, prompt_embeds=None, negative_prompt=None,
     text = getattr(pipe.unet.config, "cross_attention_dim", None) is not None
     if not text and guidance not in (None, 1, 1.0):
         raise ValueError(f"guidance={guidance!r}: {type(pipe).__name__} is unconditional, there is nothing to guide")
-    w = (7.5 if text else 1.0) if guidance is None else float(guidance)
-    if not (math.isfinite(w) and w >= 0):
-        raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
+    w = (7.5 if text else 1.0) if guidance is None else check_scale(guidance, "guidance")
     device, dtype = pipe.unet.device, pipe.unet.dtype
     cond, uncond, batch = _conditioning(pipe, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
-                                        num_images_per_prompt, w > 1, device)
+                                        num_images_per_prompt, w != 1, device)
     denoiser = denoiser_from_diffusers(pipe.unet, pipe.scheduler)
     process = denoiser.process
     if isinstance(grid, str) and grid == "scheduler":
         sigmas = scheduler_sigmas(process, pipe.scheduler, steps)
     else:
         sigmas = make_grid(process, name, grid, steps, process.sigma_ve_min, process.sigma_ve_max)
-    model = classifier_free(denoiser, w, cond, uncond) if w > 1 else \
+    model = classifier_free_kwargs(denoiser, w, cond, uncond) if w != 1 else \
         (lambda x, sigma, **kw: denoiser(x, sigma, **cond, **kw))
     z = _initial_noise(pipe, batch, height, width, dtype, device, generator, latents)
     s0, s_end = float(sigmas[0]), float(sigmas[-1])
