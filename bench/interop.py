@@ -1,7 +1,7 @@
 """diffusers interop benchmark: unifusion's samplers driving diffusers models, against diffusers' own schedulers.
 
     unifusion train digits_diffusers                                               # the model (about 5 minutes, 1 core)
-    .venv/bin/python bench/interop.py [--run runs/digits_diffusers] [--starts 256]
+    .venv/bin/python bench/interop.py [--run runs/digits_diffusers] [--starts 64] [--rtol 1e-6]
     .venv/bin/python bench/interop.py --quick --out DIR                            # a smoke run (the tests)
 
 1. Overhead: wall time per step of `sample_pipeline` on a tiny random Stable Diffusion pipeline (UNet2DConditionModel,
@@ -12,7 +12,10 @@
    1x8x8 digits, DDPM linear betas, eps-prediction) exported with `unifusion export --diffusers`, loaded back with
    `DDPMPipeline.from_pretrained` and wrapped by `denoiser_from_diffusers`. Every method starts from the same
    `x_T ~ N(0, I)` at t = 999 (sigma~ = 157) and ends at sigma = 0; the reference is unifusion's adaptive `dopri5`
-   at rtol 1e-7 to sigma~(0) = 0.01 followed by the final step `x = D(x, 0.01)` (checked against rtol 1e-8).
+   at rtol 1e-6 to sigma~(0) = 0.01 followed by the final step `x = D(x, 0.01)` (checked against rtol 1e-7 on 8
+   starts). The discrete process's sigma~(t) is piecewise log-linear between the 1000 timesteps, so the ODE's
+   right-hand side has a kink at every integer t and the reference needs thousands of NFE (about 3000 at rtol
+   1e-6, twice that per decade tighter; float64 on one CPU thread): 64 starts keep it to minutes.
    Error: relative RMS `sqrt(mean |x - ref|^2 / mean |ref|^2)`. unifusion's default sampler (`hybrid` on its tuned
    grid) against every diffusers multistep/ODE scheduler in several configurations (spacings, Karras sigmas, final
    sigma), the best per NFE.
@@ -171,7 +174,8 @@ def reference(denoiser, x: torch.Tensor, s_max: float, s_min: float, rtol: float
     return out, counted.nfe
 
 
-def endpoint_errors(folder: Path, starts: int, seed: int = 0, rtol: float = 1e-7, nfes=NFES, log=print) -> dict:
+def endpoint_errors(folder: Path, starts: int, seed: int = 0, rtol: float = 1e-6, nfes=NFES, log=print,
+                    check_starts: int = 8) -> dict:
     """The PF-ODE table on the diffusers pipeline folder `folder` (float64 throughout)."""
     import diffusers
 
@@ -186,8 +190,8 @@ def endpoint_errors(folder: Path, starts: int, seed: int = 0, rtol: float = 1e-7
     x0 = z * math.sqrt(1.0 + s_max * s_max)
     t0 = time.perf_counter()
     ref, ref_nfe = reference(denoiser, x0, s_max, s_min, rtol)
-    check, check_nfe = reference(denoiser, x0[:32], s_max, s_min, rtol * 0.1)
-    ref_err = rel_rms(ref[:32], check)
+    check, check_nfe = reference(denoiser, x0[:check_starts], s_max, s_min, rtol * 0.1)
+    ref_err = rel_rms(ref[:check_starts], check)
     log(f"reference: dopri5 rtol {rtol:g}, {ref_nfe} NFE, {time.perf_counter() - t0:.0f} s; "
         f"against rtol {rtol * 0.1:g} ({check_nfe} NFE): {ref_err:.2e}")
     rows = []
@@ -215,7 +219,8 @@ def endpoint_errors(folder: Path, starts: int, seed: int = 0, rtol: float = 1e-7
         peer = min(peers, key=lambda r: r["error"])
         best[nfe] = {"ours": ours, "best_diffusers": peer, "ratio": ours["error"] / peer["error"]}
     return {"starts": starts, "seed": seed, "sigma_max": s_max, "sigma_min": s_min, "nfes": list(nfes),
-            "reference": {"rtol": rtol, "nfe": ref_nfe, "error_vs_tighter": ref_err}, "rows": rows,
+            "reference": {"rtol": rtol, "nfe": ref_nfe, "error_vs_tighter": ref_err, "checked_starts": check_starts},
+            "rows": rows,
             "best": {str(k): v for k, v in best.items()}}
 
 
@@ -250,7 +255,8 @@ def markdown(res: dict) -> str:
     lines += ["", "## PF-ODE endpoint error on a trained diffusers-format digits model", "",
               f"{e['starts']} starts, sigma~ {e['sigma_max']:.1f} -> {e['sigma_min']:.4f} -> 0, float64; reference: "
               f"dopri5 rtol {e['reference']['rtol']:g} ({e['reference']['nfe']} NFE), "
-              f"{e['reference']['error_vs_tighter']:.1e} from rtol {e['reference']['rtol'] * 0.1:g}. "
+              f"{e['reference']['error_vs_tighter']:.1e} from rtol {e['reference']['rtol'] * 0.1:g} on "
+              f"{e['reference']['checked_starts']} starts. "
               "Relative RMS endpoint error.", "",
               "| NFE | unifusion (default sampler) | best diffusers scheduler | its error | ratio |",
               "|---:|---:|---|---:|---:|"]
@@ -273,7 +279,9 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="runs/digits_diffusers", help="a trained digits_diffusers run")
-    ap.add_argument("--starts", type=int, default=256, help="starting points of the endpoint-error table")
+    ap.add_argument("--starts", type=int, default=64, help="starting points of the endpoint-error table")
+    ap.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance of the dopri5 reference (checked "
+                                                             "against rtol / 10 on 8 starts)")
     ap.add_argument("--steps", type=int, default=20, help="steps of the overhead comparison")
     ap.add_argument("--quick", action="store_true", help="untrained tiny model, few starts (a smoke test)")
     ap.add_argument("--out", default=str(RESULTS), help="folder for interop.md / interop.json")
@@ -293,7 +301,7 @@ def main(argv=None) -> int:
         res = {"command": command.strip(), "machine": f"torch {torch.__version__}, 1 CPU thread",
                "overhead": overhead(steps=4 if args.quick else args.steps, repeat=1 if args.quick else 7),
                "endpoint": endpoint_errors(folder, 4, rtol=1e-3, nfes=(5,)) if args.quick else
-               endpoint_errors(folder, args.starts)}
+               endpoint_errors(folder, args.starts, rtol=args.rtol)}
     out = Path(args.out)
     atomic_write(out / "interop.json", json.dumps(res, indent=2))
     atomic_write(out / "interop.md", markdown(res))

@@ -312,7 +312,8 @@ def sample_pipeline(pipe, prompt=None, prompt_embeds=None, negative_prompt=None,
     if not text and guidance not in (None, 1, 1.0):
         raise ValueError(f"guidance={guidance!r}: {type(pipe).__name__} is unconditional, there is nothing to guide")
     w = (7.5 if text else 1.0) if guidance is None else check_scale(guidance, "guidance")
-    device, dtype = pipe.unet.device, pipe.unet.dtype
+    weight = next(pipe.unet.parameters())  # (ModelMixin's .device / .dtype walk every module: slow)
+    device, dtype = weight.device, weight.dtype
     cond, uncond, batch = _conditioning(pipe, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
                                         num_images_per_prompt, w != 1, device)
     denoiser = denoiser_from_diffusers(pipe.unet, pipe.scheduler)
