@@ -1,10 +1,10 @@
 """Callbacks: what a training run does besides its steps, as objects `fit` calls at fixed points.
 
 Owns the `Callback` interface and the built-in callbacks: `JsonlLog` (the run's `log.jsonl`, mirrored to
-TensorBoard with `train.tensorboard`), `SamplePreview` (a PNG grid of samples every N steps) and `Eval` (metrics
-every N steps, logged). A user adds Weights & Biases, MLflow or anything else by passing a callback to
-`fit(..., callbacks=[...])`; the loop itself stays unchanged. Every callback runs on every process; the built-ins
-write only on the main one (`run.is_main`).
+TensorBoard with `train.tensorboard`), `ProgressBar` (tqdm, with `train.progress`), `SamplePreview` (a PNG grid of
+samples every N steps) and `Eval` (metrics every N steps, logged). A user adds Weights & Biases, MLflow or anything
+else by passing a callback to `fit(..., callbacks=[...])`; the loop itself stays unchanged. Every callback runs on
+every process; the built-ins write only on the main one (`run.is_main`).
 
 `run` (a `Run`) is what a callback sees: `step`, `task`, `ema`, `train`, `seed`, `out`, `config`, `dist`,
 `is_main`, `data_shape`, and `log(record)` to add a record to the run's log (every callback's `on_log` sees it).
@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from tqdm.auto import tqdm
 
-__all__ = ["Callback", "Run", "JsonlLog", "SamplePreview", "Eval", "ema_denoiser", "evaluating",
+__all__ = ["Callback", "Run", "JsonlLog", "ProgressBar", "SamplePreview", "Eval", "ema_denoiser", "evaluating",
            "sliced_wasserstein_eval"]
 
 
@@ -78,6 +79,30 @@ class JsonlLog(Callback):
 
     def on_end(self, run):
         self.logger.close()
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the run's steps on the main process, with the loss of the last log line."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_start(self, run):
+        if run.is_main:
+            self.bar = tqdm(total=run.train.steps, initial=run.step, unit="step", dynamic_ncols=True)
+
+    def on_step(self, run):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_log(self, run, record):
+        if self.bar is not None and "event" not in record and "loss" in record:
+            self.bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
+
+    def on_end(self, run):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def ema_denoiser(task, ema, decay_index: int = 0):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from ..data.loader import (LoaderError, LoaderOptions, StepLoader, check_loader_
                            is_worker_death, loader_failure, to_device)
 from ..schema import plain, register_section
 from ..utils import atomic_write, check_choice, check_positive_int, remove_stale_temps
-from .callbacks import JsonlLog, Run
+from .callbacks import JsonlLog, ProgressBar, Run
 from .distributed import DistInfo, DistributedFailure, barrier, init_distributed, raise_peer_failure
 from .ema import EMA
 from .logs import JsonlLogger
@@ -280,79 +281,84 @@ def fit(task, data, labels: torch.Tensor | None = None, *, train: TrainConfig | 
     start = restore_state(ckpt_path, state, step) if state is not None else 0
     logs = [JsonlLog(_open_run_folder(out, config, start if resume else None, train.tensorboard))] \
         if (out is not None and dist.is_main) else []
-    run = Run(task, train, seed, dist, out, config, step.ema, shape, start, logs + list(callbacks))
+    bar = [ProgressBar()] if train.progress else []
+    run = Run(task, train, seed, dist, out, config, step.ema, shape, start, logs + bar + list(callbacks))
     batches = StepLoader(dataset, batch_size=train.batch_size, grad_accum=train.grad_accum, rank=dist.rank,
                          world_size=dist.world_size, seed=seed, start=start, stop=train.steps,
                          num_workers=opts.num_workers, prefetch=opts.prefetch, pin_memory=dist.device.type == "cuda")
     info = dict(meta or {}, seed=seed, config=config, micro_batches=n_micro, world_size=dist.world_size,
                 ema_decays=list(train.ema_decays), modules=sorted(task.modules))
-    last_good = (ckpt_path, start) if start else (None, 0)
-
-    def where() -> str:
-        return (f"last checkpoint: {last_good[0]} (step {last_good[1]})" if last_good[0] is not None
-                else "no checkpoint was written yet")
-
-    def diverged(bad: int, value: str = "NaN or Inf") -> TrainingDiverged:
-        run.log({"step": bad, "event": "diverged", "loss": value})
-        return TrainingDiverged(f"loss became {value} at step {bad}; stopped without applying it; {where()}")
-
-    bar = None
-    if dist.is_main and train.progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=train.steps, initial=start, unit="step", dynamic_ncols=True)
-    history, window, result_loss = [], _Window(dist.device), float("nan")
+    ckpts = _Checkpoints(ckpt_path, start, step, info, batches, opts.x_flip)
+    history, window = [], _Window(dist.device)
     step.train_mode()
-    for cb in run.callbacks:
-        cb.on_start(run)
-    left_out = getattr(dataset, "skipped", None)
-    if left_out:                                   # unreadable files a reader left out when it opened the data
-        run.log({"step": start, "event": "unreadable_skipped", "count": len(left_out), "first": str(left_out[0])})
-    try:
+    with _reported_failures(run, ckpts):
+        for cb in run.callbacks:
+            cb.on_start(run)
+        left_out = getattr(dataset, "skipped", None)
+        if left_out:                               # unreadable files a reader left out when it opened the data
+            run.log({"step": start, "event": "unreadable_skipped", "count": len(left_out), "first": str(left_out[0])})
         for s, micro_batches, skipped in _on_device(batches, train, dist, seed, opts.x_flip, step.memory_format):
             loss, gnorm = step(s, micro_batches)
             window.add(loss)
             run.step = s + 1
-            if bar is not None:
-                bar.update(1)
             log_now = due(run.step, train.log_every, train.steps)
             ckpt_now = ckpt_path is not None and due(run.step, train.ckpt_every, train.steps)
-            if log_now or ckpt_now:
-                bad = step.first_nonfinite()                     # the GPU's deferred check, before anything is kept
-                if bad is not None:
-                    raise diverged(bad)
+            if (log_now or ckpt_now) and (bad := step.first_nonfinite()) is not None:
+                raise NonFiniteLoss(bad, "NaN or Inf")           # the GPU's deferred check, before anything is kept
             if log_now:
-                rec = window.record(run.step, train.lr_at(s), gnorm, train.batch_size, skipped)
-                result_loss = rec["loss"]
-                history.append(rec)
-                run.log(rec)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{result_loss:.4g}", refresh=False)
+                history.append(window.record(run.step, train.lr_at(s), gnorm, train.batch_size, skipped))
+                run.log(history[-1])
             for cb in run.callbacks:
                 cb.on_step(run)
             if ckpt_now:
-                if dist.is_main:
-                    write_state(ckpt_path, step, dict(info, step=run.step,
-                                                       data=dict(batches.position(run.step), x_flip=opts.x_flip)))
-                barrier()
-                last_good = (ckpt_path, run.step)
-                for cb in run.callbacks:
-                    cb.on_checkpoint(run, ckpt_path)
+                ckpts.write(run)
+    loss = history[-1]["loss"] if history else float("nan")
+    return FitResult(max(start, train.steps), loss, ckpts.last[0], step.ema, history)
+
+
+class _Checkpoints:
+    """The run's checkpoints: writes one (main process) and tells the others (a barrier, then `on_checkpoint`),
+    and names the last good one for error messages."""
+
+    def __init__(self, path: Path | None, start: int, step: TrainStep, info: dict, batches: StepLoader,
+                 x_flip: bool):
+        self.path, self.step, self.info, self.batches, self.x_flip = path, step, info, batches, x_flip
+        self.last = (path, start) if start else (None, 0)
+
+    def where(self) -> str:
+        return (f"last checkpoint: {self.last[0]} (step {self.last[1]})" if self.last[0] is not None
+                else "no checkpoint was written yet")
+
+    def write(self, run: Run) -> None:
+        if run.is_main:
+            data = dict(self.batches.position(run.step), x_flip=self.x_flip)
+            write_state(self.path, self.step, dict(self.info, step=run.step, data=data))
+        barrier()
+        self.last = (self.path, run.step)
+        for cb in run.callbacks:
+            cb.on_checkpoint(run, self.path)
+
+
+@contextmanager
+def _reported_failures(run: Run, ckpts: _Checkpoints):
+    """The errors of a running loop as `fit` documents them (each naming the last checkpoint); the callbacks'
+    `on_end` in every case."""
+    try:
+        yield
     except NonFiniteLoss as e:
-        raise diverged(e.step, str(e.value)) from None
+        run.log({"step": e.step, "event": "diverged", "loss": str(e.value)})
+        raise TrainingDiverged(f"loss became {e.value} at step {e.step}; stopped without applying it; "
+                               f"{ckpts.where()}") from None
     except LoaderError as e:
-        raise LoaderError(f"{e}; {where()}") from e
+        raise LoaderError(f"{e}; {ckpts.where()}") from e
     except RuntimeError as e:
         if is_worker_death(e):                              # torch's SIGCHLD handler, raised wherever we were
-            raise LoaderError(f"{loader_failure(e, run.step + 1)}; {where()}") from e
-        raise_peer_failure(e, dist.rank, train.dist_timeout)
+            raise LoaderError(f"{loader_failure(e, run.step + 1)}; {ckpts.where()}") from e
+        raise_peer_failure(e, run.dist.rank, run.train.dist_timeout)
         raise
     finally:
-        if bar is not None:
-            bar.close()
         for cb in run.callbacks:
             cb.on_end(run)
-    done = max(start, train.steps)
-    return FitResult(done, result_loss, last_good[0], step.ema, history)
 
 
 def _open_run_folder(out: Path, config: dict, resume_step: int | None, tensorboard: bool) -> JsonlLogger:
