@@ -283,31 +283,33 @@ class DDPM(_VariancePreserving):
                  schedule: str = "linear", betas=None, rescale_zero_terminal_snr: bool = False,
                  interpolation: str = "log_linear"):
         check_choice(interpolation, "interpolation", DDPM_INTERPOLATIONS)
-        if betas is None:
-            check_choice(schedule, "schedule", DDPM_SCHEDULES)
-            if schedule != "squaredcos_cap_v2" and not (0 < beta_start < beta_end < 1):
-                raise ValueError(f"DDPM needs 0 < beta_start < beta_end < 1, got {beta_start!r}, {beta_end!r}")
-            if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 2:
-                raise ValueError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
-            betas = ddpm_betas(schedule, beta_start, beta_end, num_timesteps)
-        else:
-            betas, schedule = _check_betas(betas), "custom"
-        if rescale_zero_terminal_snr:
-            betas = zero_terminal_snr_betas(betas)
-        self.betas, self.schedule, self.interpolation = betas, schedule, interpolation
-        self.beta_start, self.beta_end = (float(beta_start), float(beta_end)) if schedule != "custom" else (None, None)
-        self.rescale_zero_terminal_snr = bool(rescale_zero_terminal_snr)
-        self.num_timesteps = n = betas.shape[0]
-        log_abar = torch.cumsum(torch.log1p(-betas), 0)
-        self.alphas_cumprod = torch.exp(log_abar)
-        # log sigma~_i = 1/2 log((1 - abar_i) / abar_i) = 1/2 log(expm1(-log abar_i)); a zero abar gets the floor.
-        if torch.isinf(log_abar[-1]):  # zero terminal SNR: the floor, or the last finite step repeated if lower
-            floor = math.log(TERMINAL_ALPHA_CUMPROD)
-            log_abar[-1] = floor if floor < log_abar[-2] else log_abar[-2] + torch.log1p(-betas[-2])
-        self.log_sigmas = 0.5 * torch.log(torch.expm1(-log_abar))
-        if not (self.log_sigmas[1:] > self.log_sigmas[:-1]).all():
-            raise ValueError("betas must make sigma~ strictly increasing (0 < beta_i, the last alpha-bar above "
-                             f"{TERMINAL_ALPHA_CUMPROD:g} unless it is exactly 0)")
+        with torch.device("cpu"):  # the tables are CPU constants, whatever the default device (meta, cuda)
+            if betas is None:
+                check_choice(schedule, "schedule", DDPM_SCHEDULES)
+                if schedule != "squaredcos_cap_v2" and not (0 < beta_start < beta_end < 1):
+                    raise ValueError(f"DDPM needs 0 < beta_start < beta_end < 1, got {beta_start!r}, {beta_end!r}")
+                if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 2:
+                    raise ValueError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
+                betas = ddpm_betas(schedule, beta_start, beta_end, num_timesteps)
+            else:
+                betas, schedule = _check_betas(betas), "custom"
+            if rescale_zero_terminal_snr:
+                betas = zero_terminal_snr_betas(betas)
+            self.betas, self.schedule, self.interpolation = betas, schedule, interpolation
+            custom = schedule == "custom"
+            self.beta_start, self.beta_end = (None, None) if custom else (float(beta_start), float(beta_end))
+            self.rescale_zero_terminal_snr = bool(rescale_zero_terminal_snr)
+            self.num_timesteps = n = betas.shape[0]
+            log_abar = torch.cumsum(torch.log1p(-betas), 0)
+            self.alphas_cumprod = torch.exp(log_abar)
+            # log sigma~_i = 1/2 log((1 - abar_i) / abar_i) = 1/2 log(expm1(-log abar_i)); a zero abar gets the floor.
+            if torch.isinf(log_abar[-1]):  # zero terminal SNR: the floor, or the last finite step repeated if lower
+                floor = math.log(TERMINAL_ALPHA_CUMPROD)
+                log_abar[-1] = floor if floor < log_abar[-2] else log_abar[-2] + torch.log1p(-betas[-2])
+            self.log_sigmas = 0.5 * torch.log(torch.expm1(-log_abar))
+            if not (self.log_sigmas[1:] > self.log_sigmas[:-1]).all():
+                raise ValueError("betas must make sigma~ strictly increasing (0 < beta_i, the last alpha-bar above "
+                                 f"{TERMINAL_ALPHA_CUMPROD:g} unless it is exactly 0)")
         self.t_min, self.t_max = 0.0, float(n - 1)
         self._tables: dict = {}
 
