@@ -246,6 +246,18 @@ def test_every_sampler_drives_the_pipeline(sd_pipe, sampler):
     assert len(pil) == 1 and pil[0].size == (16, 16)
 
 
+def test_guidance_weight_zero_is_the_unconditional_model(sd_pipe):
+    pe, npe = embeds()
+    kw = dict(sampler="ddim", grid="scheduler", steps=3, output_type="latent", progress=False)
+    w0 = sample_pipeline(sd_pipe, prompt_embeds=pe, negative_prompt_embeds=npe, guidance=0.0,
+                         generator=torch.Generator().manual_seed(0), **kw)
+    uncond = sample_pipeline(sd_pipe, prompt_embeds=npe, guidance=1.0, generator=torch.Generator().manual_seed(0), **kw)
+    cond = sample_pipeline(sd_pipe, prompt_embeds=pe, guidance=1.0, generator=torch.Generator().manual_seed(0), **kw)
+    assert rel(w0, uncond) < 1e-5 and rel(cond, uncond) > 1e-3
+    with pytest.raises(ValueError, match="guidance must be a finite number >= 0"):
+        sample_pipeline(sd_pipe, prompt_embeds=pe, negative_prompt_embeds=npe, guidance=-1.0, **kw)
+
+
 def test_sample_pipeline_bad_input(sd_pipe, unet):
     pe, npe = embeds()
     with pytest.raises(ValueError, match="tokenizer"):
