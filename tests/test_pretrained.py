@@ -35,6 +35,11 @@ def test_round_trip_holds_only_the_weights_and_needs_no_run(run, tmp_path):
     x, s = torch.randn(5, 2), torch.full((5,), 3.0)
     torch.testing.assert_close(again(x, s), model(x, s), rtol=0, atol=0)
     assert again.data_shape == (2,) and isinstance(again.process, VP) and not again.training
+    assert model.data_bound is not None and again.data_bound == model.data_bound     # generate clips to it
+    assert again.config["sample"] == model.config["sample"]
+    with pytest.raises(ValueError, match="latent diffusion model"):
+        save_pretrained(model, tmp_path / "latent", config={**model.config, "latent": {"autoencoder": "runs/ae"}})
+    assert not (tmp_path / "latent").exists()
     assert main(["sample", str(moved), "--n", "4", "--steps", "3", "--sampler", "euler",
                  "--out", str(tmp_path / "s.npz")]) == 0          # load_model reads pretrained folders too
 
