@@ -567,5 +567,17 @@ def main(argv=None) -> int:
     return run_cli(f"unifusion {args.command}", args.func, args)
 
 
+def console() -> None:
+    """The `unifusion` command: `main()`, then exit with its code. A failed process of a DDP group exits at once
+    (`os._exit`, after flushing): with a peer gone its process group's threads cannot be joined, and the C++ teardown
+    would abort with a message of its own after the one-line error."""
+    code = main()
+    if code and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
