@@ -101,3 +101,10 @@ def test_hybrid_switch_table_interpolation():
     assert 0.05 < grids.hybrid_switch(40) < 0.1
     with pytest.raises(ValueError, match="-3"):
         grids.hybrid_switch(-3)
+
+
+def test_ddim_timesteps_keep_linspace_fractions_when_asked():
+    ts = grids.ddim_timesteps(1000, 8, "linspace", integer=False)
+    assert ts.dtype == torch.float64
+    torch.testing.assert_close(ts, torch.linspace(0, 999, 8, dtype=torch.float64).flip(0), rtol=0, atol=1e-12)
+    assert torch.equal(grids.ddim_timesteps(1000, 8, "linspace"), torch.round(ts).to(torch.int64))

@@ -129,7 +129,7 @@ def test_class_labels_and_label_dropout():
 def test_build_net_from_config_values():
     net = build_net("unet", img_resolution=8, in_channels=1, model_channels=16, channel_mult=[1, 2],
                     attn_resolutions=[4], num_classes=10)
-    assert isinstance(net, UNet) and set(NETS) == {"mlp", "unet", "mixture_oracle"}
+    assert isinstance(net, UNet) and set(NETS) == {"mlp", "unet", "mixture_oracle", "diffusers_unet2d"}
     assert isinstance(build_net("mlp", dim=64, hidden=64), MLP)
     with pytest.raises(ValueError, match="'resnet' is not one of"):
         build_net("resnet")

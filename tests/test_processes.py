@@ -22,9 +22,11 @@ def vdm_learned(hidden: int = 32, seed: int = 3) -> VDM:
     return p.requires_grad_(False)
 
 
-ALL = [DDPM(), VP(), VPCosine(), SubVP(), VE(), EDM(), RectifiedFlow(), vdm_learned(),
-       VDM(shape="vp").requires_grad_(False)]
-IDS = [p.name for p in ALL[:-2]] + ["vdm-learned", "vdm-vp-shape"]
+ALL = [DDPM(), VP(), VPCosine(), SubVP(), VE(), EDM(), RectifiedFlow(),
+       DDPM(interpolation="linear"), DDPM(schedule="squaredcos_cap_v2"),
+       DDPM(0.00085, 0.012, schedule="scaled_linear", rescale_zero_terminal_snr=True),
+       vdm_learned(), VDM(shape="vp").requires_grad_(False)]
+IDS = [p.name for p in ALL[:7]] + ["ddpm-linear-interp", "ddpm-cosine", "ddpm-zero-snr", "vdm-learned", "vdm-vp-shape"]
 
 
 def interior(p, n=64):
@@ -124,6 +126,57 @@ def test_ddpm_scaled_linear_schedule():
     p = DDPM(0.00085, 0.012, schedule="scaled_linear")
     betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
     np.testing.assert_allclose(p.alpha(999.0).item() ** 2, np.prod(1 - betas), rtol=1e-12)
+
+
+def test_ddpm_cosine_betas_are_nichol_and_dhariwal_discretised():
+    p = DDPM(schedule="squaredcos_cap_v2")
+    i = np.arange(1000)
+    f = np.cos(((i + 1) / 1000 + 0.008) / 1.008 * np.pi / 2) ** 2
+    abar = f / np.cos(0.008 / 1.008 * np.pi / 2) ** 2
+    clipped = int(np.argmax(1 - abar[1:] / abar[:-1] > 0.999)) + 1  # improved DDPM caps beta at 0.999
+    np.testing.assert_allclose(p.alphas_cumprod.numpy()[:clipped], abar[:clipped], rtol=1e-11)
+    assert float(p.betas.max()) == pytest.approx(0.999) and clipped > 990
+
+
+def test_ddpm_linear_interpolation_is_linear_in_sigma():
+    p = DDPM(interpolation="linear")
+    mid = torch.tensor([10.5, 500.25], dtype=torch.float64)
+    lo, hi = p.sigma_ve(torch.floor(mid)), p.sigma_ve(torch.ceil(mid))
+    torch.testing.assert_close(p.sigma_ve(mid), lo + (mid - torch.floor(mid)) * (hi - lo), rtol=1e-13, atol=0)
+    t = torch.arange(1000, dtype=torch.float64)
+    torch.testing.assert_close(p.sigma_ve(t), DDPM().sigma_ve(t), rtol=1e-13, atol=0)  # the same at integers
+
+
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_ddpm_zero_terminal_snr_is_lin_et_al_algorithm_1(schedule):
+    kw = {"beta_start": 0.00085, "beta_end": 0.012} if schedule == "scaled_linear" else {}
+    old, new = DDPM(schedule=schedule, **kw), DDPM(schedule=schedule, rescale_zero_terminal_snr=True, **kw)
+    a, a0, aT = old.alphas_cumprod.sqrt(), old.alphas_cumprod[0].sqrt(), old.alphas_cumprod[-1].sqrt()
+    torch.testing.assert_close(new.alphas_cumprod.sqrt(), (a - aT) * a0 / (a0 - aT), rtol=1e-9, atol=1e-15)
+    assert new.alphas_cumprod[-1] == 0 and new.alphas_cumprod[0] == pytest.approx(float(old.alphas_cumprod[0]))
+    # sigma~ is infinite at t = N-1: the process stops at the largest finite level, 4096 (or the last step repeated)
+    s = new.sigma_ve(new.timesteps_tensor())
+    assert torch.isfinite(s).all() and (s[1:] > s[:-1]).all() and new.sigma_ve_max == float(s[-1])
+    if float(new.alphas_cumprod[-2]) > 2.0 ** -24:
+        assert new.sigma_ve_max == pytest.approx(math.sqrt(2.0 ** 24 - 1), rel=1e-12)
+    assert new.t_from_sigma_ve(new.sigma_ve_max) == pytest.approx(999.0, abs=1e-9)
+
+
+def test_ddpm_from_betas_and_alphas_cumprod():
+    p = DDPM(0.00085, 0.012, schedule="scaled_linear")
+    q = DDPM.from_alphas_cumprod(p.alphas_cumprod)
+    torch.testing.assert_close(q.log_sigmas, p.log_sigmas, rtol=0, atol=1e-13)
+    r = DDPM(betas=p.betas.tolist(), interpolation="linear")
+    assert r.schedule == "custom" and r.interpolation == "linear" and r.num_timesteps == 1000
+    torch.testing.assert_close(r.alphas_cumprod, p.alphas_cumprod, rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        DDPM.from_alphas_cumprod([0.9, 0.95, 0.5])
+    with pytest.raises(ValueError, match="betas must lie in"):
+        DDPM(betas=[0.1, 1.0, 0.2])
+    with pytest.raises(ValueError, match="length >= 2"):
+        DDPM(betas=[0.1])
+    with pytest.raises(ValueError, match="interpolation='cubic'"):
+        DDPM(interpolation="cubic")
 
 
 # ---- stability at both ends: compare with 50-digit arithmetic ----------------------------------------

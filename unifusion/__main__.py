@@ -1,7 +1,5 @@
 """`python -m unifusion ...` is the `unifusion` command (see `unifusion.cli`)."""
-import sys
-
-from .cli import main
+from .cli import console
 
 if __name__ == "__main__":      # guarded: spawned worker processes (the demo's trainers) re-import this module
-    sys.exit(main())
+    console()

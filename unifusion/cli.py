@@ -12,6 +12,8 @@ the run's `train.threads`. Subcommands:
                                                                    train a model (DDP: N processes, or `torchrun`)
     sample  CHECKPOINT [--sampler S] [--grid G] [--steps N] [--option KEY=VALUE ...] ...
                                                                    draw samples: .npz + PNG grid / scatter
+    sample  --diffusers DIR [--prompt "..."] [--sampler S] ...     a diffusers pipeline folder (unifusion.interop.cli)
+    export  RUN [--diffusers DIR] [--pretrained DIR]               a run as a diffusers / pretrained folder
     eval    SAMPLES.npz | CHECKPOINT [--n N] ...                   metrics with their noise floors
     demo    [--out runs/demo] [--quick]                             VP vs VE on digits, end to end
     nll     RUN [--data test] [--hutchinson K] [--steps N] [--json]   likelihoods in nats and bits/dim
@@ -336,6 +338,16 @@ def _consistency_samples(args):
 
 
 def _cmd_sample(args) -> int:
+    if args.diffusers:
+        from .interop.cli import sample_diffusers
+
+        _reject(args, {"raw": "--raw", "batch_size": "--batch-size", "sigma_min": "--sigma-min",
+                       "sigma_max": "--sigma-max", "classes": "--class", "guidance_interval": "--guidance-interval"},
+                "to --diffusers pipelines")
+        return sample_diffusers(args, _sigmas_arg(args) if args.sigmas else None)
+    if args.checkpoint is None:
+        raise UserError("the following arguments are required: checkpoint (or --diffusers DIR)")
+    _reject(args, {"prompt": "--prompt", "negative_prompt": "--negative-prompt"}, "without --diffusers")
     if args.out is not None:
         _check_out(Path(args.out), args.overwrite)
     if args.sampler == "consistency":
@@ -434,6 +446,12 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .interop.cli import export
+
+    return export(args)
+
+
 def _cmd_demo(args) -> int:
     from .demo import main as demo_main
 
@@ -479,8 +497,9 @@ def build_parser() -> ArgumentParser:
     add_nproc_argument(t)
     t.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("sample", help="draw samples from a checkpoint")
-    s.add_argument("checkpoint", help="a checkpoint file or run folder")
+    s = sub.add_parser("sample", help="draw samples from a checkpoint or a diffusers pipeline folder")
+    s.add_argument("checkpoint", nargs="?",
+                   help="a checkpoint file, run folder or pretrained folder")
     s.add_argument("--sampler", help="a name from unifusion.samplers.SAMPLERS, or 'consistency' (default: the run's "
                                      "sample.sampler, else DEFAULT_SAMPLER)")
     s.add_argument("--grid", help="a grid name (edm, geometric, log_snr, uniform_t, timesteps, ddim; default: the "
@@ -504,10 +523,22 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--class", dest="classes", metavar="C",
                    help="class-conditional sampling: a class (3), a list (3,5) or 'all'; the samples are split into "
                         "one block per class (the PNG has one row per class)")
-    s.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance scale w >= 0 "
-                                                               "(0: unconditional, 1: conditional; needs --class)")
+    s.add_argument("--guidance", type=float, metavar="W",
+                   help="classifier-free guidance scale w >= 0 (0: unconditional, 1: conditional; needs --class, "
+                        "or --diffusers with a text pipeline)")
     s.add_argument("--guidance-interval", metavar="LO,HI", help="guide only for sigma in [LO, HI] (VE sigma)")
+    s.add_argument("--diffusers", metavar="DIR", help="sample a local diffusers pipeline folder instead of a "
+                                                      "checkpoint (--out: a .png; --guidance default 7.5 for text)")
+    s.add_argument("--prompt", help="text prompt (--diffusers; needs the pipeline's tokenizer)")
+    s.add_argument("--negative-prompt", help="negative prompt (--diffusers)")
     s.set_defaults(func=_cmd_sample)
+
+    x = sub.add_parser("export", help="write a run as a diffusers DDPMPipeline and / or a unifusion pretrained folder")
+    x.add_argument("run", help="a checkpoint file or run folder")
+    x.add_argument("--diffusers", metavar="DIR", help="write a diffusers DDPMPipeline folder (net diffusers_unet2d)")
+    x.add_argument("--pretrained", metavar="DIR", help="write config.json + model.safetensors (from_pretrained)")
+    x.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    x.set_defaults(func=_cmd_export)
 
     e = sub.add_parser("eval", help="metrics of samples (.npz) or of a checkpoint, with noise floors")
     e.add_argument("samples", help="a .npz from `unifusion sample`, or a checkpoint / run folder")
@@ -561,5 +592,17 @@ def main(argv=None) -> int:
     return run_cli(f"unifusion {args.command}", args.func, args)
 
 
+def console() -> None:
+    """The `unifusion` command: `main()`, then exit with its code. A failed process of a DDP group exits at once
+    (`os._exit`, after flushing): with a peer gone its process group's threads cannot be joined, and the C++ teardown
+    would abort with a message of its own after the one-line error."""
+    code = main()
+    if code and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

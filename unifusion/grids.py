@@ -103,12 +103,16 @@ def uniform_t_grid(process: NoiseProcess, n: int, t_min: float | None = None, t_
     return _finish(process.sigma_ve(t), zero)
 
 
-def ddim_timesteps(num_train_timesteps: int, n: int, spacing: str = "leading", steps_offset: int = 0) -> torch.Tensor:
+def ddim_timesteps(num_train_timesteps: int, n: int, spacing: str = "leading", steps_offset: int = 0, *,
+                   integer: bool = True) -> torch.Tensor:
     """A descending subsequence of `n` of the `num_train_timesteps` discrete timesteps (int64), as in DDIM:
 
     * "leading":  `0, k, 2k, ...` with `k = T // n` (DDIM, Song et al. 2021; Stable Diffusion), plus `steps_offset`;
     * "trailing": `round(T - j T / n) - 1`, `j = 0..n-1`, which always includes `T - 1` (Lin et al. 2024, Table 2);
     * "linspace": `round(linspace(0, T - 1, n))` (DDPM-style even spread).
+
+    `integer=False` keeps the fractions of "linspace" (float64; diffusers' Euler-type schedulers step on them).
+    Rounding is half to even, as numpy's (and so diffusers').
     """
     T = check_positive_int(num_train_timesteps, "num_train_timesteps")
     check_positive_int(n, "n")
@@ -120,9 +124,10 @@ def ddim_timesteps(num_train_timesteps: int, n: int, spacing: str = "leading", s
     elif spacing == "trailing":
         ts = torch.round(T - torch.arange(n, dtype=torch.float64) * (T / n)) - 1
     else:
-        ts = torch.round(torch.linspace(0, T - 1, n, dtype=torch.float64))
-    ts = ts.clamp(0, T - 1).to(torch.int64)
-    return torch.sort(ts, descending=True).values
+        ts = torch.linspace(0, T - 1, n, dtype=torch.float64)
+        ts = torch.round(ts) if integer else ts
+    ts = ts.clamp(0, T - 1)
+    return torch.sort(ts.to(torch.int64) if integer else ts, descending=True).values
 
 
 def sigmas_from_timesteps(process: NoiseProcess, timesteps, *, zero: bool = True) -> torch.Tensor:

@@ -194,8 +194,9 @@ class Denoiser(nn.Module):
             out = self.net(coef(c_in, x) * x, c_noise.to(x.dtype), **cond)
             return coef(c_skip, x) * x + coef(c_out, x) * out.to(x.dtype)
         t = self.process._t_from_sigma_ve(s)
-        c = self.process._coefficients(t)
-        x_t = coef(c.alpha, x) * x
+        p = self.process  # only the flow target needs the derivatives (the SDE coefficients)
+        c = p._coefficients(t) if self.target == "flow" else (torch.exp(p._log_alpha(t)), torch.exp(p._log_sigma(t)))
+        x_t = coef(c[0], x) * x
         out = self.net(x_t, self._cond(t).to(x.dtype), **cond).to(x.dtype)
         return x0_from_target(self.target, x_t, out, *c)
 

@@ -12,7 +12,8 @@ This module owns every schedule and everything derived from one schedule in one 
 * forward sampling and the Gaussian prior.
 
 Processes (README.md has their table):
-  `DDPM` (Ho et al. 2020), `VP` (VP-SDE, Song et al. 2021), `VPCosine` (Nichol & Dhariwal 2021),
+  `DDPM` (Ho et al. 2020; linear, scaled-linear or cosine betas, Nichol & Dhariwal 2021; zero-terminal-SNR
+  rescaling, Lin et al. 2024), `VP` (VP-SDE, Song et al. 2021), `VPCosine` (Nichol & Dhariwal 2021),
   `SubVP` (Song et al. 2021), `VE` (NCSN / Score SDE VE, Song & Ermon 2019), `EDM` (Karras et al. 2022),
   `RectifiedFlow` (Liu et al. 2022; Lipman et al. 2022), `VDM` (the learned schedule of Kingma et al. 2021:
   a process that is also an `nn.Module` whose parameters train with the model).
@@ -37,7 +38,8 @@ from .utils import as_float_tensor, check_choice, check_finite, check_in_range, 
 from .schema import choice_of, register_section
 
 __all__ = [
-    "NoiseProcess", "Coefficients", "DDPM", "VP", "VPCosine", "SubVP", "VE", "EDM", "RectifiedFlow",
+    "NoiseProcess", "Coefficients", "DDPM", "DDPM_SCHEDULES", "DDPM_INTERPOLATIONS", "TERMINAL_ALPHA_CUMPROD",
+    "cosine_betas", "ddpm_betas", "zero_terminal_snr_betas", "VP", "VPCosine", "SubVP", "VE", "EDM", "RectifiedFlow",
     "VDM", "PROCESSES", "get_process",
 ]
 
@@ -214,48 +216,133 @@ def _check_range(t_min: float, t_max: float, lo: float, hi: float, name: str) ->
         raise ValueError(f"{name} needs {lo:g} <= t_min < t_max <= {hi:g}, got t_min={t_min!r}, t_max={t_max!r}")
 
 
-class DDPM(_VariancePreserving):
-    """Discrete DDPM (Ho et al. 2020): `beta_i` linear in `[beta_start, beta_end]`, `N` steps,
-    `alpha_i = sqrt(prod_{j<=i}(1 - beta_j))`, timesteps `i = 0..N-1`.
+DDPM_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+DDPM_INTERPOLATIONS = ("log_linear", "linear")
+# alpha-bar of the last timestep when zero-terminal-SNR rescaling makes it exactly 0: sigma~ there would be infinite,
+# so the continuous process (and every sampler) uses this floor, sigma~_max = sqrt(2^24 - 1) ~ 4096 (the value
+# diffusers' Euler and DPM-Solver schedulers use for the same reason); where `abar_{N-2}` is already below it, the
+# last finite step is repeated, `abar_{N-2} (1 - beta_{N-2})`, so that sigma~ stays increasing.
+TERMINAL_ALPHA_CUMPROD = 2.0 ** -24
 
-    Continuous interpolation: between integer timesteps, `log sigma~` is linear in `t` (the convention
-    of k-diffusion's `DiscreteSchedule`), so any `t in [0, N-1]` has a `sigma~`, the map is strictly
-    monotone and `t_from_sigma_ve` is its exact inverse. At integer `t` the values are the discrete ones.
-    `schedule="scaled_linear"` gives Stable Diffusion's betas (linear in sqrt(beta)).
+
+def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, eq. 17 discretised (their improved-DDPM code; diffusers' "squaredcos_cap_v2"):
+    `beta_i = min(1 - abar((i+1)/N) / abar(i/N), max_beta)` with `abar = alpha^2` of `VPCosine(s)`. Float64."""
+    t = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    log_abar = 2.0 * VPCosine(s)._log_alpha(t)
+    return (-torch.expm1(log_abar[1:] - log_abar[:-1])).clamp(max=max_beta)
+
+
+def ddpm_betas(schedule: str, beta_start: float, beta_end: float, num_timesteps: int,
+               dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The betas of a named schedule (`DDPM_SCHEDULES`) in `dtype` (diffusers computes them in float32):
+    "linear" (Ho et al. 2020), "scaled_linear" (linear in sqrt(beta), Stable Diffusion), "squaredcos_cap_v2"
+    (`cosine_betas`, which ignores `beta_start` / `beta_end`)."""
+    check_choice(schedule, "beta schedule", DDPM_SCHEDULES)
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, num_timesteps, dtype=dtype)
+    if schedule == "scaled_linear":
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps, dtype=dtype) ** 2
+    return cosine_betas(num_timesteps).to(dtype)
+
+
+def zero_terminal_snr_betas(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1: shift and scale
+    `sqrt(abar)` so that it keeps its first value and reaches exactly 0 at the last timestep (zero terminal SNR);
+    returns the new betas (the last one is 1) in `betas`' dtype."""
+    a = torch.cumprod(1.0 - betas, 0).sqrt()
+    a0, aT = a[0].clone(), a[-1].clone()
+    a = (a - aT) * (a0 / (a0 - aT))
+    abar = a ** 2
+    return 1.0 - torch.cat([abar[:1], abar[1:] / abar[:-1]])
+
+
+class DDPM(_VariancePreserving):
+    """Discrete DDPM (Ho et al. 2020): `N` betas, `alpha_i = sqrt(prod_{j<=i}(1 - beta_j))`, timesteps `i = 0..N-1`.
+
+    Args:
+        beta_start, beta_end: ends of the "linear" and "scaled_linear" schedules.
+        num_timesteps:        N.
+        schedule:             one of `DDPM_SCHEDULES`: "linear" (Ho et al.), "scaled_linear" (Stable Diffusion's
+                              betas, linear in sqrt(beta)), "squaredcos_cap_v2" (Nichol & Dhariwal's cosine,
+                              `cosine_betas`).
+        betas:                explicit betas (a 1-D sequence in (0, 1], only the last may be 1); overrides the four
+                              arguments above. `DDPM.from_alphas_cumprod` takes the products instead.
+        rescale_zero_terminal_snr: rescale the betas to zero terminal SNR (Lin et al. 2024, Alg. 1,
+                              `zero_terminal_snr_betas`). `alphas_cumprod[-1]` is then exactly 0 and sigma~ would be
+                              infinite at t = N-1; the continuous process floors it at `TERMINAL_ALPHA_CUMPROD` (2^-24,
+                              sigma~_max ~ 4096, or lower where the previous level is already there), the largest
+                              finite level, where samplers start. A v-prediction model
+                              (which Lin et al. require) gives there `D = -v + O(2^-12 |x|)`, the SNR-0 endpoint to
+                              2.4e-4; an eps-prediction model cannot be sampled usefully from SNR 0.
+        interpolation:        between integer timesteps `log sigma~` is linear in `t` ("log_linear", the convention of
+                              k-diffusion's `DiscreteSchedule`) or `sigma~` is ("linear", diffusers' Euler-type
+                              schedulers). Either way any `t in [0, N-1]` has a `sigma~`, the map is strictly monotone,
+                              `t_from_sigma_ve` is its exact inverse, and integer `t` give the discrete values.
     """
     name = "ddpm"
 
     def __init__(self, beta_start: float = 1e-4, beta_end: float = 0.02, num_timesteps: int = 1000,
-                 schedule: str = "linear"):
-        if not (0 < beta_start < beta_end < 1):
-            raise ValueError(f"DDPM needs 0 < beta_start < beta_end < 1, got {beta_start!r}, {beta_end!r}")
-        if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 2:
-            raise ValueError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
-        if schedule == "linear":
-            betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
-        elif schedule == "scaled_linear":
-            betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps, dtype=torch.float64) ** 2
-        else:
-            raise ValueError(f"schedule={schedule!r} is not one of ['linear', 'scaled_linear']")
-        self.betas = betas
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, 0)
-        self.num_timesteps = num_timesteps
-        # log sigma~_i = 1/2 log((1 - abar_i) / abar_i), computed as 1/2 log(expm1(-log abar_i)).
-        self.log_sigmas = 0.5 * torch.log(torch.expm1(-torch.cumsum(torch.log1p(-betas), 0)))
-        self.t_min, self.t_max = 0.0, float(num_timesteps - 1)
+                 schedule: str = "linear", betas=None, rescale_zero_terminal_snr: bool = False,
+                 interpolation: str = "log_linear"):
+        check_choice(interpolation, "interpolation", DDPM_INTERPOLATIONS)
+        with torch.device("cpu"):  # the tables are CPU constants, whatever the default device (meta, cuda)
+            if betas is None:
+                check_choice(schedule, "schedule", DDPM_SCHEDULES)
+                if schedule != "squaredcos_cap_v2" and not (0 < beta_start < beta_end < 1):
+                    raise ValueError(f"DDPM needs 0 < beta_start < beta_end < 1, got {beta_start!r}, {beta_end!r}")
+                if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 2:
+                    raise ValueError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
+                betas = ddpm_betas(schedule, beta_start, beta_end, num_timesteps)
+            else:
+                betas, schedule = _check_betas(betas), "custom"
+            if rescale_zero_terminal_snr:
+                betas = zero_terminal_snr_betas(betas)
+            self.betas, self.schedule, self.interpolation = betas, schedule, interpolation
+            custom = schedule == "custom"
+            self.beta_start, self.beta_end = (None, None) if custom else (float(beta_start), float(beta_end))
+            self.rescale_zero_terminal_snr = bool(rescale_zero_terminal_snr)
+            self.num_timesteps = n = betas.shape[0]
+            log_abar = torch.cumsum(torch.log1p(-betas), 0)
+            self.alphas_cumprod = torch.exp(log_abar)
+            # log sigma~_i = 1/2 log((1 - abar_i) / abar_i) = 1/2 log(expm1(-log abar_i)); a zero abar gets the floor.
+            if torch.isinf(log_abar[-1]):  # zero terminal SNR: the floor, or the last finite step repeated if lower
+                floor = math.log(TERMINAL_ALPHA_CUMPROD)
+                log_abar[-1] = floor if floor < log_abar[-2] else log_abar[-2] + torch.log1p(-betas[-2])
+            self.log_sigmas = 0.5 * torch.log(torch.expm1(-log_abar))
+            if not (self.log_sigmas[1:] > self.log_sigmas[:-1]).all():
+                raise ValueError("betas must make sigma~ strictly increasing (0 < beta_i, the last alpha-bar above "
+                                 f"{TERMINAL_ALPHA_CUMPROD:g} unless it is exactly 0)")
+        self.t_min, self.t_max = 0.0, float(n - 1)
         self._tables: dict = {}
 
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod, interpolation: str = "log_linear") -> "DDPM":
+        """The DDPM process of given products `abar_i = prod_{j<=i}(1 - beta_j)` (strictly decreasing in (0, 1];
+        the last may be exactly 0, zero terminal SNR), e.g. a diffusers scheduler's `alphas_cumprod`."""
+        abar = as_float_tensor(alphas_cumprod, "alphas_cumprod", dtype=torch.float64).cpu()
+        if abar.ndim != 1 or abar.numel() < 2 or not ((abar[1:] < abar[:-1]).all() and abar[0] <= 1 and abar[-1] >= 0):
+            raise ValueError("alphas_cumprod must be a strictly decreasing 1-D sequence in [0, 1] of length >= 2")
+        return cls(betas=1.0 - abar / torch.cat([abar.new_ones(1), abar[:-1]]), interpolation=interpolation)
+
     def _table(self, t: torch.Tensor) -> torch.Tensor:
+        """`log sigma~_i` ("log_linear") or `sigma~_i` ("linear") on `t`'s device and dtype."""
         key = (t.device, t.dtype)
         if key not in self._tables:
-            self._tables[key] = self.log_sigmas.to(device=t.device, dtype=t.dtype)
+            table = self.log_sigmas if self.interpolation == "log_linear" else self.log_sigmas.exp()
+            self._tables[key] = table.to(device=t.device, dtype=t.dtype)
         return self._tables[key]
 
-    def _log_sigma_ve(self, t):
-        ls = self._table(t)
+    def _interp(self, t):
+        """`(value, slope)` of the interpolated table at `t` (extrapolated linearly past either end)."""
+        tab = self._table(t)
         lo = t.detach().floor().clamp(0, self.num_timesteps - 2).long()
-        w = t - lo.to(t.dtype)  # extrapolates linearly past either end
-        return ls[lo] + w * (ls[lo + 1] - ls[lo])
+        slope = tab[lo + 1] - tab[lo]
+        return tab[lo] + (t - lo.to(t.dtype)) * slope, slope
+
+    def _log_sigma_ve(self, t):
+        v, _ = self._interp(t)
+        return v if self.interpolation == "log_linear" else torch.log(v)
 
     def _log_alpha(self, t):
         return -0.5 * F.softplus(2.0 * self._log_sigma_ve(t))
@@ -268,18 +355,17 @@ class DDPM(_VariancePreserving):
         return torch.exp(self._log_sigma_ve(t))
 
     def _t_from_log_snr(self, log_snr):
-        ls = self._table(log_snr)
-        lsv = -0.5 * log_snr
-        i = torch.searchsorted(ls, lsv.detach().contiguous()).clamp(1, self.num_timesteps - 1) - 1
-        return i.to(lsv.dtype) + (lsv - ls[i]) / (ls[i + 1] - ls[i])
+        tab = self._table(log_snr)
+        v = -0.5 * log_snr if self.interpolation == "log_linear" else torch.exp(-0.5 * log_snr)
+        i = torch.searchsorted(tab, v.detach().contiguous()).clamp(1, self.num_timesteps - 1) - 1
+        return i.to(v.dtype) + (v - tab[i]) / (tab[i + 1] - tab[i])
 
     def _sde_coeffs(self, t):
-        # f = d log alpha/dt and g^2 = -2 f for a VP process; d log sigma~/dt is the local slope of the table.
-        ls = self._table(t)
-        lo = t.detach().floor().clamp(0, self.num_timesteps - 2).long()
-        slope = ls[lo + 1] - ls[lo]
+        # f = d log alpha/dt and g^2 = -2 f for a VP process, from d log sigma~/dt, the local slope of the table.
+        v, slope = self._interp(t)
+        dlog_sv = slope if self.interpolation == "log_linear" else slope / v
         sv2 = torch.exp(2.0 * self._log_sigma_ve(t))
-        f = -slope * sv2 / (1.0 + sv2)
+        f = -dlog_sv * sv2 / (1.0 + sv2)
         return f, -2.0 * f
 
     def timesteps_tensor(self, device=None) -> torch.Tensor:
@@ -287,7 +373,19 @@ class DDPM(_VariancePreserving):
         return torch.arange(self.num_timesteps, dtype=torch.float64, device=device)
 
     def __repr__(self):
-        return f"DDPM(betas {self.betas[0]:.3g}..{self.betas[-1]:.3g}, N={self.num_timesteps})"
+        extra = (", zero terminal SNR" if self.rescale_zero_terminal_snr else "") + \
+            (", linear interpolation" if self.interpolation == "linear" else "")
+        return f"DDPM({self.schedule} betas {self.betas[0]:.3g}..{self.betas[-1]:.3g}, N={self.num_timesteps}{extra})"
+
+
+def _check_betas(betas) -> torch.Tensor:
+    b = as_float_tensor(betas, "betas", dtype=torch.float64).cpu()
+    if b.ndim != 1 or b.numel() < 2:
+        raise ValueError(f"betas must be a 1-D sequence of length >= 2, got shape {tuple(b.shape)}")
+    if not ((b[:-1] > 0).all() and (b[:-1] < 1).all() and 0 < b[-1] <= 1):
+        raise ValueError(f"betas must lie in (0, 1) (the last may be 1), got values in [{b.min().item():.6g}, "
+                         f"{b.max().item():.6g}]")
+    return b
 
 
 def _vp_linear_t_from_c(c: torch.Tensor, beta_min: float, beta_max: float) -> torch.Tensor:

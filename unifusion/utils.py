@@ -10,14 +10,15 @@ import errno
 import glob
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 __all__ = [
-    "expand_like", "coef", "atomic_write", "remove_stale_temps", "as_float_tensor", "check_finite",
-    "check_nonnegative", "check_in_range",
+    "expand_like", "coef", "atomic_write", "atomic_write_dir", "remove_stale_temps", "as_float_tensor",
+    "check_finite", "check_nonnegative", "check_in_range",
     "check_positive_int", "check_choice", "check_class_labels", "default_dtype_of", "generator_device", "randn_like",
 ]
 
@@ -105,6 +106,28 @@ def atomic_write(path, write: Callable[[Path], object] | str | bytes, *, fsync: 
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.filename in (None, str(tmp), tmp):
             raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
+    return path
+
+
+def atomic_write_dir(path, write: Callable[[Path], object]) -> Path:
+    """Write a folder so that it is either complete or absent: `write(tmp)` fills a temporary sibling folder, which
+    is then renamed to `path`; on any failure the temporary folder is removed. `path` must not exist or be an empty
+    folder (`ValueError` otherwise: nothing is overwritten)."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"{path} already exists and is not an empty folder; remove it or choose another")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        write(tmp)
+        if path.exists():
+            path.rmdir()
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
 

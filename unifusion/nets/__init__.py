@@ -1,11 +1,14 @@
 """Networks that never know the formulation: called as `net(x, noise_cond, class_labels=None)`.
 
 `MLP` for vectors, `UNet` (DDPM++ family) for images, the noise/label embeddings, `MixtureOracle` (an exact
-Gaussian-mixture denoiser in a network's place, for checking the pipeline end to end), and
-`build_net(kind, **kwargs)` so a YAML config can name any of them (`NETS`).
+Gaussian-mixture denoiser in a network's place, for checking the pipeline end to end), and `build_net(kind,
+**kwargs)` so a YAML config can name any of `NETS`: "mlp", "unet", "mixture_oracle", and "diffusers_unet2d"
+(diffusers' `UNet2DModel`, `unifusion.interop.diffusers.DiffusersUNet2D`, needs the `[diffusers]` extra), which is
+imported on first use.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 
 from torch import nn
@@ -21,7 +24,24 @@ __all__ = ["MLP", "UNet", "MixtureOracle", "NETS", "build_net", "PositionalEmbed
            "NoiseEmbedding",
            "EMBEDDINGS"]
 
-NETS = {"mlp": MLP, "unet": UNet, "mixture_oracle": MixtureOracle}
+
+class _Registry(dict):
+    """name -> network class; a value given as "module:Class" is imported on first access (optional backends)."""
+
+    def __getitem__(self, kind):
+        value = super().__getitem__(kind)
+        if isinstance(value, str):
+            module, name = value.split(":")
+            value = getattr(importlib.import_module(module), name)
+            self[kind] = value
+        return value
+
+    def get(self, kind, default=None):
+        return self[kind] if kind in self else default
+
+
+NETS = _Registry(mlp=MLP, unet=UNet, mixture_oracle=MixtureOracle,
+                 diffusers_unet2d="unifusion.interop.diffusers:DiffusersUNet2D")
 
 
 def build_net(kind: str, **kwargs) -> nn.Module:

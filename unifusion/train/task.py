@@ -17,6 +17,7 @@ from ..processes import get_process
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import check_config, train_config
 from .loop import CHECKPOINT_NAME, FitResult, fit
+from .pretrained import from_pretrained, is_pretrained
 
 __all__ = ["DiffusionTask", "build_data", "build_data_tensors", "build_denoiser", "build_task", "build_run",
            "check_run_folder", "run_config", "train_from_config", "load_model", "loader_options", "callbacks"]
@@ -208,13 +209,16 @@ def train_from_config(cfg: dict, resume: bool = False, out=None) -> FitResult:
 
 
 def load_model(checkpoint_path, ema=True, device="cpu") -> Denoiser:
-    """The trained `Denoiser` of a checkpoint written by `train_from_config` (its config as `.config`).
+    """The trained `Denoiser` of a checkpoint written by `train_from_config` (its config as `.config`), or of a
+    `save_pretrained` folder (which holds one set of weights; `ema` is then ignored).
 
     `ema=True`: the first EMA decay's weights (the raw weights if the run kept no EMA); `False`: the raw weights;
     a float: the EMA of that decay. A truncated / corrupted checkpoint or one whose tensors do not fit its
     config raises `CheckpointError` (a `ValueError`).
     """
     path = Path(checkpoint_path)
+    if is_pretrained(path) and not (path / CHECKPOINT_NAME).exists():
+        return from_pretrained(path, device)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     tensors, info = read_checkpoint(path)
