@@ -86,6 +86,7 @@ def test_digits_default_levels_and_bad_input(tmp_path, capsys):
     assert main(["nll", str(tmp_path / "run"), "--n", "2", "--hutchinson", "1", "--steps", "2", "--json"]) == 0
     rep = _json(capsys)
     assert rep["levels"] == 17 and rep["bin_width"] == 0.125 and np.isfinite(rep["bits_per_dim"])
+    assert rep["sigma_min"] == pytest.approx(0.125 / math.sqrt(12))   # the ODE starts at the dequantization noise
     for argv, msg in [(["--data", "valid"], "--data must be"), (["--hutchinson", "-1"], "hutchinson"),
                       (["--levels", "1"], "levels"), (["--n", "0"], "--n")]:
         assert main(["nll", str(tmp_path / "run"), *argv]) == 2

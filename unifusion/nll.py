@@ -13,6 +13,12 @@ Level `v_k` stands for the bin `[v_k - w/2, v_k + w/2]`. Uniform dequantization 
 
 `L = 0` means continuous data: no dequantization, and bits/dim `= -log p(x) / (d ln 2)` is a density, not a code
 length. The default `L` follows the run's data: 17 for digits, 256 for image folders, 0 otherwise.
+
+Where the ODE starts. The bound holds for any continuous density `p`, so `p` may be the model's marginal at any
+noise level. A model trained on the levels concentrates its density near them as sigma -> 0, where the
+dequantized `y` (up to `w/2` off the grid) get little of it; `unifusion nll` therefore starts the ODE, for data
+with levels, at the dequantization noise's own standard deviation `w / sqrt(12)` (`dequantization_sigma`; 0.036
+for digits, 0.0023 for 8-bit images), or at the process's `sigma~(t_min)` if that is larger.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import torch.distributed as dist
 from .likelihood import bits_per_dim, log_likelihood
 from .utils import check_positive_int
 
-__all__ = ["dequantize", "nll", "summarize", "add_arguments", "run"]
+__all__ = ["dequantize", "dequantization_sigma", "nll", "summarize", "add_arguments", "run"]
 
 
 def dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -36,6 +42,14 @@ def dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None =
         return x
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) - 0.5
     return x + (2.0 / (levels - 1)) * u
+
+
+def dequantization_sigma(levels: int) -> float:
+    """`w / sqrt(12)`, `w = 2 / (levels - 1)`: the standard deviation of the uniform dequantization noise, the noise
+    level from which the PF-ODE density of dequantized data is taken (module docstring)."""
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+    return 2.0 / (levels - 1) / math.sqrt(12)
 
 
 def _bpd(log_prob: torch.Tensor, dims: int, levels: int) -> torch.Tensor:
@@ -128,7 +142,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="dequantization noise and Hutchinson probes")
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--sigma-min", type=float, help="start of the ODE (default: the process's sigma~(t_min))")
+    p.add_argument("--sigma-min", type=float, help="start of the ODE (default: for data with levels the dequantization "
+                                                   "noise's sd w/sqrt(12), at least the process's sigma~(t_min); "
+                                                   "for continuous data the process's sigma~(t_min))")
     p.add_argument("--sigma-max", type=float, help="end of the ODE, where the Gaussian prior is taken (default: the "
                                                    "process's sigma~(t_max))")
     p.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
@@ -155,6 +171,15 @@ def _data(args, denoiser) -> tuple[torch.Tensor, int]:
     _, kwargs = data_source(denoiser.config)
     x, _ = get_dataset(name, **dict(kwargs, split=args.data))
     return x, levels
+
+
+def _sigma_min(given: float | None, levels: int, denoiser) -> float:
+    """The ODE's start for a run's denoiser: `--sigma-min` if given, else the process's `sigma~(t_min)`, raised for
+    data with levels to `dequantization_sigma(levels)` (module docstring)."""
+    if given is not None:
+        return given
+    own = denoiser.process.sigma_ve_min
+    return max(own, dequantization_sigma(levels)) if levels else own
 
 
 def _toys():
@@ -198,10 +223,11 @@ def run(args, set_threads=None) -> int:
         raise ValueError(f"data of shape {tuple(x.shape[1:])} do not fit the model's {tuple(denoiser.data_shape)}")
     if args.double:
         denoiser, x = denoiser.double(), x.double()
+    sigma_min = _sigma_min(args.sigma_min, levels, denoiser)
     idx = torch.arange(info.rank, x.shape[0], info.world_size)
     res = nll(denoiser, x[idx], levels=levels, hutchinson=args.hutchinson, steps=args.steps,
               batch_size=args.batch_size, seed=args.seed + 7919 * info.rank, rtol=args.rtol, atol=args.atol,
-              sigma_min=args.sigma_min, sigma_max=args.sigma_max, progress=info.is_main)
+              sigma_min=sigma_min, sigma_max=args.sigma_max, progress=info.is_main)
     res = _gather(res, idx, x.shape[0])
     if not info.is_main:
         return 0
@@ -209,7 +235,8 @@ def run(args, set_threads=None) -> int:
     summary = summarize(res, dims, levels)
     summary.update({"run": str(args.run), "data": args.data, "divergence": f"hutchinson x{args.hutchinson}"
                     if args.hutchinson else "exact", "grid": f"fixed {args.steps} steps" if args.steps else
-                    f"adaptive rtol={args.rtol:g} atol={args.atol:g}", "world_size": info.world_size})
+                    f"adaptive rtol={args.rtol:g} atol={args.atol:g}", "world_size": info.world_size,
+                    "sigma_min": sigma_min})
     if args.json:
         doc = dict(summary, per_example={k: res[k].tolist() for k in ("nats", "nats_se", "bpd")})
         text = json.dumps(doc, indent=1)
@@ -221,7 +248,8 @@ def run(args, set_threads=None) -> int:
     deq = (f"uniform dequantization over {levels} levels in [-1, 1] (bin width {2 / (levels - 1):.4g})"
            if levels else "continuous data (no dequantization)")
     print(f"{summary['n']} examples of {args.data}, {dims} dims, {deq}; {summary['divergence']}, "
-          f"{summary['grid']}, {summary['nfe']} NFE, {summary['seconds']:.1f} s", file=sys.stdout)
+          f"{summary['grid']} from sigma {sigma_min:.4g}, {summary['nfe']} NFE, {summary['seconds']:.1f} s",
+          file=sys.stdout)
     print(f"NLL {summary['nll_nats']:.4f} +- {summary['nll_nats_se']:.4f} nats "
           f"({summary['nats_per_dim']:.5f} +- {summary['nats_per_dim_se']:.5f} nats/dim); "
           f"{summary['bits_per_dim']:.4f} +- {summary['bits_per_dim_se']:.4f} bits/dim")
