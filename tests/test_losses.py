@@ -150,6 +150,17 @@ def test_edm_loss_equals_its_raw_form():
     assert torch.allclose(_losses(paper, den, x0, 6), _losses(raw, den, x0, 6), rtol=1e-9)
 
 
+def test_every_output_type_trains_on_edms_objective_in_x0_space():
+    """`space="x0"`, `weight="edm"`, log-normal sigma: eps, x0 and v networks on VP see EDM's loss
+    `lambda(sigma) |D - x0|^2`, example by example (the same draws; the exact denoiser is the same D in every
+    parametrization)."""
+    x0 = ORACLE.sample(256, torch.Generator().manual_seed(12))
+    edm = _losses(build_loss("edm", p_mean=-0.6, sigma_data=SD), exact_denoiser(None, "edm"), x0, 13)
+    for target in ("eps", "x0", "v"):
+        loss = build_loss(target, VP(), noise="lognormal", p_mean=-0.6, weight="edm", sigma_data=SD, space="x0")
+        assert torch.allclose(_losses(loss, exact_denoiser(VP(), target), x0, 13), edm, rtol=1e-6, atol=1e-9), target
+
+
 @pytest.mark.parametrize("process", [VP(), VE(), DDPM()], ids=["vp", "ve", "ddpm"])
 def test_x0_space_is_raw_eps_error_times_snr_inverse(process):
     """For an eps network, |x0_hat - x0|^2 = (sigma/alpha)^2 |eps_hat - eps|^2 exactly (Ho et al. 2020, eq. 15)."""

@@ -437,15 +437,18 @@ class _EDMLoss(DenoisingLoss):
 
 
 def _target_loss(target):
-    def make(process: NoiseProcess, noise: str = "uniform_time", weight: str = "constant",
-             reduce: str = "mean", **noise_kwargs) -> DenoisingLoss:
+    def make(process: NoiseProcess, noise: str = "uniform_time", weight: str = "constant", space: str = "raw",
+             sigma_data: float = 0.5, reduce: str = "mean", **noise_kwargs) -> DenoisingLoss:
         check_choice(noise, "noise", NOISE_SAMPLERS)
         check_choice(weight, "weight", WEIGHTINGS)
-        return DenoisingLoss(NOISE_SAMPLERS[noise](**noise_kwargs), WEIGHTINGS[weight](), target, reduce=reduce,
+        lam = EDMWeight(sigma_data) if weight == "edm" else WEIGHTINGS[weight]()
+        return DenoisingLoss(NOISE_SAMPLERS[noise](**noise_kwargs), lam, target, space=space, reduce=reduce,
                              name=target or "mse")
     make.__doc__ = (f"Generic target-MSE for a network predicting {target or 'any target'} (Salimans & Ho 2022, "
                     f"Sec. 4): `noise` one of {sorted(NOISE_SAMPLERS)} (keyword arguments go to it), `weight` one of "
-                    f"{sorted(WEIGHTINGS)}.")
+                    f"{sorted(WEIGHTINGS)} (`sigma_data` is the \"edm\" weighting's), `space` \"raw\" (the "
+                    f"network's own target) or \"x0\" (the denoiser's error `D - x0`: with `weight=\"edm\"` any "
+                    f"output type trains on EDM's objective).")
     return make
 
 

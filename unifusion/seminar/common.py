@@ -56,13 +56,16 @@ class Budget:
                    quick=True)
 
 
-# The four output parametrizations of claim 2: one process family, one noise distribution (EDM's log-normal
-# sigma, centred as the shipped digits_ve config), each network trained on its own target with unit weight.
-_LOGNORMAL = ["loss.noise=lognormal", "loss.p_mean=-0.6", "loss.p_std=1.2"]
+# The four output parametrizations of claim 2 on one objective: EDM's, `lambda(sigma) |D - x0|^2` with
+# `lambda = (sigma^2 + sd^2) / (sigma sd)^2` and log-normal sigma (centred as the shipped digits_ve config). The eps,
+# x0 and v networks (VP process) are trained on their denoiser's error (`loss.space=x0`), the EDM network on its
+# preconditioned target, which is the same loss (tests/test_losses.py); only the network's output type differs.
+_EDM_OBJECTIVE = ["loss.noise=lognormal", "loss.p_mean=-0.6", "loss.p_std=1.2", "loss.weight=edm",
+                  "loss.sigma_data=0.75", "loss.space=x0"]
 TARGET_SETS = {
-    "eps": ["process.name=vp", "model.target=eps", "model.noise_cond=log_sigma", "loss.name=eps", *_LOGNORMAL],
-    "x0": ["process.name=vp", "model.target=x0", "model.noise_cond=log_sigma", "loss.name=x0", *_LOGNORMAL],
-    "v": ["process.name=vp", "model.target=v", "model.noise_cond=log_sigma", "loss.name=v", *_LOGNORMAL],
+    "eps": ["process.name=vp", "model.target=eps", "model.noise_cond=log_sigma", "loss.name=eps", *_EDM_OBJECTIVE],
+    "x0": ["process.name=vp", "model.target=x0", "model.noise_cond=log_sigma", "loss.name=x0", *_EDM_OBJECTIVE],
+    "v": ["process.name=vp", "model.target=v", "model.noise_cond=log_sigma", "loss.name=v", *_EDM_OBJECTIVE],
     "edm": ["process.name=edm", "model.target=edm", "model.sigma_data=0.75", "loss.name=edm", "loss.p_mean=-0.6"],
 }
 
