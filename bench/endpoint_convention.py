@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
-from interop import export_run, reference, rel_rms
+from interop import export_run, reference, rel_rms, wrapped_pipeline
 from unifusion import grids
-from unifusion.interop.diffusers import denoiser_from_diffusers
 from unifusion.samplers import DEFAULT_SAMPLER, RECOMMENDED, count_nfe, get_sampler
 
 
@@ -31,16 +30,9 @@ def main() -> None:
     ap.add_argument("--starts", type=int, default=16, help="starting points")
     ap.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance of the dopri5 reference")
     args = ap.parse_args()
-    import diffusers
-
     with tempfile.TemporaryDirectory() as tmp:
-        folder = export_run(Path(args.run), Path(tmp) / "pipe")
-        pipe = diffusers.DDPMPipeline.from_pretrained(str(folder), local_files_only=True)
-    unet = pipe.unet.double().eval()
-    den = denoiser_from_diffusers(unet, pipe.scheduler)
+        _, _, den, _, x = wrapped_pipeline(export_run(Path(args.run), Path(tmp) / "pipe"), args.starts)
     s_max, s_min = den.process.sigma_ve_max, den.process.sigma_ve_min
-    shape = (args.starts, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * math.sqrt(1 + s_max ** 2)
     ref, nfe = reference(den, x, s_max, s_min, args.rtol)
     print(f"reference: dopri5 rtol {args.rtol:g}, {nfe} NFE; sigma~ {s_max:.1f} -> {s_min:.4f} -> 0")
     print("| NFE | hybrid's lowest positive level | hybrid error | Heun, log-sigma grid to sigma~(0): NFE | error |")

@@ -175,20 +175,26 @@ def reference(denoiser, x: torch.Tensor, s_max: float, s_min: float, rtol: float
     return out, counted.nfe
 
 
-def endpoint_errors(folder: Path, starts: int, seed: int = 0, rtol: float = 1e-6, nfes=NFES, log=print,
-                    check_starts: int = 8) -> dict:
-    """The PF-ODE table on the diffusers pipeline folder `folder` (float64 throughout)."""
+def wrapped_pipeline(folder: Path, starts: int, seed: int = 0):
+    """The `DDPMPipeline` in `folder` in float64, its UNet wrapped by `denoiser_from_diffusers`, and `starts` start
+    points: `(pipe, unet, denoiser, z, x)` with `z ~ N(0, I)` (the pipeline's noise) and `x = z sqrt(1 + s_max^2)`
+    (the same point in VE coordinates at the process's top level)."""
     import diffusers
 
     pipe = diffusers.DDPMPipeline.from_pretrained(str(folder), local_files_only=True)
     unet = pipe.unet.double().eval()
-    config = dict(pipe.scheduler.config)
     denoiser = denoiser_from_diffusers(unet, pipe.scheduler)
-    process = denoiser.process
-    s_max, s_min = process.sigma_ve_max, process.sigma_ve_min
-    z = torch.randn((starts, *[unet.config.in_channels, unet.config.sample_size, unet.config.sample_size]),
+    z = torch.randn((starts, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size),
                     generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    x0 = z * math.sqrt(1.0 + s_max * s_max)
+    return pipe, unet, denoiser, z, z * math.sqrt(1.0 + denoiser.process.sigma_ve_max ** 2)
+
+
+def endpoint_errors(folder: Path, starts: int, seed: int = 0, rtol: float = 1e-6, nfes=NFES, log=print,
+                    check_starts: int = 8) -> dict:
+    """The PF-ODE table on the diffusers pipeline folder `folder` (float64 throughout)."""
+    pipe, unet, denoiser, z, x0 = wrapped_pipeline(folder, starts, seed)
+    config = dict(pipe.scheduler.config)
+    s_max, s_min = denoiser.process.sigma_ve_max, denoiser.process.sigma_ve_min
     t0 = time.perf_counter()
     ref, ref_nfe = reference(denoiser, x0, s_max, s_min, rtol)
     check, check_nfe = reference(denoiser, x0[:check_starts], s_max, s_min, rtol * 0.1)
