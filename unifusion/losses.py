@@ -438,19 +438,17 @@ class _EDMLoss(DenoisingLoss):
 
 def _target_loss(target):
     def make(process: NoiseProcess, noise: str = "uniform_time", weight: str = "constant", space: str = "raw",
-             sigma_data: float | None = None, reduce: str = "mean", **noise_kwargs) -> DenoisingLoss:
+             sigma_data: float = 0.5, reduce: str = "mean", **noise_kwargs) -> DenoisingLoss:
         check_choice(noise, "noise", NOISE_SAMPLERS)
         check_choice(weight, "weight", WEIGHTINGS)
-        if sigma_data is not None and weight != "edm":
-            raise ValueError(f"sigma_data={sigma_data!r} belongs to weight='edm', got weight={weight!r}")
-        lam = WEIGHTINGS[weight](*([] if sigma_data is None else [sigma_data]))
+        lam = EDMWeight(sigma_data) if weight == "edm" else WEIGHTINGS[weight]()
         return DenoisingLoss(NOISE_SAMPLERS[noise](**noise_kwargs), lam, target, space=space, reduce=reduce,
                              name=target or "mse")
     make.__doc__ = (f"Generic target-MSE for a network predicting {target or 'any target'} (Salimans & Ho 2022, "
                     f"Sec. 4): `noise` one of {sorted(NOISE_SAMPLERS)} (keyword arguments go to it), `weight` one of "
-                    f"{sorted(WEIGHTINGS)} (`sigma_data` is the \"edm\" weighting's, 0.5 if None), `space` \"raw\" "
-                    f"(the network's own target) or \"x0\" (the denoiser's error `D - x0`: with `weight=\"edm\"` "
-                    f"any output type trains on EDM's objective).")
+                    f"{sorted(WEIGHTINGS)} (`sigma_data` is the \"edm\" weighting's), `space` \"raw\" (the "
+                    f"network's own target) or \"x0\" (the denoiser's error `D - x0`: with `weight=\"edm\"` any "
+                    f"output type trains on EDM's objective).")
     return make
 
 
